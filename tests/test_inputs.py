@@ -1,0 +1,110 @@
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SAMPLES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scorecli.errors import InputError
+from scorecli.inputs import Record, count_records, read_records
+
+
+def _write(tmp_path, content: bytes, name="in.jsonl"):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+def _error(path, **kwargs) -> str:
+    with pytest.raises(InputError) as e:
+        list(read_records(path, **kwargs))
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_reads_jsonl_in_order_with_ids(tmp_path):
+    path = _write(tmp_path, b'{"id": "a", "text": "one"}\n\n{"text": "two"}\n{"id": 7, "text": "three", "x": 1}')
+    assert list(read_records(path)) == [Record(0, "one", "a"), Record(1, "two", None), Record(2, "three", "7")]
+    assert count_records(path) == 3
+
+
+def test_reads_gzip_and_custom_fields(tmp_path):
+    path = tmp_path / "in.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"key": "k1", "body": "naïve 東京"}) + "\n")
+    assert list(read_records(path, text_field="body", id_field="key")) == [Record(0, "naïve 東京", "k1")]
+
+
+def test_reads_the_parquet_sample():
+    records = list(read_records(SAMPLES / "mixed.parquet"))
+    jsonl = list(read_records(SAMPLES / "mixed.jsonl"))
+    assert [r.text for r in records] == [r.text for r in jsonl]
+    assert records[3].id == "p03" and count_records(SAMPLES / "mixed.parquet") == len(jsonl)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"text": "ok"}\n{"text": "bad"\n', "in.jsonl: line 2: not valid JSON"),
+        (b'{"text": "ok"}\n[1, 2]\n', "in.jsonl: line 2: expected a JSON object, got an array"),
+        (b'{"text": "ok"}\n{"body": "x"}\n', "in.jsonl: line 2: field 'text' is missing (fields: body)"),
+        (b'{"text": null}\n', "in.jsonl: line 1: field 'text' is null"),
+        (b'{"text": 3}\n', "in.jsonl: line 1: field 'text' must be a string, got a number"),
+        (b'{"text": "a"}\n{"text": "\xff"}\n', "in.jsonl: line 2: not valid UTF-8"),
+        (b'{"text": "a", "id": {"x": 1}}\n', "in.jsonl: line 1: field 'id' must be a string or a number"),
+        (b"", "in.jsonl: no records to score"),
+        (b"\n  \n", "in.jsonl: no records to score"),
+    ],
+)
+def test_bad_jsonl_names_file_line_and_field(tmp_path, content, message):
+    assert _error(_write(tmp_path, content)).startswith(f"{tmp_path}/{message}")
+
+
+def test_missing_file_and_directory(tmp_path):
+    assert _error(tmp_path / "nope.jsonl") == f"{tmp_path / 'nope.jsonl'}: no such file"
+    assert "is a directory" in _error(tmp_path)
+
+
+def test_bad_parquet(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"body": ["x"], "n": [1]}), path)
+    assert _error(path) == f"{path}: no column 'text' (columns: body, n)"
+    assert _error(path, text_field="n") == f"{path}: column 'n' has type int64, expected string"
+    pq.write_table(pa.table({"text": ["x", None]}), path)
+    assert _error(path) == f"{path}: row 2: field 'text' is null"
+    corrupt = _write(tmp_path, b"PAR1 this is not parquet", "c.parquet")
+    assert _error(corrupt).startswith(f"{corrupt}: not a readable Parquet file")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200))
+def test_arbitrary_bytes_yield_records_or_our_error(tmp_path, data):
+    path = _write(tmp_path, data)
+    try:
+        records = list(read_records(path))
+    except InputError:
+        return
+    assert all(isinstance(r.text, str) for r in records)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["text", "id", "x"]), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_json, min_size=1, max_size=5))
+def test_arbitrary_json_lines_yield_records_or_our_error(tmp_path, rows):
+    path = _write(tmp_path, "\n".join(json.dumps(r) for r in rows).encode())
+    try:
+        records = list(read_records(path))
+    except InputError:
+        return
+    assert [r.text for r in records] == [r["text"] for r in rows]
