@@ -30,9 +30,9 @@ class Encoded:
         return 1 - self.n_prefix
 
 
-def check_limits(batch_tokens: int, max_length: int | None) -> None:
-    """Reject a token budget or length limit that cannot work."""
-    if batch_tokens < 1:
+def check_limits(batch_tokens: int | None, max_length: int | None) -> None:
+    """Reject a token budget or length limit that cannot work (None means the default)."""
+    if batch_tokens is not None and batch_tokens < 1:
         raise UsageError(f"--batch-tokens must be at least 1, not {batch_tokens}")
     if max_length is not None and max_length < 2:
         raise UsageError(f"--max-length must be at least 2, not {max_length}")

@@ -64,7 +64,9 @@ def score(
     ),
     text_field: str = typer.Option("text", "--text-field", help="Field (column) holding the text."),
     id_field: str = typer.Option("id", "--id-field", help="Field holding the document id (optional in the data)."),
-    batch_tokens: int = typer.Option(8192, "--batch-tokens", help="Token budget per batch, padding included."),
+    batch_tokens: Optional[int] = typer.Option(
+        None, "--batch-tokens", help="Token budget per batch, padding included. Default: 1024 on CPU, 16384 on CUDA."
+    ),
     max_length: Optional[int] = typer.Option(
         None,
         "--max-length",

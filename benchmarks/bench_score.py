@@ -1,0 +1,153 @@
+"""Throughput, peak memory and exactness of `scorecli score` against the plain reference, each run in a fresh process.
+
+    python benchmarks/bench_score.py [--corpus samples/long.jsonl] [--model PATH]
+
+Runs, on the same texts and the same (already converted, "warm") model, in float32 on the CPU:
+  scorecli      the CLI: `scorecli score CORPUS -o DIR -q` (float32)
+  scorecli-bf16 the same with --dtype bfloat16 (AMX matmuls on recent x86; not float32-exact)
+  ref-batch16   plain reference: batches of 16 texts in input order, right-padded, full log_softmax + gather
+  ref-single    plain reference: one text at a time (no padding), full log_softmax + gather
+Wall time is the whole process (start-up, model load, scoring, writing); peak RSS is the process's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def reference_run(folder: str, corpus: str, batch_size: int, out: str) -> None:
+    """Score the corpus with the plain reference and save per-token log-probs and entropies."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    with open(corpus, encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f if line.strip()]
+    seqs = [[bos] + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    logprobs, entropies = [], []
+    with torch.inference_mode():
+        for i in range(0, len(seqs), batch_size):
+            batch = seqs[i : i + batch_size]
+            width = max(len(s) for s in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for r, s in enumerate(batch):
+                ids[r, : len(s)] = torch.tensor(s)
+                mask[r, : len(s)] = 1
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+            entropy = -(logp.exp().mul_(logp)).sum(-1)[:, :-1]
+            for r, s in enumerate(batch):
+                logprobs.append(token_logp[r, : len(s) - 1].numpy())
+                entropies.append(entropy[r, : len(s) - 1].numpy())
+    np.savez(f"{out}.npz", logprob=np.concatenate(logprobs), entropy=np.concatenate(entropies))
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Run a command; return its wall time (s) and peak RSS (MB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"benchmark run failed: {' '.join(cmd)}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    """Run scorecli and both references in fresh processes and print a table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default=str(ROOT / "samples" / "long.jsonl"))
+    parser.add_argument("--model", default=None, help="model folder or .gguf (default: the embedded SmolLM2)")
+    parser.add_argument("--batch-tokens", type=int, default=None, help="scorecli's --batch-tokens")
+    parser.add_argument("--runs", default="scorecli,scorecli-bf16,ref-batch16,ref-single")
+    parser.add_argument("--reference", nargs=3, metavar=("FOLDER", "BATCH", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.reference:
+        reference_run(args.reference[0], args.corpus, int(args.reference[1]), args.reference[2])
+        return
+
+    from scorecli.models import load_model
+
+    loaded = load_model(args.model, device="cpu", dtype="float32")  # converts and caches a GGUF once: warm
+    folder = loaded.info.get("model_path") if args.model and not args.model.endswith(".gguf") else None
+    folder = folder or str(loaded.model.name_or_path)
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in args.runs.split(","):
+            if run.startswith("scorecli"):
+                dtype = "bfloat16" if run.endswith("bf16") else "float32"
+                cmd = [sys.executable, "-m", "scorecli", "score", args.corpus, "-o", f"{tmp}/{run}", "-q"]
+                cmd += ["--model", args.model] if args.model else []
+                cmd += ["--batch-tokens", str(args.batch_tokens)] if args.batch_tokens else []
+                cmd += ["--device", "cpu", "--dtype", dtype]
+            else:
+                batch = {"ref-batch16": 16, "ref-single": 1}[run]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--corpus",
+                    args.corpus,
+                    "--reference",
+                    folder,
+                    str(batch),
+                    f"{tmp}/{run}",
+                ]
+            wall, rss = timed(cmd)
+            print(f"  {run}: {wall:.1f} s", file=sys.stderr)
+            results[run] = {"wall": wall, "rss": rss, "scores": load_scores(tmp, run)}
+    reference = results.get("ref-single") or results.get("ref-batch16")
+    n_tokens = len(next(iter(results.values()))["scores"]["logprob"])
+    print(
+        f"\ncorpus: {Path(args.corpus).name} ({n_tokens:,} scored tokens), model: {loaded.info['model']}, "
+        f"CPU, {torch_threads()} threads, torch {__import__('torch').__version__}\n"
+    )
+    columns = ["run", "wall s", "tokens/s", "vs ref-batch16", "vs ref-single", "peak RSS MB"]
+    columns += ["max abs diff logprob", "max abs diff entropy"]
+    print("| " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * (len(columns) - 1))
+    for run, r in results.items():
+        speedups = [
+            f"{results[base]['wall'] / r['wall']:.2f}x" if base in results else "-"
+            for base in ("ref-batch16", "ref-single")
+        ]
+        diffs = ["-", "-"]
+        if reference is not None and r is not reference:
+            diffs = [f"{np.abs(r['scores'][k] - reference['scores'][k]).max():.1e}" for k in ("logprob", "entropy")]
+        cells = [run, f"{r['wall']:.1f}", f"{n_tokens / r['wall']:.0f}", *speedups, f"{r['rss']:.0f}", *diffs]
+        print("| " + " | ".join(cells) + " |")
+
+
+def load_scores(tmp: str, run: str) -> dict[str, np.ndarray]:
+    """Per-token log-probs and entropies a run wrote, in input order."""
+    if run.startswith("scorecli"):
+        import pandas as pd
+
+        tokens = pd.read_parquet(f"{tmp}/{run}/tokens.parquet", columns=["logprob", "entropy"])
+        return {k: tokens[k].to_numpy(np.float64) for k in ("logprob", "entropy")}
+    saved = np.load(f"{tmp}/{run}.npz")
+    return {k: saved[k].astype(np.float64) for k in ("logprob", "entropy")}
+
+
+def torch_threads() -> int:
+    """The number of threads torch uses here."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    main()
