@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SAMPLE ?= samples/mixed.jsonl
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test bench clean
 
 $(BIN)/scorecli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ demo: $(BIN)/scorecli
 	$(BIN)/scorecli score $(SAMPLE) --out demo.scores --overwrite
 
 test: $(BIN)/scorecli
-	$(BIN)/ruff check scorecli tests benchmarks
+	$(BIN)/ruff check scorecli tests benchmarks samples
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/scorecli
