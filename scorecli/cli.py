@@ -94,7 +94,7 @@ def score(
         out = out or (STDIN if input == STDIN else _default_out(input))
 
         from scorecli.models import load_model, resolve_device, resolve_dtype
-        from scorecli.outputs import JsonlOutput, ParquetOutput, prepare_out_dir
+        from scorecli.outputs import JsonlOutput, ParquetOutput, prepare_out_dir, write_summary
 
         resolve_dtype(dtype, resolve_device(device))
         if out != STDIN:
@@ -129,6 +129,8 @@ def score(
             writer.abort()
             raise
         summary.seconds = time.perf_counter() - started
+        if out != STDIN:
+            written.append(write_summary(Path(out), summary.as_dict(), metadata))
         console.print(render(summary, metadata))
         for path in written:
             console.print(f"wrote {path}")

@@ -17,6 +17,7 @@ from scorecli.errors import OutputError
 
 TOKENS_FILE = "tokens.parquet"
 SEQUENCES_FILE = "sequences.parquet"
+SUMMARY_FILE = "summary.json"
 TOKEN_SCHEMA = pa.schema(
     [
         ("doc", pa.int64()),
@@ -158,6 +159,13 @@ class JsonlOutput:
     def abort(self) -> None:
         """Flush what was written."""
         self.stream.flush()
+
+
+def write_summary(out_dir: Path, figures: dict, metadata: dict[str, str]) -> Path:
+    """Write the run's headline figures and metadata as summary.json, for scripts; return its path."""
+    path = Path(out_dir) / SUMMARY_FILE
+    path.write_text(json.dumps({"summary": figures, "metadata": metadata}, indent=2, ensure_ascii=False) + "\n")
+    return path
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -62,6 +62,15 @@ def test_score_writes_parquet_matching_the_reference(tiny, tmp_path):
         assert meta[key], key
     assert meta["dtype"] == "float32" and meta["device"] == "cpu" and meta["max_length"] == "512"
     assert not list((tmp_path / "out").glob("*.partial"))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["metadata"] == meta
+    figures = summary["summary"]
+    assert figures["documents"] == len(texts) and figures["scored_tokens"] == len(tokens)
+    assert figures["perplexity"] == pytest.approx(math.exp(-tokens["logprob"].astype(float).sum() / len(tokens)))
+    assert figures["mean_doc_perplexity"] == pytest.approx(sequences["perplexity"].mean())
+    n_bytes = sequences["n_bytes"].sum()
+    assert figures["bits_per_byte"] == pytest.approx(-tokens["logprob"].astype(float).sum() / (n_bytes * math.log(2)))
+    assert figures["mean_entropy"] == pytest.approx(tokens["entropy"].astype(float).mean(), rel=1e-5)
 
 
 def test_parquet_input_no_bos_and_edge_cases(gpt2_dir, tmp_path):
