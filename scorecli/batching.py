@@ -56,9 +56,15 @@ class Encoder:
         self.max_length = max_length
 
     def encode(self, texts: Sequence[str]) -> list[Encoded]:
-        """Tokenise a list of texts in one call; the tokenizer adds no special tokens of its own."""
+        """Tokenise a list of texts in one call, as plain text: no special tokens are added or recognised."""
+        # split_special_tokens: a text that contains "<s>" or "<|im_start|>" is scored as the characters it
+        # holds, never as the special token (which would double the BOS or smuggle in control tokens).
         enc = self.tokenizer(
-            list(texts), add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False
+            list(texts),
+            add_special_tokens=False,
+            split_special_tokens=True,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
         )
         prefix = [] if self.bos_id is None else [self.bos_id]
         limit = None if self.max_length is None else self.max_length - len(prefix)

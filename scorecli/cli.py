@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+from typer.core import TyperGroup
 
 from scorecli import __version__
 from scorecli.batching import check_limits
@@ -21,14 +22,34 @@ from scorecli.engine import ScoreProgress
 from scorecli.errors import ScorecliError
 from scorecli.inputs import STDIN, count_records, display_name, read_records
 
+
+class _OneLineErrors(TyperGroup):
+    """Click's own usage errors (a bad option value, a missing INPUT) as one line, like scorecli's errors."""
+
+    def main(self, *args: object, standalone_mode: bool = True, **kwargs: object) -> object:
+        """Run the CLI, turning usage errors into `scorecli: error: …` and exit code 2."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as e:
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"scorecli: error: {e.format_message()}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            typer.echo("scorecli: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="Score text with causal language models: per-token log-probabilities and entropies.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 EXIT_INTERRUPTED = 130
-_COUNT_LIMIT_BYTES = 1 << 30  # count records for the ETA only where a second pass over the file is cheap
 
 
 def _show_version(value: bool) -> None:
@@ -115,7 +136,7 @@ def score(
             "scorecli_version": __version__,
         }
         writer = JsonlOutput(sys.stdout) if out == STDIN else ParquetOutput(Path(out), metadata)
-        docs_total = count_records(input) if input == STDIN or os.path.getsize(input) < _COUNT_LIMIT_BYTES else None
+        docs_total = count_records(input)
         progress, advance = _progress_bar(console, docs_total)
         summary = Summary()
         started = time.perf_counter()

@@ -92,6 +92,7 @@ class OutputHead:
         self.base = getattr(model, "base_model", None)
         self.vocab_size = model.config.vocab_size if self.head is None else self.head.weight.shape[0]
         self.chunk_rows = max(1, HEAD_CHUNK_BYTES // (4 * self.vocab_size))
+        self._weight32: tuple[torch.Tensor, torch.Tensor] | None = None
         self.chunked = self.head is not None and self.base is not None and self.base is not model
         if self.chunked:
             self.chunked = self._matches_model_logits()
@@ -105,12 +106,16 @@ class OutputHead:
         """Whether head(final hidden states) equals model(...).logits on a probe input."""
         device = next(self.model.parameters()).device
         probe = (torch.arange(_PROBE_LENGTH, device=device) * 7 + 3).remainder(self.vocab_size).unsqueeze(0)
-        with torch.inference_mode():
-            expected = self.model(input_ids=probe, use_cache=False).logits.float()
-            try:
+        training = self.model.training
+        self.model.eval()  # dropout would make two runs differ whatever the head does
+        try:
+            with torch.inference_mode():
+                expected = self.model(input_ids=probe, use_cache=False).logits.float()
                 got = self._logits(self._hidden(probe, None), float32=False).float()
-            except (AttributeError, TypeError, RuntimeError):
-                return False
+        except (AttributeError, TypeError, RuntimeError):
+            return False
+        finally:
+            self.model.train(training)
         return got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-3, atol=1e-3)
 
     def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -123,8 +128,14 @@ class OutputHead:
         weight, bias = self.head.weight, getattr(self.head, "bias", None)
         if float32 and weight.dtype != torch.float32:
             # A bfloat16 logit near 30 is rounded to a multiple of 0.125: far too coarse for log-probs.
-            hidden, weight = hidden.float(), weight.float()
-            bias = None if bias is None else bias.float()
+            # The float32 copy is made once, except for weights being trained, which autograd must see.
+            if weight.requires_grad and torch.is_grad_enabled():
+                weight = weight.float()
+            else:
+                if self._weight32 is None or self._weight32[0] is not weight:
+                    self._weight32 = (weight, weight.detach().float())
+                weight = self._weight32[1]
+            hidden, bias = hidden.float(), (None if bias is None else bias.float())
         return F.linear(hidden, weight, bias)
 
     def score(
@@ -136,7 +147,8 @@ class OutputHead:
         entropy: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs and entropies, flat, for the positions `select` marks (all positions when None)."""
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.vocab_size):
+        selected = labels.reshape(-1) if select is None else labels[select]
+        if selected.numel() and (int(selected.min()) < 0 or int(selected.max()) >= self.vocab_size):
             raise ValueError(f"labels must be token ids in [0, {self.vocab_size}); mask positions after scoring")
         if self.chunked:
             states, stats = self._hidden(input_ids, attention_mask), self._stats_from_hidden
@@ -146,14 +158,9 @@ class OutputHead:
                 token_stats,
             )
         states = states.reshape(-1, states.shape[-1]) if select is None else states[select]
-        labels = labels.reshape(-1) if select is None else labels[select]
-        chunks = range(0, labels.shape[0], self.chunk_rows)
-        return _concat(
-            [
-                self._chunk(stats, states[i : i + self.chunk_rows], labels[i : i + self.chunk_rows], entropy)
-                for i in chunks
-            ]
-        )
+        rows = self.chunk_rows
+        chunks = range(0, selected.shape[0], rows)
+        return _concat([self._chunk(stats, states[i : i + rows], selected[i : i + rows], entropy) for i in chunks])
 
     def _stats_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor, entropy: bool) -> tuple:
         """Token statistics of one chunk of final hidden states."""
@@ -165,6 +172,11 @@ class OutputHead:
         if torch.is_grad_enabled() and states.requires_grad:
             return checkpoint(stats, states, labels, entropy, use_reentrant=False)
         return stats(states, labels, entropy)
+
+
+def perplexity(mean_logprob: float) -> float:
+    """exp(-mean log-prob), infinite where that overflows a float."""
+    return math.exp(-mean_logprob) if -mean_logprob < 709.0 else math.inf
 
 
 @dataclass
@@ -221,7 +233,7 @@ class DocScore:
             "n_tokens": n,
             "sum_logprob": self.sum_logprob if n else None,
             "mean_logprob": mean,
-            "perplexity": math.exp(-mean) if n else None,
+            "perplexity": perplexity(mean) if n else None,
             "mean_entropy": float(self.entropies.mean(dtype=np.float64)) if n else None,
             "n_bytes": self.n_bytes,
             "bits_per_byte": -self.sum_logprob / (self.n_bytes * math.log(2)) if n and self.n_bytes else None,
@@ -262,8 +274,6 @@ class Scorer:
         self.buffer_chars = buffer_chars
         self.head = output_head(model)
         self.token_texts = TokenTexts(tokenizer)
-        pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else (self.encoder.bos_id or 0)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -326,7 +336,8 @@ class Scorer:
 
     def _score_batch(self, batch: list[Encoded]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Log-probs and entropies for each sequence of one padded batch, without its padding."""
-        input_ids, labels, mask = collate([e.ids for e in batch], self.pad_id)
+        # Pads are never attended to nor scored; id 0 is simply an id every embedding table has.
+        input_ids, labels, mask = collate([e.ids for e in batch], pad_id=0)
         input_ids, labels, mask = input_ids.to(self.device), labels.to(self.device), mask.to(self.device)
         # No attention mask: with right padding and causal attention no real token can see a pad, and
         # without a mask attention takes the fused causal kernel instead of materialising [B, heads, T, T].
@@ -357,7 +368,9 @@ class Scorer:
 
 
 def _scored_bytes(text: str, enc: Encoded) -> int:
-    """UTF-8 bytes of the text the scored tokens cover: after any context-only first token, up to truncation."""
-    start = 0 if enc.n_prefix else (enc.offsets[0][1] if enc.offsets else 0)
+    """UTF-8 bytes of the text the scored tokens cover, from the first scored one to the end (or truncation)."""
+    if not enc.n_prefix and len(enc.offsets) < 2:
+        return 0
+    start = 0 if enc.n_prefix else enc.offsets[1][0]
     end = enc.offsets[-1][1] if enc.truncated else len(text)
     return len(text[start:end].encode("utf-8")) if end > start else 0

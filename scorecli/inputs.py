@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import stat
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,7 @@ from scorecli.errors import InputError, first_line
 STDIN = "-"
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 _PARQUET_BATCH_ROWS = 4096
+_COUNT_LIMIT_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,13 @@ def read_records(source: str | Path, text_field: str = "text", id_field: str | N
 
 
 def count_records(source: str | Path) -> int | None:
-    """Count the records of an input cheaply, or None where that needs a full parse (stdin, gzip)."""
+    """Count the records of an input, or None where that cannot be done cheaply and safely."""
     if str(source) == STDIN or str(source).endswith(".gz"):
         return None
     try:
+        info = os.stat(source)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _COUNT_LIMIT_BYTES:
+            return None  # a pipe can be read only once; a huge file is not worth a second pass
         if is_parquet(source):
             import pyarrow.parquet as pq
 
@@ -113,7 +120,7 @@ def _lines(f: BinaryIO, name: str) -> Iterator[bytes]:
     """Iterate the lines of a binary stream, turning read failures (bad gzip, I/O) into InputError."""
     try:
         yield from f
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise InputError(f"{name}: cannot be read ({e})") from None
 
 
@@ -157,21 +164,32 @@ def _text(row: dict, field: str, name: str, where: str, number: int) -> str:
         raise InputError(f"{name}: {where} {number}: field '{field}' is null")
     if not isinstance(value, str):
         raise InputError(f"{name}: {where} {number}: field '{field}' must be a string, got {_json_type(value)}")
-    return value
+    return _checked_unicode(value, field, name, where, number)
 
 
 def _id(row: dict, field: str | None, name: str, where: str, number: int) -> str | None:
-    """Return a record's id as a string (None where absent), rejecting ids that are not scalars."""
+    """Return a record's id as a string (None where absent), rejecting ids that are not strings or numbers."""
     if not field or row.get(field) is None:
         return None
     value = row[field]
-    if isinstance(value, (dict, list)):
-        raise InputError(
-            f"{name}: {where} {number}: field '{field}' must be a string or a number, got {_json_type(value)}"
-        )
     if isinstance(value, bool):
         return "true" if value else "false"
-    return value if isinstance(value, str) else json.dumps(value)
+    if isinstance(value, str):
+        return _checked_unicode(value, field, name, where, number)
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    raise InputError(f"{name}: {where} {number}: field '{field}' must be a string or a number, got {_json_type(value)}")
+
+
+def _checked_unicode(value: str, field: str, name: str, where: str, number: int) -> str:
+    """Return a string that encodes as UTF-8; JSON escapes can smuggle in lone surrogates that do not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{name}: {where} {number}: field '{field}' is not valid Unicode (lone surrogate at character {e.start})"
+        ) from None
+    return value
 
 
 def _json_type(value: object) -> str:
@@ -188,4 +206,4 @@ def _json_type(value: object) -> str:
         return "an array"
     if isinstance(value, dict):
         return "an object"
-    return type(value).__name__
+    return f"a {type(value).__name__}"

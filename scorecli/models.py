@@ -112,6 +112,7 @@ def _load(spec: str | None, device: torch.device, dtype: torch.dtype) -> LoadedM
             raise ModelError(f"--model {spec}: not a model folder (it has no config.json)")
         info["model"] = spec
         info["model_path"] = str(folder.resolve())
+        info["model_fingerprint"] = _folder_fingerprint(folder)
         source, local_only = str(folder), True
     else:
         if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
@@ -193,11 +194,12 @@ def _gguf_folder(gguf: Path, info: dict[str, str]) -> Path:
         (tmp / "scorecli-source.json").write_text(json.dumps({"gguf": str(gguf.resolve()), "sha256": digest}))
         os.replace(tmp, target)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         if not (target / "scorecli-source.json").is_file():  # another process may have won the race
             raise ModelError(
                 f"cannot write the model cache {target} ({e.strerror or e}); set SCORECLI_CACHE_DIR"
             ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written copy (or the loser of a race) never stays
     return target
 
 
@@ -210,7 +212,7 @@ def _convert_gguf(gguf: Path) -> tuple:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except Exception as e:  # the GGUF parser fails on damaged files with whatever error it meets first
         raise ModelError(f"--model {gguf}: the GGUF file cannot be loaded ({first_line(e)})") from None
     # The dequantised weights are plain float32; drop the GGUF marker so the model can be saved.
     model.hf_quantizer = None
@@ -228,6 +230,20 @@ def context_length(model: torch.nn.Module, tokenizer: object | None = None) -> i
             return value
     limit = getattr(tokenizer, "model_max_length", None)
     return limit if isinstance(limit, int) and limit < 1_000_000 else None
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """SHA-256 of config.json and each weight file's name, size, first and last MiB (no full read)."""
+    h = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.name == "config.json" or path.suffix in {".safetensors", ".bin", ".pt", ".pth"}:
+            size = path.stat().st_size
+            h.update(f"{path.name}\0{size}\0".encode())
+            with open(path, "rb") as f:
+                h.update(f.read(1 << 20))
+                f.seek(max(size - (1 << 20), 0))
+                h.update(f.read(1 << 20))
+    return h.hexdigest()
 
 
 def _sha256(path: Path) -> str:

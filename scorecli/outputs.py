@@ -53,8 +53,12 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Create the output folder, refusing one that already holds files unless `overwrite`."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise OutputError(f"--out {out_dir}: the folder is not empty; pass --overwrite to replace its results")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise OutputError(f"--out {out_dir}: the folder is not empty; pass --overwrite to replace its results")
+        for name in (TOKENS_FILE, SEQUENCES_FILE, SUMMARY_FILE):
+            # An old result must not survive next to a new run that fails.
+            (out_dir / name).unlink(missing_ok=True)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -108,9 +112,10 @@ class ParquetOutput:
         return self._targets
 
     def abort(self) -> None:
-        """Close the writers after a failure, leaving no file that looks like a complete result."""
-        for writer in (self._tokens, self._sequences):
+        """Close the writers after a failure and remove their unfinished files."""
+        for i, writer in enumerate((self._tokens, self._sequences)):
             writer.close()
+            self._partial(i).unlink(missing_ok=True)
 
 
 def token_table(scores: list[DocScore]) -> pa.Table:
@@ -146,10 +151,7 @@ class JsonlOutput:
 
     def write(self, score: DocScore) -> None:
         """Write one document's line."""
-        row = {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in score.sequence_row().items()
-        }
-        self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.stream.write(json.dumps(_finite(score.sequence_row()), ensure_ascii=False) + "\n")
 
     def close(self) -> list[Path]:
         """Flush the stream; nothing is written to disk."""
@@ -164,8 +166,19 @@ class JsonlOutput:
 def write_summary(out_dir: Path, figures: dict, metadata: dict[str, str]) -> Path:
     """Write the run's headline figures and metadata as summary.json, for scripts; return its path."""
     path = Path(out_dir) / SUMMARY_FILE
-    path.write_text(json.dumps({"summary": figures, "metadata": metadata}, indent=2, ensure_ascii=False) + "\n")
+    partial = path.with_name(path.name + _PARTIAL)
+    text = json.dumps({"summary": _finite(figures), "metadata": metadata}, indent=2, ensure_ascii=False)
+    try:
+        partial.write_text(text + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    except OSError as e:
+        raise OutputError(f"--out {out_dir}: cannot write {SUMMARY_FILE} ({e.strerror or e})") from None
     return path
+
+
+def _finite(row: dict) -> dict:
+    """A row with non-finite floats as None, since JSON has no infinity or NaN."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from rich.console import Group
 from rich.table import Table
 
-from scorecli.engine import DocScore
+from scorecli.engine import DocScore, perplexity
 
 TOP_N = 5
 _PREVIEW_CHARS = 200
@@ -54,7 +54,7 @@ class Summary:
     @property
     def perplexity(self) -> float | None:
         """Corpus perplexity: exp(-Σ logprob / Σ tokens)."""
-        return math.exp(-self.sum_logprob / self.n_tokens) if self.n_tokens else None
+        return perplexity(self.sum_logprob / self.n_tokens) if self.n_tokens else None
 
     @property
     def mean_doc_perplexity(self) -> float | None:
@@ -149,8 +149,8 @@ def _doc_table(title: str, docs: list[tuple]) -> Table:
         ("text", "left"),
     ):
         table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")
-    for perplexity, doc, doc_id, n, text in docs:
-        table.add_row(str(doc), doc_id or "", f"{n:,}", _num(perplexity), _preview(text))
+    for doc_perplexity, doc, doc_id, n, text in docs:
+        table.add_row(str(doc), doc_id or "", f"{n:,}", _num(doc_perplexity), _preview(text))
     return table
 
 

@@ -122,7 +122,7 @@ def smollm():
 
 def reference_scores(model, tokenizer, text: str, bos: bool = True, max_length: int | None = None):
     """The plain reference: one text at a time, full log_softmax over the vocabulary, gather of the next token."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     prefix = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id] if bos else []
     seq = (prefix + ids)[:max_length]
     if len(seq) < 2:

@@ -24,10 +24,10 @@ def _score(*args):
 
 
 def _one_line_error(result, code):
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == code, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("scorecli: error: "), result.stderr
-    assert "Traceback" not in result.output
     return lines[0]
 
 
@@ -196,3 +196,48 @@ def test_default_model_end_to_end(tmp_path):
     assert meta["model"].startswith("SmolLM2-135M-Instruct.Q4_1.gguf") and len(meta["model_sha256"]) == 64
     seqs = pd.read_parquet(tmp_path / "o" / "sequences.parquet")
     assert seqs["perplexity"].median() < 200
+
+
+def test_click_usage_errors_are_one_line_too(tmp_path):
+    assert "Missing argument 'INPUT'" in _one_line_error(runner.invoke(app, ["score"]), 2)
+    line = _one_line_error(_score(SAMPLES / "mixed.jsonl", "--max-length", "abc"), 2)
+    assert "Invalid value for '--max-length'" in line
+    assert "No such option: --bogus" in _one_line_error(_score(SAMPLES / "mixed.jsonl", "--bogus"), 2)
+
+
+def test_a_failed_run_leaves_no_result_behind(gpt2_dir, tmp_path):
+    out = tmp_path / "o"
+    assert _score(SAMPLES / "mixed.jsonl", "-m", gpt2_dir, "-o", out, "-q").exit_code == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n' * 5 + '{"text": null}\n')
+    assert "line 6: field 'text' is null" in _one_line_error(_score(bad, "-m", gpt2_dir, "-o", out, "--overwrite"), 3)
+    assert list(out.iterdir()) == []  # neither the old result nor unfinished files
+    assert _score(SAMPLES / "mixed.jsonl", "-m", gpt2_dir, "-o", out, "-q").exit_code == 0
+
+
+def test_named_pipe_input_is_read_once(gpt2_dir, tmp_path):
+    import threading
+
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    data = (SAMPLES / "mixed.jsonl").read_bytes() * 3
+
+    def feed():
+        with open(fifo, "wb") as f:
+            f.write(data)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    proc = subprocess.run(
+        [*SCORECLI, "score", str(fifo), "-m", str(gpt2_dir), "-o", "-", "-q"], capture_output=True, timeout=300
+    )
+    writer.join()
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert len(proc.stdout.decode().splitlines()) == 3 * len(sample_texts())
+
+
+def test_corrupt_gguf_with_valid_magic_is_a_model_error(tmp_path):
+    fake = tmp_path / "broken.gguf"
+    fake.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 64)
+    line = _one_line_error(_score(SAMPLES / "mixed.jsonl", "-m", fake, "-o", tmp_path / "o"), 4)
+    assert "the GGUF file cannot be loaded" in line

@@ -235,6 +235,7 @@ def test_head_falls_back_to_model_logits_when_the_head_alone_differs(gpt2_dir, m
     for score, text in zip(scores, TEXTS[:6]):
         ref_lp, ref_ent = reference_scores(model, tokenizer, text)
         assert np.abs(score.logprobs - ref_lp.numpy()).max() <= TOL
+        assert np.abs(score.entropies - ref_ent.numpy()).max() <= TOL
 
 
 @pytest.mark.realmodel
@@ -262,3 +263,50 @@ def test_progress_reports_reach_the_totals(tiny):
     # 2 of 10 documents read, holding 30 tokens: the other 8 are estimated at 15 tokens each
     assert ScoreProgress(docs_planned=2, tokens_planned=30).tokens_total(10) == 150
     assert ScoreProgress().tokens_total(10) is None and ScoreProgress(2, 30).tokens_total(None) is None
+
+
+def test_special_token_text_is_scored_as_plain_text(llama_dir):
+    from scorecli.models import load_model
+
+    loaded = load_model(str(llama_dir), device="cpu")
+    text = "<s>hello</s> world"
+    [score] = Scorer(loaded.model, loaded.tokenizer).score_texts([text])
+    specials = {loaded.tokenizer.bos_token_id, loaded.tokenizer.eos_token_id}
+    assert not specials & set(score.token_ids.tolist())
+    assert "".join(score.tokens) == text
+    _assert_matches_reference(loaded, [score], [text])
+
+
+def test_probe_in_train_mode_keeps_the_chunked_head(gpt2_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(gpt2_dir)
+    model.train()  # dropout on: two forward passes differ
+    head = OutputHead(model)
+    assert head.chunked and model.training
+
+
+def test_a_pad_token_outside_the_model_vocabulary(gpt2_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gpt2_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_dir)
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    assert tokenizer.pad_token_id >= model.config.vocab_size
+    texts = TEXTS[:8]
+    scores = Scorer(model, tokenizer, batch_tokens=4096).score_texts(texts)
+    for score, text in zip(scores, texts):
+        ref_lp, _ = reference_scores(model, tokenizer, text)
+        assert np.abs(score.logprobs - ref_lp.numpy()).max() <= TOL
+
+
+def test_no_bos_bytes_start_at_the_first_scored_token(tiny):
+    [split_char, words] = Scorer(tiny.model, tiny.tokenizer, bos=False).score_texts(["東京", "ab cd"])
+    assert split_char.starts[0] == 0 and split_char.n_bytes == len("東京".encode())
+    assert words.n_bytes == len("ab cd"[words.starts[0] :].encode())
+
+
+def test_perplexity_overflows_to_infinity():
+    from scorecli.engine import perplexity
+
+    assert perplexity(-800.0) == math.inf and perplexity(-1.0) == pytest.approx(math.e)

@@ -55,6 +55,8 @@ def test_reads_the_parquet_sample():
         (b'{"text": 3}\n', "in.jsonl: line 1: field 'text' must be a string, got a number"),
         (b'{"text": "a"}\n{"text": "\xff"}\n', "in.jsonl: line 2: not valid UTF-8"),
         (b'{"text": "a", "id": {"x": 1}}\n', "in.jsonl: line 1: field 'id' must be a string or a number"),
+        (b'{"text": "a\\ud800b"}\n', "in.jsonl: line 1: field 'text' is not valid Unicode (lone surrogate"),
+        (b'{"text": "a", "id": "\\udfff"}\n', "in.jsonl: line 1: field 'id' is not valid Unicode"),
         (b"", "in.jsonl: no records to score"),
         (b"\n  \n", "in.jsonl: no records to score"),
     ],
@@ -77,6 +79,14 @@ def test_bad_parquet(tmp_path):
     assert _error(path) == f"{path}: row 2: field 'text' is null"
     corrupt = _write(tmp_path, b"PAR1 this is not parquet", "c.parquet")
     assert _error(corrupt).startswith(f"{corrupt}: not a readable Parquet file")
+    pq.write_table(pa.table({"text": ["x"], "id": [b"\x00\x01"]}), path)
+    assert _error(path) == f"{path}: row 1: field 'id' must be a string or a number, got a bytes"
+
+
+def test_corrupt_gzip(tmp_path):
+    good = gzip.compress(b'{"text": "hello"}\n' * 2000)
+    path = _write(tmp_path, good[:40] + b"\x00" * 50 + good[90:], "in.jsonl.gz")
+    assert _error(path).startswith(f"{path}: cannot be read")
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
