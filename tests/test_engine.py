@@ -205,7 +205,7 @@ def test_no_batch_by_seq_by_vocab_tensor(tiny, monkeypatch):
     head = output_head(tiny.model)
     monkeypatch.setattr(head, "chunk_rows", 8)
     texts = sample_texts("long.jsonl")[:40]
-    scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=4096, max_length=120)
+    scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=4096, max_length=120, workers=1)  # modes are per-thread
     with _LargestVocabTensor(head.vocab_size) as probe:
         scores = scorer.score_texts(texts)
     assert sum(s.n_tokens for s in scores) > 1000
@@ -310,3 +310,14 @@ def test_perplexity_overflows_to_infinity():
     from scorecli.engine import perplexity
 
     assert perplexity(-800.0) == math.inf and perplexity(-1.0) == pytest.approx(math.e)
+
+
+def test_worker_threads_give_the_same_scores_and_restore_torch_threads(tiny):
+    threads = torch.get_num_threads()
+    one = Scorer(tiny.model, tiny.tokenizer, batch_tokens=64, workers=1).score_texts(TEXTS)
+    three = Scorer(tiny.model, tiny.tokenizer, batch_tokens=64, workers=3).score_texts(TEXTS)
+    assert torch.get_num_threads() == threads
+    for a, b in zip(one, three):
+        assert a.doc == b.doc and a.n_tokens == b.n_tokens
+        if a.n_tokens:
+            assert np.abs(a.logprobs - b.logprobs).max() <= TOL
