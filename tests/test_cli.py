@@ -61,6 +61,7 @@ def test_score_writes_parquet_matching_the_reference(tiny, tmp_path):
     for key in ("model", "model_path", "tokenizer", "dtype", "device", "bos", "max_length", "scorecli_version"):
         assert meta[key], key
     assert meta["dtype"] == "float32" and meta["device"] == "cpu" and meta["max_length"] == "512"
+    assert len(meta["model_fingerprint"]) == 64 and meta["bos"].startswith("prepended")
     assert not list((tmp_path / "out").glob("*.partial"))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["metadata"] == meta
@@ -149,6 +150,24 @@ def test_uncached_hub_id_offline_is_one_clear_line(tmp_path):
     assert (
         proc.stderr.strip()
         == "scorecli: error: --model gpt2: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"
+    )
+
+
+def test_unreachable_hub_fails_fast(tmp_path):
+    """Not offline by setting, but the hub cannot be reached: one line at once, not a minute of retries."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("HF_HUB_OFFLINE", None)
+    proc = subprocess.run(
+        [*SCORECLI, "score", str(SAMPLES / "mixed.jsonl"), "-m", "someone/some-model", "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 4
+    assert proc.stderr.strip() == (
+        "scorecli: error: --model someone/some-model: not in the local Hugging Face cache and 127.0.0.1 cannot be "
+        "reached (offline?); pass a local model folder or a .gguf file instead"
     )
 
 
