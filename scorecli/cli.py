@@ -18,9 +18,12 @@ from typer.core import TyperGroup
 
 from scorecli import __version__
 from scorecli.batching import check_limits
-from scorecli.engine import ScoreProgress
+from scorecli.engine import ScoreProgress, Scorer
 from scorecli.errors import ScorecliError
 from scorecli.inputs import STDIN, count_records, display_name, read_records
+from scorecli.models import load_model, resolve_device, resolve_dtype
+from scorecli.outputs import JsonlOutput, ParquetOutput, prepare_out_dir, write_summary
+from scorecli.summary import Summary, render
 
 
 class _OneLineErrors(TyperGroup):
@@ -114,18 +117,12 @@ def score(
         records = itertools.chain([first], records)
         out = out or (STDIN if input == STDIN else _default_out(input))
 
-        from scorecli.models import load_model, resolve_device, resolve_dtype
-        from scorecli.outputs import JsonlOutput, ParquetOutput, prepare_out_dir, write_summary
-
         resolve_dtype(dtype, resolve_device(device))
         if out != STDIN:
             prepare_out_dir(Path(out), overwrite)
         _quiet_transformers()
         with console.status("loading model…"):
             loaded = load_model(model, device=device, dtype=dtype)
-
-        from scorecli.engine import Scorer
-        from scorecli.summary import Summary, render
 
         scorer = Scorer(loaded.model, loaded.tokenizer, bos=bos, max_length=max_length, batch_tokens=batch_tokens)
         metadata = {

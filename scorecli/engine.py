@@ -354,10 +354,12 @@ class Scorer:
             return
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, threads // self.workers))
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="scorecli")
         try:
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="scorecli") as pool:
-                yield pool.map
+            yield pool.map
         finally:
+            # On Ctrl-C or an error, drop the batches not yet started rather than finish the buffer.
+            pool.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(threads)
 
     def _score_batch(self, batch: list[Encoded]) -> list[tuple[np.ndarray, np.ndarray]]:
