@@ -260,3 +260,22 @@ def test_corrupt_gguf_with_valid_magic_is_a_model_error(tmp_path):
     fake.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 64)
     line = _one_line_error(_score(SAMPLES / "mixed.jsonl", "-m", fake, "-o", tmp_path / "o"), 4)
     assert "the GGUF file cannot be loaded" in line
+
+
+@pytest.mark.realmodel
+def test_ctrl_c_stops_promptly_with_130_and_no_result(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [*SCORECLI, "score", str(SAMPLES / "long.jsonl"), "-o", str(tmp_path / "o"), "-q"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(8)  # start-up, model load, and a few batches
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "scorecli: interrupted"
+    assert time.monotonic() - sent < 20  # queued batches are dropped, not finished
+    assert not (tmp_path / "o" / "tokens.parquet").exists() and not list((tmp_path / "o").glob("*.partial"))
