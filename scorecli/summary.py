@@ -13,6 +13,7 @@ from scorecli.engine import DocScore, perplexity
 
 TOP_N = 5
 _PREVIEW_CHARS = 200
+_PREVIEW_WIDTH = 40  # keeps a row of the extreme-document tables on one line of 80 columns
 
 
 @dataclass
@@ -141,14 +142,10 @@ def render(summary: Summary, metadata: dict[str, str]) -> Group:
 def _doc_table(title: str, docs: list[tuple]) -> Table:
     """A table of documents with their perplexity and the start of their text."""
     table = Table(title=title, title_justify="left")
-    for name, justify in (
-        ("doc", "right"),
-        ("id", "left"),
-        ("tokens", "right"),
-        ("perplexity", "right"),
-        ("text", "left"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")
+    # Only the text may wrap: Rich then narrows it, not the numbers, on a narrow terminal.
+    for name in ("doc", "id", "tokens", "perplexity"):
+        table.add_column(name, justify="left" if name == "id" else "right", no_wrap=True)
+    table.add_column("text")
     for doc_perplexity, doc, doc_id, n, text in docs:
         table.add_row(str(doc), doc_id or "", f"{n:,}", _num(doc_perplexity), _preview(text))
     return table
@@ -158,7 +155,8 @@ def _preview(text: str) -> str:
     """A one-line, markup-safe start of a text."""
     from rich.markup import escape
 
-    return escape(" ".join(text.split())[:60])
+    flat = " ".join(text.split())
+    return escape(flat if len(flat) <= _PREVIEW_WIDTH else flat[: _PREVIEW_WIDTH - 1] + "…")
 
 
 def _num(value: float | None, digits: int = 3) -> str:
