@@ -137,35 +137,31 @@ def test_model_errors_exit_with_code_4(tmp_path):
     assert "no config.json" in _one_line_error(_score(SAMPLES / "mixed.jsonl", "-m", empty_folder), 4)
 
 
-def test_uncached_hub_id_offline_is_one_clear_line(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+def _hub_model_error(tmp_path, model: str, **env_changes) -> str:
+    """Run the CLI on a hub id that is not cached, in a fresh process; return its one-line error."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), **env_changes}
+    if "HF_HUB_OFFLINE" not in env_changes:
+        env.pop("HF_HUB_OFFLINE", None)
     proc = subprocess.run(
-        [*SCORECLI, "score", str(SAMPLES / "mixed.jsonl"), "-m", "gpt2", "-o", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 4
-    assert (
-        proc.stderr.strip()
-        == "scorecli: error: --model gpt2: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"
-    )
-
-
-def test_unreachable_hub_fails_fast(tmp_path):
-    """Not offline by setting, but the hub cannot be reached: one line at once, not a minute of retries."""
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}
-    env.pop("HF_HUB_OFFLINE", None)
-    proc = subprocess.run(
-        [*SCORECLI, "score", str(SAMPLES / "mixed.jsonl"), "-m", "someone/some-model", "-o", str(tmp_path / "o")],
+        [*SCORECLI, "score", str(SAMPLES / "mixed.jsonl"), "-m", model, "-o", str(tmp_path / "o")],
         capture_output=True,
         text=True,
         env=env,
         timeout=120,
     )
     assert proc.returncode == 4
-    assert proc.stderr.strip() == (
+    return proc.stderr.strip()
+
+
+def test_uncached_hub_id_offline_is_one_clear_line(tmp_path):
+    assert _hub_model_error(tmp_path, "gpt2", HF_HUB_OFFLINE="1") == (
+        "scorecli: error: --model gpt2: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"
+    )
+
+
+def test_unreachable_hub_fails_fast(tmp_path):
+    """Not offline by setting, but the hub cannot be reached: one line at once, not a minute of retries."""
+    assert _hub_model_error(tmp_path, "someone/some-model", HF_ENDPOINT="http://127.0.0.1:9") == (
         "scorecli: error: --model someone/some-model: not in the local Hugging Face cache and 127.0.0.1 cannot be "
         "reached (offline?); pass a local model folder or a .gguf file instead"
     )
