@@ -83,8 +83,7 @@ def main() -> None:
     from scorecli.models import load_model
 
     loaded = load_model(args.model, device="cpu", dtype="float32")  # converts and caches a GGUF once: warm
-    folder = loaded.info.get("model_path") if args.model and not args.model.endswith(".gguf") else None
-    folder = folder or str(loaded.model.name_or_path)
+    folder = str(loaded.model.name_or_path)  # the converted folder for a GGUF, else what --model named
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for run in args.runs.split(","):

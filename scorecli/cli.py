@@ -111,6 +111,7 @@ def score(
     """Score every token of every text in INPUT and write per-token and per-sequence scores."""
     console = Console(stderr=True, quiet=quiet)
     with _reported_errors():
+        # Options, input and output folder are all checked before the model is loaded, so mistakes fail fast.
         check_limits(batch_tokens, max_length)
         records = read_records(input, text_field=text_field, id_field=id_field)
         first = next(records)  # reads and validates the first record before any model work

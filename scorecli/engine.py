@@ -49,15 +49,17 @@ def token_stats(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probability of each label and entropy (nats) of each row of logits [N, V], in float32."""
     blocks = range(0, len(labels), STATS_ROWS)
-    return _concat([_block_stats(logits[i : i + STATS_ROWS], labels[i : i + STATS_ROWS], entropy) for i in blocks])
+    parts = [_block_stats(logits[i : i + STATS_ROWS], labels[i : i + STATS_ROWS], entropy) for i in blocks]
+    return _concat(parts, entropy)
 
 
-def _concat(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Join per-block (log-probs, entropies) pairs; entropies stay None where they were not asked for."""
+def _concat(
+    parts: list[tuple[torch.Tensor, torch.Tensor | None]], entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Join per-block (log-probs, entropies) pairs; entropies are None where they were not asked for."""
     if not parts:
-        return torch.zeros(0), torch.zeros(0)
-    entropies = [p[1] for p in parts]
-    return torch.cat([p[0] for p in parts]), (None if entropies[0] is None else torch.cat(entropies))
+        return torch.zeros(0), (torch.zeros(0) if entropy else None)
+    return torch.cat([p[0] for p in parts]), (torch.cat([p[1] for p in parts]) if entropy else None)
 
 
 def _block_stats(logits: torch.Tensor, labels: torch.Tensor, entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -96,9 +98,8 @@ class OutputHead:
         self.vocab_size = model.config.vocab_size if self.head is None else self.head.weight.shape[0]
         self.chunk_rows = max(1, HEAD_CHUNK_BYTES // (4 * self.vocab_size))
         self._weight32: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.chunked = self.head is not None and self.base is not None and self.base is not model
-        if self.chunked:
-            self.chunked = self._matches_model_logits()
+        has_head = self.head is not None and self.base is not None and self.base is not model
+        self.chunked = has_head and self._matches_model_logits()
 
     @property
     def mode(self) -> str:
@@ -163,7 +164,8 @@ class OutputHead:
         states = states.reshape(-1, states.shape[-1]) if select is None else states[select]
         rows = self.chunk_rows
         chunks = range(0, selected.shape[0], rows)
-        return _concat([self._chunk(stats, states[i : i + rows], selected[i : i + rows], entropy) for i in chunks])
+        parts = [self._chunk(stats, states[i : i + rows], selected[i : i + rows], entropy) for i in chunks]
+        return _concat(parts, entropy)
 
     def _stats_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor, entropy: bool) -> tuple:
         """Token statistics of one chunk of final hidden states."""

@@ -33,7 +33,6 @@ class LoadedModel:
     tokenizer: object
     device: torch.device
     dtype: torch.dtype
-    context_length: int | None
     info: dict[str, str] = field(default_factory=dict)
 
 
@@ -131,7 +130,7 @@ def _load(spec: str | None, device: torch.device, dtype: torch.dtype) -> LoadedM
     info["tokenizer"] = f"{type(tokenizer).__name__} (vocab {len(tokenizer)}) from {tokenizer.name_or_path}"
     model.to(device)
     model.eval()
-    return LoadedModel(model, tokenizer, device, dtype, context_length(model, tokenizer), info)
+    return LoadedModel(model, tokenizer, device, dtype, info)
 
 
 def _from_pretrained(label: str, source: str, dtype: torch.dtype, local_only: bool) -> tuple:
