@@ -1,41 +1,87 @@
-"""Tokenise texts with offsets, apply the BOS policy and truncation, sort by length and pack batches."""
+"""Tokenise texts with offsets, mark response tokens, apply the BOS policy, cut windows, sort and pack batches."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from scorecli.errors import ModelError, UsageError
 
+Spans = tuple[tuple[int, int], ...]
+
 
 @dataclass
 class Encoded:
-    """A text as the model sees it: `ids` is the fed sequence, of which `ids[n_prefix:]` are text tokens."""
+    """A text as the model sees it: `ids` is the whole sequence, of which `ids[n_prefix:]` are text tokens.
+
+    `response` marks, for each text token, whether it lies in a response span (every token of a plain text
+    does); `targets` marks, for each position of `ids`, whether its token gets a log-probability.
+    """
 
     ids: list[int]
-    offsets: list[tuple[int, int]]
+    offsets: np.ndarray
     n_prefix: int
     truncated: bool
+    response: np.ndarray
+    targets: np.ndarray
 
     @property
     def n_scored(self) -> int:
-        """How many of the sequence's tokens get a score (every token that has a predecessor)."""
-        return max(len(self.ids) - 1, 0)
-
-    @property
-    def first_scored(self) -> int:
-        """Index, among the text tokens, of the first scored one (0 with a BOS, else 1)."""
-        return 1 - self.n_prefix
+        """How many of the sequence's tokens get a log-probability."""
+        return int(self.targets.sum())
 
 
-def check_limits(batch_tokens: int | None, max_length: int | None) -> None:
-    """Reject a token budget or length limit that cannot work (None means the default)."""
+@dataclass(frozen=True)
+class Window:
+    """A slice `ids[begin:end]` fed to the model, scoring the targets at positions in [first, end)."""
+
+    doc: int
+    begin: int
+    end: int
+    first: int
+
+
+def check_limits(
+    batch_tokens: int | None, max_length: int | None, stride: int | None = None, truncate: bool = False
+) -> None:
+    """Reject a token budget, length limit or stride that cannot work (None means the default)."""
     if batch_tokens is not None and batch_tokens < 1:
         raise UsageError(f"--batch-tokens must be at least 1, not {batch_tokens}")
     if max_length is not None and max_length < 2:
         raise UsageError(f"--max-length must be at least 2, not {max_length}")
+    if stride is not None:
+        if truncate:
+            raise UsageError("--stride and --truncate cannot be used together: --truncate scores no windows")
+        if stride < 1:
+            raise UsageError(f"--stride must be at least 1, not {stride}")
+        if max_length is not None and stride >= max_length:
+            # A window that starts where the last one ended would leave its first token without context.
+            raise UsageError(f"--stride must be less than --max-length ({max_length}), not {stride}")
+
+
+def default_stride(max_length: int) -> int:
+    """Half the window: each token after the first window is scored with at least that much context."""
+    return max(1, max_length // 2)
+
+
+def windows(doc: int, n: int, max_length: int | None, stride: int) -> list[Window]:
+    """Windows over a sequence of n tokens so that each of positions 1..n-1 is a target exactly once.
+
+    As in Hugging Face's "perplexity of fixed-length models": windows start at 0, stride, 2·stride, …,
+    span max_length positions, and each scores the targets no earlier window scored.
+    """
+    if max_length is None or n <= max_length:
+        return [Window(doc, 0, n, 1)]
+    out, begin, first = [], 0, 1
+    while True:
+        end = min(begin + max_length, n)
+        out.append(Window(doc, begin, end, first))
+        if end == n:
+            return out
+        begin, first = begin + stride, end
 
 
 def bos_token_id(tokenizer: object) -> int:
@@ -46,35 +92,67 @@ def bos_token_id(tokenizer: object) -> int:
     raise ModelError("the tokenizer has neither a BOS nor an EOS token to prepend: use --no-bos")
 
 
-class Encoder:
-    """Turn texts into model sequences under one BOS policy and length limit."""
+def response_mask(offsets: np.ndarray, spans: Spans | None) -> np.ndarray:
+    """Whether each token (by its character offsets) overlaps a response span; all True where spans is None."""
+    if spans is None:
+        return np.ones(len(offsets), dtype=bool)
+    mask = np.zeros(len(offsets), dtype=bool)
+    for start, end in spans:
+        # A token that straddles a span's boundary counts as response: it holds response characters.
+        mask |= (offsets[:, 0] < end) & (offsets[:, 1] > start)
+    return mask
 
-    def __init__(self, tokenizer: object, bos: bool = True, max_length: int | None = None) -> None:
+
+class Encoder:
+    """Turn texts into model sequences under one BOS policy, length limit and choice of scored tokens."""
+
+    def __init__(
+        self,
+        tokenizer: object,
+        bos: bool = True,
+        max_length: int | None = None,
+        truncate: bool = False,
+        all_tokens: bool = False,
+    ) -> None:
         """Prepare to encode with `tokenizer`; `max_length` bounds the fed sequence, BOS included."""
         self.tokenizer = tokenizer
         self.bos_id = bos_token_id(tokenizer) if bos else None
         self.max_length = max_length
+        self.truncate = truncate
+        self.all_tokens = all_tokens
 
-    def encode(self, texts: Sequence[str]) -> list[Encoded]:
-        """Tokenise a list of texts in one call, as plain text: no special tokens are added or recognised."""
-        # split_special_tokens: a text that contains "<s>" or "<|im_start|>" is scored as the characters it
-        # holds, never as the special token (which would double the BOS or smuggle in control tokens).
+    def encode(
+        self, texts: Sequence[str], spans: Sequence[Spans | None] | None = None, chat: bool = False
+    ) -> list[Encoded]:
+        """Tokenise texts in one call (`spans`: each text's response spans, None to score all of it).
+
+        Plain texts are tokenised as plain text, rendered chats with their control tokens.
+        """
+        # split_special_tokens: a plain text that contains "<s>" or "<|im_start|>" is scored as the characters
+        # it holds, never as the special token (which would double the BOS or smuggle in control tokens). A
+        # rendered chat is the opposite: its template's markers are the control tokens the model was tuned on.
         enc = self.tokenizer(
             list(texts),
             add_special_tokens=False,
-            split_special_tokens=True,
+            split_special_tokens=not chat,
             return_offsets_mapping=True,
             return_attention_mask=False,
         )
-        prefix = [] if self.bos_id is None else [self.bos_id]
-        limit = None if self.max_length is None else self.max_length - len(prefix)
-        out = []
-        for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"]):
-            truncated = limit is not None and len(ids) > limit
-            if truncated:
-                ids, offsets = ids[:limit], offsets[:limit]
-            out.append(Encoded(prefix + list(ids), [tuple(o) for o in offsets], len(prefix), truncated))
-        return out
+        rows = zip(enc["input_ids"], enc["offset_mapping"], spans or [None] * len(texts))
+        return [self._sequence(list(ids), offsets, text_spans) for ids, offsets, text_spans in rows]
+
+    def _sequence(self, ids: list[int], offsets: list, spans: Spans | None) -> Encoded:
+        """One text's sequence: BOS prepended unless it already starts with it, truncated where asked."""
+        prefix = [] if self.bos_id is None or ids[:1] == [self.bos_id] else [self.bos_id]
+        truncated = self.truncate and self.max_length is not None and len(prefix) + len(ids) > self.max_length
+        if truncated:
+            ids, offsets = ids[: self.max_length - len(prefix)], offsets[: self.max_length - len(prefix)]
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        response = response_mask(offsets, spans)
+        targets = np.zeros(len(prefix) + len(ids), dtype=bool)
+        targets[len(prefix) :] = True if self.all_tokens else response
+        targets[:1] = False  # the first token of the sequence has no context to be predicted from
+        return Encoded(prefix + ids, offsets, len(prefix), truncated, response, targets)
 
 
 class TokenTexts:
@@ -106,15 +184,13 @@ def pack(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad sequences into (input_ids, labels, attention_mask), labels being the next tokens."""
+def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad sequences into (input_ids, labels), labels being the next tokens."""
     width = max(len(s) for s in sequences) - 1
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     labels = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
         n = len(seq) - 1
         input_ids[row, :n] = torch.tensor(seq[:-1])
         labels[row, :n] = torch.tensor(seq[1:])
-        mask[row, :n] = 1
-    return input_ids, labels, mask
+    return input_ids, labels

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import shlex
+import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -19,10 +23,10 @@ from typer.core import TyperGroup
 from scorecli import __version__
 from scorecli.batching import check_limits
 from scorecli.engine import ScoreProgress, Scorer
-from scorecli.errors import ScorecliError
-from scorecli.inputs import STDIN, count_records, display_name, read_records
+from scorecli.errors import ScorecliError, UsageError
+from scorecli.inputs import STDIN, Fields, Record, Rejected, count_records, display_name, read_records
 from scorecli.models import load_model, resolve_device, resolve_dtype
-from scorecli.outputs import JsonlOutput, ParquetOutput, prepare_out_dir, write_summary
+from scorecli.outputs import JsonlOutput, RunState, RunWriter, check_resume, prepare_out_dir
 from scorecli.summary import Summary, render
 
 
@@ -53,6 +57,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 def _show_version(value: bool) -> None:
@@ -67,6 +72,13 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Show the version."),
 ) -> None:
     """Score text with causal language models: per-token log-probabilities and entropies."""
+
+
+class OnError(str, Enum):
+    """What to do with a record that cannot be scored."""
+
+    stop = "stop"
+    skip = "skip"
 
 
 @app.command()
@@ -89,14 +101,35 @@ def score(
     ),
     text_field: str = typer.Option("text", "--text-field", help="Field (column) holding the text."),
     id_field: str = typer.Option("id", "--id-field", help="Field holding the document id (optional in the data)."),
+    prompt_field: Optional[str] = typer.Option(
+        None, "--prompt-field", help="Field holding a prompt: context only, not scored. Needs --response-field."
+    ),
+    response_field: Optional[str] = typer.Option(
+        None, "--response-field", help="Field holding the response that follows the prompt: the scored part."
+    ),
+    messages_field: Optional[str] = typer.Option(
+        None,
+        "--messages-field",
+        help="Field holding a chat ([{role, content}, ...]), rendered with the model's chat template.",
+    ),
+    roles: str = typer.Option("assistant", "--roles", help="Comma-separated chat roles whose turns are scored."),
+    all_tokens: bool = typer.Option(
+        False, "--all-tokens", help="Also write prompt (context) token rows, with is_response false."
+    ),
+    words: bool = typer.Option(False, "--words", help="Also write words.parquet: surprisal per word."),
     batch_tokens: Optional[int] = typer.Option(
         None, "--batch-tokens", help="Token budget per batch, padding included. Default: 1024 on CPU, 16384 on CUDA."
     ),
     max_length: Optional[int] = typer.Option(
         None,
         "--max-length",
-        help="Longest sequence fed to the model, BOS included; longer texts are truncated. "
-        "Default: the model's context length.",
+        help="Window length: the longest sequence fed to the model, BOS included. Default: the model's context.",
+    ),
+    stride: Optional[int] = typer.Option(
+        None, "--stride", help="Tokens between the starts of a long text's windows. Default: half of --max-length."
+    ),
+    truncate: bool = typer.Option(
+        False, "--truncate", help="Cut texts longer than --max-length instead of scoring them in windows."
     ),
     bos: bool = typer.Option(
         True, "--bos/--no-bos", help="Prepend BOS (EOS where there is none) so the first token is scored."
@@ -105,6 +138,10 @@ def score(
     dtype: str = typer.Option(
         "auto", "--dtype", help="auto (float32; bfloat16 on CUDA), float32, bfloat16 or float16."
     ),
+    on_error: OnError = typer.Option(
+        OnError.stop, "--on-error", help="stop at the first bad record, or skip bad records into errors.jsonl."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results in a non-empty output folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
 ) -> None:
@@ -112,50 +149,213 @@ def score(
     console = Console(stderr=True, quiet=quiet)
     with _reported_errors():
         # Options, input and output folder are all checked before the model is loaded, so mistakes fail fast.
-        check_limits(batch_tokens, max_length)
-        records = read_records(input, text_field=text_field, id_field=id_field)
-        first = next(records)  # reads and validates the first record before any model work
-        records = itertools.chain([first], records)
+        check_limits(batch_tokens, max_length, stride, truncate)
+        fields = _fields(text_field, id_field, prompt_field, response_field, messages_field)
         out = out or (STDIN if input == STDIN else _default_out(input))
-
+        _check_run_options(input, out, resume, overwrite, words)
+        state = None if out == STDIN else prepare_out_dir(Path(out), overwrite=overwrite, resume=resume)
         resolve_dtype(dtype, resolve_device(device))
-        if out != STDIN:
-            prepare_out_dir(Path(out), overwrite)
+
+        run = _Run(input, out, console)
+        records = read_records(
+            input,
+            fields=fields,
+            on_error=run.reject if on_error is OnError.skip else None,
+            skip=state.records_done if state else 0,
+        )
+        records = run.peek(records)  # reads and validates the first record before any model work
         _quiet_transformers()
         with console.status("loading model…"):
             loaded = load_model(model, device=device, dtype=dtype)
 
-        scorer = Scorer(loaded.model, loaded.tokenizer, bos=bos, max_length=max_length, batch_tokens=batch_tokens)
+        scorer = Scorer(
+            loaded.model,
+            loaded.tokenizer,
+            bos=bos,
+            max_length=max_length,
+            stride=stride,
+            truncate=truncate,
+            all_tokens=all_tokens,
+            roles=[r.strip() for r in roles.split(",") if r.strip()],
+            batch_tokens=batch_tokens,
+        )
         metadata = {
             **loaded.info,
             **scorer.metadata,
-            "input": display_name(input),
-            "text_field": text_field,
+            **_input_metadata(input, fields),
+            "scored": _scored(fields, scorer.roles, all_tokens),
             "scorecli_version": __version__,
         }
-        writer = JsonlOutput(sys.stdout) if out == STDIN else ParquetOutput(Path(out), metadata)
-        docs_total = count_records(input)
-        progress, advance = _progress_bar(console, docs_total)
-        summary = Summary()
-        started = time.perf_counter()
-        try:
-            with progress:
-                for doc_score in scorer.score_records(records, progress=advance):
-                    writer.write(doc_score)
-                    summary.add(doc_score)
-            written = writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-        summary.seconds = time.perf_counter() - started
-        if out != STDIN:
-            written.append(write_summary(Path(out), summary.as_dict(), metadata))
-        console.print(render(summary, metadata))
-        for path in written:
+        if state is not None:
+            check_resume(state, metadata)
+        run.start(metadata, words, state)
+        run.score(scorer, records, count_records(input), skip_bad=on_error is OnError.skip)
+        console.print(render(run.summary, metadata))
+        for path in run.written:
             console.print(f"wrote {path}")
 
 
-def _progress_bar(console: Console, docs_total: int | None) -> tuple[Progress, Callable[[ScoreProgress], None]]:
+class _Run:
+    """One `score` run's bookkeeping: the writer, the summary, rejected records, and what to say if it stops."""
+
+    def __init__(self, source: str, out: str, console: Console) -> None:
+        """Prepare a run of `source` into `out` (a folder, or - for stdout)."""
+        self.source, self.out, self.console = source, out, console
+        self.writer: RunWriter | JsonlOutput | None = None
+        self.summary = Summary()
+        self.records_seen = 0
+        self.resumed_from = 0
+        self.written: list[Path] = []
+        self._early_rejects: list[Rejected] = []
+
+    def peek(self, records: Iterator[Record]) -> Iterator[Record]:
+        """Read the first record now, so a bad input fails before the model loads."""
+        try:
+            first = next(records)
+        except StopIteration:
+            return iter(())
+        return itertools.chain([first], records)
+
+    def reject(self, rejected: Rejected) -> None:
+        """Keep a bad record out of the run and note it (in errors.jsonl, or on stderr for stdout output)."""
+        self.records_seen = max(self.records_seen, rejected.doc + 1)
+        if self.writer is None:
+            self._early_rejects.append(rejected)
+            return
+        self.writer.reject(rejected)
+        if isinstance(self.writer, JsonlOutput):
+            typer.echo(f"scorecli: skipped {rejected.source}: line {rejected.line}: {rejected.reason}", err=True)
+
+    def start(self, metadata: dict[str, str], words: bool, state: RunState | None) -> None:
+        """Open the output: a new run, or the one `state` describes."""
+        if self.out == STDIN:
+            self.writer = JsonlOutput(sys.stdout)
+        else:
+            self.writer = RunWriter(Path(self.out), metadata, words, state)
+            if state is not None and state.summary is not None:
+                self.summary = Summary.from_state(state.summary)
+                self.resumed_from = self.summary.n_docs
+        for rejected in self._early_rejects:
+            self.reject(rejected)
+
+    def score(self, scorer: Scorer, records: Iterable[Record], docs_total: int | None, skip_bad: bool) -> None:
+        """Score the records, saving each finished buffer; on Ctrl-C or SIGTERM say how to resume."""
+        progress, advance = _progress_bar(self.console, docs_total, done=self.resumed_from)
+        started, seconds = time.perf_counter(), self.summary.seconds
+        on_chat_error = self._chat_reject if skip_bad else None
+        try:
+            with progress, _sigterm_as_interrupt():
+                for docs in scorer.score_buffers(records, progress=advance, on_error=on_chat_error):
+                    for doc in docs:
+                        self.summary.add(doc)
+                    self.records_seen = max(self.records_seen, docs[-1].doc + 1)
+                    self.summary.seconds = seconds + time.perf_counter() - started
+                    self.writer.save(docs, docs[-1].doc + 1, self.summary.state())
+            self.summary.n_rejected = self.writer.rejected
+            self.written = self.writer.finish(self.records_seen, self.summary.as_dict(), errors_file=skip_bad)
+        except KeyboardInterrupt as e:
+            self.writer.abort()
+            typer.echo(f"scorecli: {self._stopped('interrupted')}", err=True)
+            raise typer.Exit(EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED) from None
+        except ScorecliError as e:
+            self.writer.abort()
+            raise type(e)(f"{e}{self._saved_note()}") from None
+        except BaseException:
+            self.writer.abort()
+            raise
+
+    def _chat_reject(self, record: Record, reason: str) -> None:
+        """Note a conversation the chat template refused."""
+        raw = json.dumps([{"role": r, "content": c} for r, c in record.messages or ()], ensure_ascii=False)
+        self.reject(Rejected(record.doc, display_name(self.source), record.line, reason, raw))
+
+    def _saved_note(self) -> str:
+        """Where the documents finished before a failure are, if anywhere."""
+        if not isinstance(self.writer, RunWriter) or self.writer.records_done == 0:
+            return ""
+        return f" ({self.summary.n_docs:,} documents scored before it are saved in {self.out}; see --resume)"
+
+    def _stopped(self, how: str) -> str:
+        """The message for a run stopped by a signal: what is saved and the command that resumes it."""
+        if not isinstance(self.writer, RunWriter):
+            return how
+        if self.writer.records_done == 0:
+            return f"{how} before the first documents were saved; nothing to resume"
+        args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
+        command = shlex.join(["scorecli", *args, "--resume"])
+        return f"{how} after {self.summary.n_docs:,} documents, saved in {self.out}; resume with:\n  {command}"
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as an interrupt: finished work is kept, the exit code says which signal it was."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into a _Terminated exception in the main thread while the block runs."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fields(text: str, id_: str, prompt: str | None, response: str | None, messages: str | None) -> Fields:
+    """The record fields to read, checking that the options name one consistent way to find the text."""
+    if (prompt is None) != (response is None):
+        raise UsageError("--prompt-field and --response-field go together: give both or neither")
+    if messages is not None and prompt is not None:
+        raise UsageError("--messages-field cannot be combined with --prompt-field/--response-field")
+    return Fields(text=text, id=id_, prompt=prompt, response=response, messages=messages)
+
+
+def _check_run_options(source: str, out: str, resume: bool, overwrite: bool, words: bool) -> None:
+    """Reject combinations of input, output and run options that cannot work."""
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite cannot be used together")
+    if out == STDIN and (resume or words):
+        raise UsageError(f"{'--resume' if resume else '--words'} needs an output folder (--out DIR), not stdout")
+    if resume and source == STDIN:
+        raise UsageError("--resume needs an input file: standard input cannot be checked or skipped through")
+
+
+def _input_metadata(source: str, fields: Fields) -> dict[str, str]:
+    """The input and the fields read from it, as metadata; a file's size and time identify it on resume."""
+    meta = {"input": display_name(source)}
+    if source != STDIN:
+        info = os.stat(source)
+        meta["input_size"] = str(info.st_size)
+        meta["input_mtime_ns"] = str(info.st_mtime_ns)
+    if fields.messages:
+        meta["messages_field"] = fields.messages
+    elif fields.prompt:
+        meta["prompt_field"], meta["response_field"] = fields.prompt, fields.response
+    else:
+        meta["text_field"] = fields.text
+    return meta
+
+
+def _scored(fields: Fields, roles: tuple[str, ...], all_tokens: bool) -> str:
+    """Which tokens count in the statistics, in words, for the metadata."""
+    rows = " (token rows for all tokens)" if all_tokens else ""
+    if fields.messages:
+        return f"chat turns of roles {','.join(roles)} in field '{fields.messages}'{rows}"
+    if fields.prompt:
+        return f"field '{fields.response}' after field '{fields.prompt}'{rows}"
+    return "all tokens"
+
+
+def _progress_bar(
+    console: Console, docs_total: int | None, done: int = 0
+) -> tuple[Progress, Callable[[ScoreProgress], None]]:
     """A progress bar over scored tokens, with documents done and tokens/s, and the callback that moves it."""
     # Tokens, not documents, measure progress: long texts go first, so a count of documents would
     # make the time left look far longer than it is.
@@ -177,8 +377,8 @@ def _progress_bar(console: Console, docs_total: int | None) -> tuple[Progress, C
         """Move the bar to where scoring stands."""
         elapsed = time.perf_counter() - started
         rate = f"{state.tokens_done / elapsed:,.0f} tok/s" if elapsed > 0 and state.tokens_done else ""
-        total = state.tokens_total(docs_total)
-        progress.update(task, completed=state.tokens_done, total=total, docs=state.docs_done, rate=rate)
+        total = state.tokens_total(docs_total - done if docs_total else None)
+        progress.update(task, completed=state.tokens_done, total=total, docs=done + state.docs_done, rate=rate)
 
     return progress, advance
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,16 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from scorecli.batching import Encoded, Encoder, TokenTexts, check_limits, collate, pack
+from scorecli.batching import Encoded, Encoder, TokenTexts, Window, check_limits, collate, default_stride, pack, windows
+from scorecli.chat import DEFAULT_ROLES, render_chats
 from scorecli.errors import UsageError
 from scorecli.inputs import Record
 from scorecli.models import context_length
+from scorecli.words import Words, assign_words, word_spans, word_stats
 
 # Measured on a 2-core AVX-512 CPU, a 1,024-token budget scores fastest (activations stay in cache);
 # accelerators want large batches.
 DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 16384, "mps": 8192}
 HEAD_CHUNK_BYTES = 64 * 2**20  # float32 logits per head chunk: bounds peak memory whatever the vocabulary
 MAX_CPU_WORKERS = 8
+BUFFER_CHARS_PER_BATCH_TOKEN = 256
 STATS_ROWS = 32  # rows per softmax block: its temporaries stay in L2, about 4x faster than whole chunks on CPU
 _PROBE_LENGTH = 8
 _heads: weakref.WeakKeyDictionary[torch.nn.Module, OutputHead] = weakref.WeakKeyDictionary()
@@ -203,7 +206,11 @@ class ScoreProgress:
 
 @dataclass
 class DocScore:
-    """The scores of one document: a row per scored token, and the document's totals."""
+    """The scores of one document: a row per scored token, and the document's totals.
+
+    Statistics count the response rows only (every row of a plain text is one); prompt rows are present
+    only when asked for, as context that was scored but not counted.
+    """
 
     doc: int
     id: str | None
@@ -215,22 +222,34 @@ class DocScore:
     logprobs: np.ndarray
     entropies: np.ndarray
     tokens: list[str]
+    is_response: np.ndarray
     n_bytes: int
     truncated: bool
+    words: Words
     sum_logprob: float = field(init=False)
 
     def __post_init__(self) -> None:
-        """Total the log-probs in float64."""
-        self.sum_logprob = float(self.logprobs.sum(dtype=np.float64))
+        """Total the response log-probs in float64."""
+        self.sum_logprob = float(self.logprobs[self.is_response].sum(dtype=np.float64))
 
     @property
     def n_tokens(self) -> int:
-        """Number of scored tokens."""
+        """Number of scored response tokens."""
+        return int(self.is_response.sum())
+
+    @property
+    def n_rows(self) -> int:
+        """Number of token rows (response tokens, plus prompt tokens where asked for)."""
         return len(self.logprobs)
+
+    @property
+    def sum_entropy(self) -> float:
+        """Total entropy over the response tokens, in nats."""
+        return float(self.entropies[self.is_response].sum(dtype=np.float64))
 
     def sequence_row(self) -> dict:
         """The document's row of sequences.parquet; statistics are None where no token was scored."""
-        n = self.n_tokens
+        n, n_words = self.n_tokens, len(self.words)
         mean = self.sum_logprob / n if n else None
         return {
             "doc": self.doc,
@@ -239,15 +258,29 @@ class DocScore:
             "sum_logprob": self.sum_logprob if n else None,
             "mean_logprob": mean,
             "perplexity": perplexity(mean) if n else None,
-            "mean_entropy": float(self.entropies.mean(dtype=np.float64)) if n else None,
+            "mean_entropy": self.sum_entropy / n if n else None,
             "n_bytes": self.n_bytes,
             "bits_per_byte": -self.sum_logprob / (self.n_bytes * math.log(2)) if n and self.n_bytes else None,
+            "n_words": n_words,
+            "word_perplexity": perplexity(self.sum_logprob / n_words) if n_words else None,
             "truncated": self.truncated,
+        }
+
+    def word_rows(self) -> dict[str, np.ndarray | list]:
+        """The document's rows of words.parquet, as columns."""
+        response = self.is_response
+        stats = word_stats(self.words, self.logprobs[response], self.entropies[response])
+        return {
+            "word": np.arange(len(self.words)),
+            "text": [self.text[a:b] for a, b in zip(self.words.starts.tolist(), self.words.ends.tolist())],
+            "start": self.words.starts,
+            "end": self.words.ends,
+            **stats,
         }
 
 
 class Scorer:
-    """Score streams of texts with one model: tokenise, sort by length, pack by token budget, score, reorder."""
+    """Score streams of texts with one model: tokenise, cut windows, sort by length, pack, score, reorder."""
 
     def __init__(
         self,
@@ -256,14 +289,22 @@ class Scorer:
         *,
         bos: bool = True,
         max_length: int | None = None,
+        stride: int | None = None,
+        truncate: bool = False,
+        all_tokens: bool = False,
+        roles: Sequence[str] = DEFAULT_ROLES,
         batch_tokens: int | None = None,
         workers: int | None = None,
         buffer_docs: int = 4096,
-        buffer_chars: int = 4_000_000,
+        buffer_chars: int | None = None,
     ) -> None:
-        """Set the scoring policy; None picks the model's context length and the device's token budget."""
+        """Set the scoring policy; None picks the model's context length, half of it and the device's budget.
+
+        Texts longer than `max_length` are scored in windows advancing by `stride`, or cut if `truncate`;
+        `all_tokens` also scores the prompt (context) tokens; `roles` are the chat turns that are scored.
+        """
         self.device = next(model.parameters()).device
-        check_limits(batch_tokens, max_length)
+        check_limits(batch_tokens, max_length, stride, truncate)
         if batch_tokens is None:
             batch_tokens = DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
         context = context_length(model, tokenizer)
@@ -271,14 +312,23 @@ class Scorer:
             max_length = context
         elif context is not None and max_length > context:
             raise UsageError(f"--max-length {max_length} exceeds the model's context length of {context} tokens")
+        if stride is not None and max_length is None:
+            raise UsageError("--stride needs --max-length: the model does not state its context length")
+        if stride is None and max_length is not None and not truncate:
+            stride = default_stride(max_length)
+        check_limits(batch_tokens, max_length, stride, truncate)
         self.model = model
         self.tokenizer = tokenizer
-        self.encoder = Encoder(tokenizer, bos=bos, max_length=max_length)
+        self.encoder = Encoder(tokenizer, bos=bos, max_length=max_length, truncate=truncate, all_tokens=all_tokens)
         self.max_length = max_length
+        self.stride = stride
+        self.roles = tuple(roles)
         self.batch_tokens = batch_tokens
         self.workers = workers or (min(torch.get_num_threads(), MAX_CPU_WORKERS) if self.device.type == "cpu" else 1)
         self.buffer_docs = buffer_docs
-        self.buffer_chars = buffer_chars
+        # About 64 full batches (at ~4 characters a token) per buffer: enough to sort by length, little
+        # enough that an interrupt loses at most a minute or two of work.
+        self.buffer_chars = buffer_chars or BUFFER_CHARS_PER_BATCH_TOKEN * batch_tokens
         self.head = output_head(model)
         self.token_texts = TokenTexts(tokenizer)
 
@@ -291,9 +341,19 @@ class Scorer:
             if bos_id is None
             else (f"prepended {self.tokenizer.convert_ids_to_tokens(bos_id)!s} (id {bos_id})")
         )
+        if self.max_length is None:
+            long_texts = "scored whole (the model states no context length)"
+        elif self.stride is None:
+            long_texts = f"truncated to {self.max_length} tokens"
+        else:
+            long_texts = f"windows of {self.max_length} tokens, stride {self.stride}"
         return {
             "bos": bos,
             "max_length": str(self.max_length),
+            "stride": str(self.stride),
+            "long_texts": long_texts,
+            "all_tokens": str(self.encoder.all_tokens).lower(),
+            "roles": ",".join(self.roles),
             "batch_tokens": str(self.batch_tokens),
             "head": self.head.mode,
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
@@ -305,44 +365,95 @@ class Scorer:
         return list(self.score_records(Record(i, t) for i, t in enumerate(texts)))
 
     def score_records(
-        self, records: Iterable[Record], progress: Callable[[ScoreProgress], None] | None = None
+        self,
+        records: Iterable[Record],
+        progress: Callable[[ScoreProgress], None] | None = None,
+        on_error: Callable[[Record, str], None] | None = None,
     ) -> Iterator[DocScore]:
-        """Score records as a stream, yielding DocScores in input order; `progress` is told of each step."""
+        """Score records as a stream, yielding DocScores in input order; `progress` is told of each step.
+
+        Conversations are rendered with the chat template first; one it refuses raises InputError, or goes
+        to `on_error` and is skipped.
+        """
+        for docs in self.score_buffers(records, progress, on_error):
+            yield from docs
+
+    def score_buffers(
+        self,
+        records: Iterable[Record],
+        progress: Callable[[ScoreProgress], None] | None = None,
+        on_error: Callable[[Record, str], None] | None = None,
+    ) -> Iterator[list[DocScore]]:
+        """As score_records, one read-ahead buffer of documents at a time: the points to save a run at.
+
+        Buffers are cut by counts of records and characters only, so a run resumed after a buffer's last
+        record meets the very same buffers, batches and numbers as an uninterrupted one.
+        """
         state = ScoreProgress()
         report = progress or (lambda _: None)
         buffer: list[Record] = []
         chars = 0
-        for record in records:
+        for record in render_chats(records, self.tokenizer, self.roles, on_error):
             buffer.append(record)
             chars += len(record.text)
             if len(buffer) >= self.buffer_docs or chars >= self.buffer_chars:
-                yield from self._score_buffer(buffer, state, report)
+                yield self._score_buffer(buffer, state, report)
                 buffer, chars = [], 0
         if buffer:
-            yield from self._score_buffer(buffer, state, report)
+            yield self._score_buffer(buffer, state, report)
+
+    def _encode(self, records: list[Record]) -> list[Encoded]:
+        """Encode a buffer, plain texts and rendered chats each in one tokenizer call."""
+        encoded: list[Encoded | None] = [None] * len(records)
+        for chat in (False, True):
+            group = [i for i, r in enumerate(records) if r.chat == chat]
+            if group:
+                texts, spans = [records[i].text for i in group], [records[i].spans for i in group]
+                for i, enc in zip(group, self.encoder.encode(texts, spans, chat=chat)):
+                    encoded[i] = enc
+        return encoded
+
+    def _windows(self, doc: int, enc: Encoded) -> list[Window]:
+        """The windows of a sequence that have targets, each ending at its last target."""
+        out = []
+        for w in windows(doc, len(enc.ids), self.max_length, self.stride or 1):
+            targets = np.flatnonzero(enc.targets[w.first : w.end])
+            if len(targets):
+                # Later positions cannot change earlier ones under causal attention: no need to feed them.
+                out.append(Window(doc, w.begin, w.first + int(targets[-1]) + 1, w.first))
+        return out
 
     def _score_buffer(
         self, records: list[Record], state: ScoreProgress, report: Callable[[ScoreProgress], None]
-    ) -> Iterator[DocScore]:
-        """Score one read-ahead buffer, longest texts first, and yield its documents in input order."""
-        encoded = self.encoder.encode([r.text for r in records])
-        scorable = [i for i, e in enumerate(encoded) if e.n_scored > 0]
+    ) -> list[DocScore]:
+        """Score one read-ahead buffer, longest windows first; its documents in input order."""
+        encoded = self._encode(records)
+        work = [w for i, enc in enumerate(encoded) for w in self._windows(i, enc)]
+        left = np.bincount([w.doc for w in work], minlength=len(records))
         state.docs_planned += len(records)
-        state.tokens_planned += sum(encoded[i].n_scored for i in scorable)
-        state.docs_done += len(records) - len(scorable)
+        state.tokens_planned += sum(e.n_scored for e in encoded)
+        state.docs_done += int((left == 0).sum())
         report(state)
-        results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        batches = [
-            [scorable[j] for j in batch] for batch in pack([encoded[i].n_scored for i in scorable], self.batch_tokens)
-        ]
+        results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(work)
+        batches = pack([w.end - w.begin - 1 for w in work], self.batch_tokens)
         with self._batch_runner() as run:
-            for rows, scores in zip(batches, run(lambda rows: self._score_batch([encoded[i] for i in rows]), batches)):
-                results.update(zip(rows, scores))
-                state.docs_done += len(rows)
-                state.tokens_done += sum(encoded[i].n_scored for i in rows)
+            for rows, scores in zip(
+                batches, run(lambda rows: self._score_batch([work[i] for i in rows], encoded), batches)
+            ):
+                for i, score in zip(rows, scores):
+                    results[i] = score
+                    left[work[i].doc] -= 1
+                    state.docs_done += int(left[work[i].doc] == 0)
+                    state.tokens_done += len(score[0])
                 report(state)
-        for i, (record, enc) in enumerate(zip(records, encoded)):
-            yield self._doc_score(record, enc, *results.get(i, (np.zeros(0, np.float32),) * 2))
+        per_doc: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in records]
+        for w, score in zip(work, results):
+            per_doc[w.doc].append(score)
+        docs = []
+        for record, enc, scores in zip(records, encoded, per_doc):
+            log_probs, entropy = (np.concatenate(part) for part in zip(*scores)) if scores else (_EMPTY, _EMPTY)
+            docs.append(self._doc_score(record, enc, log_probs, entropy))
+        return docs
 
     @contextmanager
     def _batch_runner(self) -> Iterator[Callable]:
@@ -364,43 +475,60 @@ class Scorer:
             pool.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(threads)
 
-    def _score_batch(self, batch: list[Encoded]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Log-probs and entropies for each sequence of one padded batch, without its padding."""
+    def _score_batch(self, batch: list[Window], encoded: list[Encoded]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Log-probs and entropies of the targets of each window of one padded batch."""
         # Pads are never attended to nor scored; id 0 is simply an id every embedding table has.
-        input_ids, labels, mask = collate([e.ids for e in batch], pad_id=0)
-        input_ids, labels, mask = input_ids.to(self.device), labels.to(self.device), mask.to(self.device)
+        input_ids, labels = collate([encoded[w.doc].ids[w.begin : w.end] for w in batch], pad_id=0)
+        select = torch.zeros(labels.shape, dtype=torch.bool)
+        for row, w in enumerate(batch):
+            # Label j of a window predicts position begin + j + 1; only the window's own targets count.
+            targets = encoded[w.doc].targets[w.begin + 1 : w.end].copy()
+            targets[: w.first - w.begin - 1] = False
+            select[row, : len(targets)] = torch.from_numpy(targets)
+        input_ids, labels, select = input_ids.to(self.device), labels.to(self.device), select.to(self.device)
         # No attention mask: with right padding and causal attention no real token can see a pad, and
         # without a mask attention takes the fused causal kernel instead of materialising [B, heads, T, T].
         with torch.inference_mode():
-            log_probs, entropy = self.head.score(input_ids, labels, None, select=mask.bool())
-        bounds = np.cumsum([e.n_scored for e in batch])[:-1]
+            log_probs, entropy = self.head.score(input_ids, labels, None, select=select)
+        bounds = np.cumsum(select.sum(dim=1).tolist())[:-1]
         return list(zip(np.split(log_probs.cpu().numpy(), bounds), np.split(entropy.cpu().numpy(), bounds)))
 
     def _doc_score(self, record: Record, enc: Encoded, log_probs: np.ndarray, entropy: np.ndarray) -> DocScore:
-        """Assemble a document's token rows from its encoding and its scores."""
-        first = enc.first_scored
-        token_ids = enc.ids[enc.n_prefix + first :]
-        offsets = np.asarray(enc.offsets[first:], dtype=np.int32).reshape(-1, 2)
+        """Assemble a document's token rows from its encoding and the scores of its targets."""
+        positions = np.flatnonzero(enc.targets[enc.n_prefix :])
+        token_ids = np.asarray(enc.ids[enc.n_prefix :], dtype=np.int64)[positions]
+        offsets = enc.offsets[positions]
+        is_response = enc.response[positions]
+        counted = offsets[is_response]
         return DocScore(
             doc=record.doc,
             id=record.id,
             text=record.text,
-            token_ids=np.asarray(token_ids, dtype=np.int32),
-            positions=np.arange(first, first + len(token_ids), dtype=np.int32),
-            starts=offsets[:, 0],
-            ends=offsets[:, 1],
+            token_ids=token_ids.astype(np.int32),
+            positions=positions.astype(np.int32),
+            starts=offsets[:, 0].astype(np.int32),
+            ends=offsets[:, 1].astype(np.int32),
             logprobs=log_probs,
             entropies=entropy,
-            tokens=self.token_texts(token_ids),
-            n_bytes=_scored_bytes(record.text, enc),
+            tokens=self.token_texts(token_ids.tolist()),
+            is_response=is_response,
+            n_bytes=_scored_bytes(record, enc),
             truncated=enc.truncated,
+            words=assign_words(word_spans(record.text, record.spans), counted[:, 1]),
         )
 
 
-def _scored_bytes(text: str, enc: Encoded) -> int:
-    """UTF-8 bytes of the text the scored tokens cover, from the first scored one to the end (or truncation)."""
-    if not enc.n_prefix and len(enc.offsets) < 2:
+_EMPTY = np.zeros(0, np.float32)
+
+
+def _scored_bytes(record: Record, enc: Encoded) -> int:
+    """UTF-8 bytes of the response text from the first scored token (the text's start, after a BOS) on."""
+    first = np.flatnonzero(enc.targets[enc.n_prefix :])
+    if not len(first):
         return 0
-    start = 0 if enc.n_prefix else enc.offsets[1][0]
-    end = enc.offsets[-1][1] if enc.truncated else len(text)
-    return len(text[start:end].encode("utf-8")) if end > start else 0
+    start = 0 if enc.n_prefix else int(enc.offsets[first[0], 0])
+    end = int(enc.offsets[-1, 1]) if enc.truncated else len(record.text)
+    spans = [(0, len(record.text))] if record.spans is None else record.spans
+    return sum(
+        len(record.text[max(a, start) : min(b, end)].encode("utf-8")) for a, b in spans if min(b, end) > max(a, start)
+    )

@@ -8,8 +8,8 @@ import os
 import stat
 import sys
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,13 +21,55 @@ _PARQUET_BATCH_ROWS = 4096
 _COUNT_LIMIT_BYTES = 1 << 30
 
 
+Spans = tuple[tuple[int, int], ...]
+Messages = tuple[tuple[str, str], ...]
+
+
 @dataclass(frozen=True)
 class Record:
-    """One input document: its 0-based position in the input, its text and optional id."""
+    """One input document: its 0-based position in the input, its text and optional id.
+
+    `spans` are the character spans of `text` to score (None: all of it); `messages` is a conversation
+    still to be rendered into `text`, and `chat` marks a text that was rendered from one.
+    """
 
     doc: int
     text: str
     id: str | None = None
+    spans: Spans | None = None
+    messages: Messages | None = None
+    chat: bool = False
+    where: str = field(default="", compare=False)
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An input record that could not be scored: where it is, why, and its raw content."""
+
+    doc: int
+    source: str
+    line: int
+    reason: str
+    raw: str
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Which fields of a record hold what: plain text, a prompt and a response, or a conversation."""
+
+    text: str = "text"
+    id: str | None = "id"
+    prompt: str | None = None
+    response: str | None = None
+    messages: str | None = None
+
+    @property
+    def required(self) -> list[str]:
+        """The fields every record must have."""
+        if self.messages:
+            return [self.messages]
+        return [self.prompt, self.response] if self.prompt else [self.text]
 
 
 def display_name(source: str | Path) -> str:
@@ -40,17 +82,51 @@ def is_parquet(source: str | Path) -> bool:
     return str(source) != STDIN and Path(source).suffix.lower() in PARQUET_SUFFIXES
 
 
-def read_records(source: str | Path, text_field: str = "text", id_field: str | None = "id") -> Iterator[Record]:
-    """Yield the records of a JSONL or Parquet input in order; raise InputError on the first bad one."""
-    rows = _parquet_rows(source, text_field, id_field) if is_parquet(source) else _jsonl_rows(source)
+def read_records(
+    source: str | Path,
+    text_field: str = "text",
+    id_field: str | None = "id",
+    *,
+    fields: Fields | None = None,
+    on_error: Callable[[Rejected], None] | None = None,
+    skip: int = 0,
+) -> Iterator[Record]:
+    """Yield the records of a JSONL or Parquet input in order, validating each as it is read.
+
+    A bad record raises InputError, or goes to `on_error` and is skipped. `fields` overrides the two field
+    names; `skip` passes over the first records unread (validated only as JSON), for resuming a run.
+    """
+    fields = fields or Fields(text_field, id_field)
+    rows = _parquet_rows(source, fields) if is_parquet(source) else _jsonl_rows(source)
     name = display_name(source)
-    where = "row" if is_parquet(source) else "line"
+    unit = "row" if is_parquet(source) else "line"
     doc = 0
-    for number, row in rows:
-        yield Record(doc, _text(row, text_field, name, where, number), _id(row, id_field, name, where, number))
+    for number, row, raw in rows:
+        if doc >= skip:
+            where = f"{name}: {unit} {number}"
+            try:
+                if isinstance(row, str):
+                    raise InputError(f"{where}: {row}")
+                yield _record(doc, row, fields, where, number)
+            except InputError as e:
+                if on_error is None:
+                    raise
+                on_error(Rejected(doc, name, number, str(e).removeprefix(f"{where}: "), raw))
         doc += 1
     if doc == 0:
         raise InputError(f"{name}: no records to score (the input is empty)")
+
+
+def _record(doc: int, row: dict, fields: Fields, where: str, line: int) -> Record:
+    """A validated Record from one decoded row, or InputError naming the place and the field."""
+    doc_id = _id(row, fields.id, where)
+    if fields.messages:
+        return Record(doc, "", doc_id, messages=_messages(row, fields.messages, where), where=where, line=line)
+    if fields.prompt:
+        prompt, response = _text(row, fields.prompt, where), _text(row, fields.response, where)
+        text = prompt + response
+        return Record(doc, text, doc_id, spans=((len(prompt), len(text)),), where=where, line=line)
+    return Record(doc, _text(row, fields.text, where), doc_id, where=where, line=line)
 
 
 def count_records(source: str | Path) -> int | None:
@@ -88,32 +164,34 @@ def _open_binary(source: str | Path) -> BinaryIO:
         raise InputError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
-def _jsonl_rows(source: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, JSON object) for each non-blank line of a JSONL input."""
+def _jsonl_rows(source: str | Path) -> Iterator[tuple[int, dict | str, str]]:
+    """Yield (line number, JSON object or why the line is not one, raw line) for each non-blank line."""
     name = display_name(source)
     f = _open_binary(source)
     try:
         for number, raw in enumerate(_lines(f, name), start=1):
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(
-                    f"{name}: line {number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte offset {e.start})"
-                ) from None
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{name}: line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{name}: line {number}: expected a JSON object, got {_json_type(row)}")
-            yield number, row
+            if raw.strip():
+                yield number, _decode(raw), raw.decode("utf-8", "replace").rstrip("\r\n")
     finally:
         if f is not sys.stdin.buffer:
             f.close()
+
+
+def _decode(raw: bytes) -> dict | str:
+    """A line's JSON object, or the reason it is not one."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte offset {e.start})"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        return f"not valid JSON ({e.msg} at column {e.colno})"
+    except RecursionError:
+        return "not valid JSON (nested too deeply)"
+    return row if isinstance(row, dict) else f"expected a JSON object, got {_json_type(row)}"
 
 
 def _lines(f: BinaryIO, name: str) -> Iterator[bytes]:
@@ -124,8 +202,8 @@ def _lines(f: BinaryIO, name: str) -> Iterator[bytes]:
         raise InputError(f"{name}: cannot be read ({e})") from None
 
 
-def _parquet_rows(source: str | Path, text_field: str, id_field: str | None) -> Iterator[tuple[int, dict]]:
-    """Yield (1-based row number, {column: value}) for the needed columns of a Parquet file."""
+def _parquet_rows(source: str | Path, fields: Fields) -> Iterator[tuple[int, dict, str]]:
+    """Yield (1-based row number, {column: value}, the row as JSON) for the needed columns of a Parquet file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -137,37 +215,58 @@ def _parquet_rows(source: str | Path, text_field: str, id_field: str | None) -> 
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
     schema = pf.schema_arrow
-    if text_field not in schema.names:
-        raise InputError(f"{path}: no column '{text_field}' (columns: {', '.join(schema.names)})")
-    text_type = schema.field(text_field).type
-    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
-        raise InputError(f"{path}: column '{text_field}' has type {text_type}, expected string")
-    columns = [text_field] + ([id_field] if id_field and id_field in schema.names and id_field != text_field else [])
+    for name in fields.required:
+        if name not in schema.names:
+            raise InputError(f"{path}: no column '{name}' (columns: {', '.join(schema.names)})")
+        column_type = schema.field(name).type
+        if name != fields.messages and not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+            raise InputError(f"{path}: column '{name}' has type {column_type}, expected string")
+    columns = list(dict.fromkeys(fields.required + ([fields.id] if fields.id in schema.names else [])))
     number = 0
     try:
         for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=columns):
             values = {c: batch.column(c).to_pylist() for c in columns}
             for i in range(batch.num_rows):
                 number += 1
-                yield number, {c: values[c][i] for c in columns}
+                row = {c: values[c][i] for c in columns}
+                yield number, row, json.dumps(row, ensure_ascii=False, default=str)
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
 
 
-def _text(row: dict, field: str, name: str, where: str, number: int) -> str:
-    """Return a record's text field, or raise InputError naming file, line or row, and field."""
+def _text(row: dict, field: str, where: str) -> str:
+    """Return a record's string field, or raise InputError naming the place and the field."""
     if field not in row:
         keys = ", ".join(map(str, row)) or "none"
-        raise InputError(f"{name}: {where} {number}: field '{field}' is missing (fields: {keys})")
+        raise InputError(f"{where}: field '{field}' is missing (fields: {keys})")
     value = row[field]
     if value is None:
-        raise InputError(f"{name}: {where} {number}: field '{field}' is null")
+        raise InputError(f"{where}: field '{field}' is null")
     if not isinstance(value, str):
-        raise InputError(f"{name}: {where} {number}: field '{field}' must be a string, got {_json_type(value)}")
-    return _checked_unicode(value, field, name, where, number)
+        raise InputError(f"{where}: field '{field}' must be a string, got {_json_type(value)}")
+    return _checked_unicode(value, field, where)
 
 
-def _id(row: dict, field: str | None, name: str, where: str, number: int) -> str | None:
+def _messages(row: dict, field: str, where: str) -> Messages:
+    """Return a record's conversation as (role, content) pairs, or raise InputError saying what is wrong."""
+    value = row.get(field)
+    if not isinstance(value, list) or not value:
+        got = "missing" if field not in row else "an empty array" if value == [] else _json_type(value)
+        raise InputError(f"{where}: field '{field}' must be a non-empty array of messages, got {got}")
+    turns = []
+    for i, message in enumerate(value, start=1):
+        if not isinstance(message, dict):
+            raise InputError(f"{where}: field '{field}': message {i} must be an object, got {_json_type(message)}")
+        role, content = (message.get(k) for k in ("role", "content"))
+        for key, part in (("role", role), ("content", content)):
+            if not isinstance(part, str):
+                got = "missing" if key not in message else _json_type(part)
+                raise InputError(f"{where}: field '{field}': message {i} needs a string '{key}', got {got}")
+        turns.append((_checked_unicode(role, field, where), _checked_unicode(content, field, where)))
+    return tuple(turns)
+
+
+def _id(row: dict, field: str | None, where: str) -> str | None:
     """Return a record's id as a string (None where absent), rejecting ids that are not strings or numbers."""
     if not field or row.get(field) is None:
         return None
@@ -175,20 +274,19 @@ def _id(row: dict, field: str | None, name: str, where: str, number: int) -> str
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return _checked_unicode(value, field, name, where, number)
+        return _checked_unicode(value, field, where)
     if isinstance(value, (int, float)):
         return json.dumps(value)
-    raise InputError(f"{name}: {where} {number}: field '{field}' must be a string or a number, got {_json_type(value)}")
+    raise InputError(f"{where}: field '{field}' must be a string or a number, got {_json_type(value)}")
 
 
-def _checked_unicode(value: str, field: str, name: str, where: str, number: int) -> str:
+def _checked_unicode(value: str, field: str, where: str) -> str:
     """Return a string that encodes as UTF-8; JSON escapes can smuggle in lone surrogates that do not."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise InputError(
-            f"{name}: {where} {number}: field '{field}' is not valid Unicode (lone surrogate at character {e.start})"
-        ) from None
+        reason = f"field '{field}' is not valid Unicode (lone surrogate at character {e.start})"
+        raise InputError(f"{where}: {reason}") from None
     return value
 
 

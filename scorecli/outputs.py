@@ -1,10 +1,12 @@
-"""Write scores: tokens.parquet and sequences.parquet with run metadata, or JSON lines to a stream."""
+"""Write scores: Parquet files with run metadata, saved in parts as a run goes, or JSON lines to a stream."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -14,10 +16,16 @@ import pyarrow.parquet as pq
 
 from scorecli.engine import DocScore
 from scorecli.errors import OutputError
+from scorecli.inputs import Rejected
 
 TOKENS_FILE = "tokens.parquet"
 SEQUENCES_FILE = "sequences.parquet"
+WORDS_FILE = "words.parquet"
+ERRORS_FILE = "errors.jsonl"
 SUMMARY_FILE = "summary.json"
+PARTS_DIR = "parts"
+RUN_FILE = "run.json"
+RESULT_FILES = (TOKENS_FILE, SEQUENCES_FILE, WORDS_FILE, ERRORS_FILE, SUMMARY_FILE)
 TOKEN_SCHEMA = pa.schema(
     [
         ("doc", pa.int64()),
@@ -29,6 +37,7 @@ TOKEN_SCHEMA = pa.schema(
         ("end", pa.int32()),
         ("logprob", pa.float32()),
         ("entropy", pa.float32()),
+        ("is_response", pa.bool_()),
     ]
 )
 SEQUENCE_SCHEMA = pa.schema(
@@ -42,85 +51,246 @@ SEQUENCE_SCHEMA = pa.schema(
         ("mean_entropy", pa.float64()),
         ("n_bytes", pa.int64()),
         ("bits_per_byte", pa.float64()),
+        ("n_words", pa.int64()),
+        ("word_perplexity", pa.float64()),
         ("truncated", pa.bool_()),
     ]
 )
-_ROW_GROUP_TOKENS = 1 << 16
+WORD_SCHEMA = pa.schema(
+    [
+        ("doc", pa.int64()),
+        ("id", pa.string()),
+        ("word", pa.int32()),
+        ("text", pa.string()),
+        ("start", pa.int32()),
+        ("end", pa.int32()),
+        ("n_tokens", pa.int32()),
+        ("surprisal", pa.float64()),
+        ("entropy", pa.float32()),
+    ]
+)
+ROW_GROUP_ROWS = 1 << 16
 _PARTIAL = ".partial"
+_RAW_CHARS = 1000  # of a rejected record kept in errors.jsonl: enough to find it, not a copy of the corpus
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Create the output folder, refusing one that already holds files unless `overwrite`."""
+@dataclass
+class RunState:
+    """What an output folder holds of an unfinished run: its settings and the parts already saved."""
+
+    metadata: dict[str, str]
+    records_done: int = 0
+    parts: int = 0
+    rejected: int = 0
+    summary: dict | None = None
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool = False, resume: bool = False) -> RunState | None:
+    """Create the output folder for a new run, or read the state of the run to resume in it.
+
+    A folder that already holds files is refused for a new run unless `overwrite`, which removes the old
+    results and parts.
+    """
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir}: exists and is not a folder")
+    if resume:
+        return _run_state(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
-            raise OutputError(f"--out {out_dir}: the folder is not empty; pass --overwrite to replace its results")
-        for name in (TOKENS_FILE, SEQUENCES_FILE, SUMMARY_FILE):
+            hint = " or --resume to continue it" if (out_dir / PARTS_DIR / RUN_FILE).exists() else ""
+            raise OutputError(
+                f"--out {out_dir}: the folder is not empty; pass --overwrite to replace its results{hint}"
+            )
+        for name in RESULT_FILES:
             # An old result must not survive next to a new run that fails.
             (out_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / PARTS_DIR, ignore_errors=True)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"--out {out_dir}: cannot create the folder ({e.strerror or e})") from None
     if not os.access(out_dir, os.W_OK):
         raise OutputError(f"--out {out_dir}: the folder is not writable")
+    return None
 
 
-class ParquetOutput:
-    """Stream DocScores into tokens.parquet and sequences.parquet; the files appear complete on close."""
+def _run_state(out_dir: Path) -> RunState:
+    """The state of the unfinished run in `out_dir`, from its run file and its saved parts."""
+    parts = out_dir / PARTS_DIR
+    run_file = parts / RUN_FILE
+    if not run_file.exists():
+        done = (out_dir / SEQUENCES_FILE).exists()
+        why = "its run is finished" if done else "there is no unfinished run in it"
+        raise OutputError(f"--out {out_dir}: nothing to resume ({why})")
+    state = RunState(json.loads(run_file.read_text(encoding="utf-8"))["metadata"])
+    for manifest in sorted(parts.glob("*.json")):
+        if manifest.name == RUN_FILE:
+            continue
+        part = json.loads(manifest.read_text(encoding="utf-8"))
+        state.parts += 1
+        state.records_done = part["records_done"]
+        state.rejected += len(part["rejected"])
+        state.summary = part["summary"]
+    return state
 
-    def __init__(self, out_dir: Path, metadata: dict[str, str]) -> None:
-        """Open both files (under temporary names) in a prepared folder, with `metadata` in their footers."""
+
+def check_resume(state: RunState, metadata: dict[str, str], ignore: tuple[str, ...] = ()) -> None:
+    """Raise OutputError where this run's settings differ from those the folder's run was started with."""
+    keys = sorted((set(state.metadata) | set(metadata)) - set(ignore))
+    for key in keys:
+        was, now = state.metadata.get(key), metadata.get(key)
+        if was != now:
+            raise OutputError(f"--resume: the run was started with {key} {was!r}, not {now!r}")
+
+
+class RunWriter:
+    """Save a run as numbered parts as it goes, then join them into the final files in one step.
+
+    Each part holds the documents of whole read-ahead buffers and the records rejected among them, with
+    a manifest saying how far into the input it reaches; a crash leaves every saved part readable and a
+    resumed run starts after the last one. The final files appear, complete, only when the run finishes.
+    """
+
+    def __init__(self, out_dir: Path, metadata: dict[str, str], words: bool, state: RunState | None = None) -> None:
+        """Start a run in a prepared folder, or continue the one `state` describes."""
         self.out_dir = Path(out_dir)
-        meta = {k.encode(): str(v).encode() for k, v in metadata.items()}
-        self._targets = [self.out_dir / TOKENS_FILE, self.out_dir / SEQUENCES_FILE]
+        self.parts_dir = self.out_dir / PARTS_DIR
+        self.metadata = metadata
+        self.words = words
+        self.parts = state.parts if state else 0
+        self.records_done = state.records_done if state else 0
+        self.rejected = state.rejected if state else 0
+        self._pending_rejects: list[Rejected] = []
+        if state is None:
+            try:
+                self.parts_dir.mkdir(exist_ok=True)
+                _atomic_write(self.parts_dir / RUN_FILE, json.dumps({"metadata": metadata}, indent=2))
+            except OSError as e:
+                raise OutputError(f"--out {out_dir}: cannot write ({e.strerror or e})") from None
+
+    @property
+    def kinds(self) -> list[tuple[str, pa.Schema]]:
+        """The Parquet files this run writes, with their schemas."""
+        kinds = [(TOKENS_FILE, TOKEN_SCHEMA), (SEQUENCES_FILE, SEQUENCE_SCHEMA)]
+        return kinds + ([(WORDS_FILE, WORD_SCHEMA)] if self.words else [])
+
+    def reject(self, rejected: Rejected) -> None:
+        """Note a record that could not be scored; it is saved with the part that reaches past it."""
+        self._pending_rejects.append(rejected)
+
+    def save(self, docs: list[DocScore], records_done: int, summary: dict) -> None:
+        """Save the documents of finished buffers as a part; the input is done up to `records_done`."""
+        name = f"{self.parts:06d}"
+        rejects = [r for r in self._pending_rejects if r.doc < records_done]
+        self._pending_rejects = [r for r in self._pending_rejects if r.doc >= records_done]
+        tables = {TOKENS_FILE: token_table, SEQUENCES_FILE: sequence_table, WORDS_FILE: word_table}
         try:
-            self._tokens = pq.ParquetWriter(self._partial(0), TOKEN_SCHEMA.with_metadata(meta))
-            self._sequences = pq.ParquetWriter(self._partial(1), SEQUENCE_SCHEMA.with_metadata(meta))
+            for kind, _ in self.kinds:
+                path = self.parts_dir / f"{name}.{kind}"
+                pq.write_table(tables[kind](docs), path.with_name(path.name + _PARTIAL))
+                os.replace(path.with_name(path.name + _PARTIAL), path)
+            # The manifest goes last: a part without one was cut short and does not count.
+            manifest = {"records_done": records_done, "rejected": [_reject_row(r) for r in rejects], "summary": summary}
+            _atomic_write(self.parts_dir / f"{name}.json", json.dumps(manifest, ensure_ascii=False))
         except OSError as e:
-            raise OutputError(f"--out {out_dir}: cannot write ({e})") from None
-        self._pending: list[DocScore] = []
-        self._pending_tokens = 0
+            raise OutputError(f"--out {self.out_dir}: cannot write ({e.strerror or e})") from None
+        self.parts += 1
+        self.records_done = records_done
+        self.rejected += len(rejects)
 
-    def _partial(self, i: int) -> Path:
-        """Temporary name of output file i while it is being written."""
-        return self._targets[i].with_name(self._targets[i].name + _PARTIAL)
-
-    def write(self, score: DocScore) -> None:
-        """Add one document's rows; rows are flushed in row groups of about 65k tokens."""
-        self._pending.append(score)
-        self._pending_tokens += score.n_tokens
-        if self._pending_tokens >= _ROW_GROUP_TOKENS:
-            self._flush()
-
-    def _flush(self) -> None:
-        """Write the pending documents as one row group of each file."""
-        if not self._pending:
-            return
-        self._tokens.write_table(token_table(self._pending))
-        self._sequences.write_table(pa.Table.from_pylist([s.sequence_row() for s in self._pending], SEQUENCE_SCHEMA))
-        self._pending, self._pending_tokens = [], 0
-
-    def close(self) -> list[Path]:
-        """Flush, finish both files and give them their final names."""
-        self._flush()
-        self._tokens.close()
-        self._sequences.close()
-        for i, target in enumerate(self._targets):
-            os.replace(self._partial(i), target)
-        return self._targets
+    def finish(self, records_read: int, summary: dict, errors_file: bool) -> list[Path]:
+        """Save what is left, join the parts into the final files, write summary.json and remove the parts."""
+        if self._pending_rejects or self.parts == 0:
+            self.save([], max(records_read, self.records_done), summary)
+        written = [self._join(kind, schema) for kind, schema in self.kinds]
+        if errors_file:
+            written.append(self._join_errors())
+        written.append(write_summary(self.out_dir, summary, self.metadata))
+        shutil.rmtree(self.parts_dir)
+        return written
 
     def abort(self) -> None:
-        """Close the writers after a failure and remove their unfinished files."""
-        for i, writer in enumerate((self._tokens, self._sequences)):
-            writer.close()
-            self._partial(i).unlink(missing_ok=True)
+        """After a failure: keep the saved parts for --resume, or leave no trace where there are none."""
+        if self.parts == 0:
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+
+    def _part_names(self) -> list[str]:
+        """The saved parts' names, in order."""
+        return [p.stem for p in sorted(self.parts_dir.glob("*.json")) if p.name != RUN_FILE]
+
+    def _join(self, kind: str, schema: pa.Schema) -> Path:
+        """Join one kind of part file into its final file, in row groups of a fixed size."""
+        meta = {k.encode(): str(v).encode() for k, v in self.metadata.items()}
+        target = self.out_dir / kind
+        partial = target.with_name(target.name + _PARTIAL)
+        # Fixed-size row groups make a resumed run's files the same as an uninterrupted run's.
+        with pq.ParquetWriter(partial, schema.with_metadata(meta)) as writer:
+            pending, rows = [], 0
+            for name in self._part_names():
+                table = pq.read_table(self.parts_dir / f"{name}.{kind}", schema=schema)
+                pending.append(table)
+                rows += table.num_rows
+                while rows >= ROW_GROUP_ROWS:
+                    joined = pa.concat_tables(pending)
+                    writer.write_table(joined.slice(0, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
+                    pending, rows = [joined.slice(ROW_GROUP_ROWS)], rows - ROW_GROUP_ROWS
+            if rows:
+                writer.write_table(pa.concat_tables(pending))
+        os.replace(partial, target)
+        return target
+
+    def _join_errors(self) -> Path:
+        """Gather the rejected records of all parts into errors.jsonl."""
+        lines = []
+        for name in self._part_names():
+            part = json.loads((self.parts_dir / f"{name}.json").read_text(encoding="utf-8"))
+            lines += [json.dumps(r, ensure_ascii=False) + "\n" for r in part["rejected"]]
+        path = self.out_dir / ERRORS_FILE
+        _atomic_write(path, "".join(lines))
+        return path
+
+
+def _reject_row(r: Rejected) -> dict:
+    """A rejected record as a line of errors.jsonl."""
+    return {"doc": r.doc, "input": r.source, "line": r.line, "reason": r.reason, "record": r.raw[:_RAW_CHARS]}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write a text file under a temporary name, then give it its name."""
+    partial = path.with_name(path.name + _PARTIAL)
+    partial.write_text(text + ("\n" if text and not text.endswith("\n") else ""), encoding="utf-8")
+    os.replace(partial, path)
+
+
+def sequence_table(scores: list[DocScore]) -> pa.Table:
+    """The sequence rows of several documents as one Arrow table."""
+    return pa.Table.from_pylist([s.sequence_row() for s in scores], SEQUENCE_SCHEMA)
+
+
+def word_table(scores: list[DocScore]) -> pa.Table:
+    """The word rows of several documents as one Arrow table."""
+    rows = [s.word_rows() for s in scores]
+    counts = [len(s.words) for s in scores]
+    return pa.Table.from_arrays(
+        [
+            pa.array(np.repeat([s.doc for s in scores], counts).astype(np.int64)),
+            pa.array([s.id for s, n in zip(scores, counts) for _ in range(n)], pa.string()),
+            pa.array(_cat([r["word"] for r in rows], np.int32)),
+            pa.array([t for r in rows for t in r["text"]], pa.string()),
+            pa.array(_cat([r["start"] for r in rows], np.int32)),
+            pa.array(_cat([r["end"] for r in rows], np.int32)),
+            pa.array(_cat([r["n_tokens"] for r in rows], np.int32)),
+            pa.array(_cat([r["surprisal"] for r in rows], np.float64)),
+            pa.array(_cat([r["entropy"] for r in rows], np.float32)),
+        ],
+        schema=WORD_SCHEMA,
+    )
 
 
 def token_table(scores: list[DocScore]) -> pa.Table:
     """The token rows of several documents as one Arrow table."""
-    counts = [s.n_tokens for s in scores]
+    counts = [s.n_rows for s in scores]
     return pa.Table.from_arrays(
         [
             pa.array(np.repeat([s.doc for s in scores], counts).astype(np.int64)),
@@ -132,6 +302,7 @@ def token_table(scores: list[DocScore]) -> pa.Table:
             pa.array(_cat([s.ends for s in scores], np.int32)),
             pa.array(_cat([s.logprobs for s in scores], np.float32)),
             pa.array(_cat([s.entropies for s in scores], np.float32)),
+            pa.array(_cat([s.is_response for s in scores], np.bool_)),
         ],
         schema=TOKEN_SCHEMA,
     )
@@ -148,12 +319,21 @@ class JsonlOutput:
     def __init__(self, stream: TextIO) -> None:
         """Write to `stream`."""
         self.stream = stream
+        self.records_done = 0
+        self.rejected = 0
 
-    def write(self, score: DocScore) -> None:
-        """Write one document's line."""
-        self.stream.write(json.dumps(_finite(score.sequence_row()), ensure_ascii=False) + "\n")
+    def reject(self, rejected: Rejected) -> None:
+        """Count a record that could not be scored (the stream has no place for it)."""
+        self.rejected += 1
 
-    def close(self) -> list[Path]:
+    def save(self, docs: list[DocScore], records_done: int, summary: dict) -> None:
+        """Write the documents' lines and flush them downstream."""
+        for score in docs:
+            self.stream.write(json.dumps(_finite(score.sequence_row()), ensure_ascii=False) + "\n")
+        self.stream.flush()
+        self.records_done = records_done
+
+    def finish(self, records_read: int, summary: dict, errors_file: bool) -> list[Path]:
         """Flush the stream; nothing is written to disk."""
         self.stream.flush()
         return []
@@ -166,11 +346,9 @@ class JsonlOutput:
 def write_summary(out_dir: Path, figures: dict, metadata: dict[str, str]) -> Path:
     """Write the run's headline figures and metadata as summary.json, for scripts; return its path."""
     path = Path(out_dir) / SUMMARY_FILE
-    partial = path.with_name(path.name + _PARTIAL)
     text = json.dumps({"summary": _finite(figures), "metadata": metadata}, indent=2, ensure_ascii=False)
     try:
-        partial.write_text(text + "\n", encoding="utf-8")
-        os.replace(partial, path)
+        _atomic_write(path, text)
     except OSError as e:
         raise OutputError(f"--out {out_dir}: cannot write {SUMMARY_FILE} ({e.strerror or e})") from None
     return path

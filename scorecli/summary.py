@@ -27,6 +27,8 @@ class Summary:
     sum_logprob: float = 0.0
     sum_entropy: float = 0.0
     n_bytes: int = 0
+    n_words: int = 0
+    n_rejected: int = 0
     sum_doc_perplexity: float = 0.0
     seconds: float = 0.0
     _highest: list = field(default_factory=list)
@@ -42,15 +44,31 @@ class Summary:
         row = score.sequence_row()
         self.n_tokens += score.n_tokens
         self.sum_logprob += score.sum_logprob
-        self.sum_entropy += float(score.entropies.sum(dtype="float64"))
+        self.sum_entropy += score.sum_entropy
         self.n_bytes += score.n_bytes
+        self.n_words += row["n_words"]
         self.sum_doc_perplexity += row["perplexity"]
-        entry = (row["perplexity"], -score.doc, score.doc, score.id, score.n_tokens, score.text[:_PREVIEW_CHARS])
+        preview = _preview_source(score)
+        entry = (row["perplexity"], -score.doc, score.doc, score.id, score.n_tokens, preview)
         for heap, key in ((self._highest, entry), (self._lowest, (-entry[0], *entry[1:]))):
             if len(heap) < TOP_N:
                 heapq.heappush(heap, key)
             else:
                 heapq.heappushpop(heap, key)
+
+    def state(self) -> dict:
+        """Everything the summary holds, as JSON-ready values, to carry it across a resumed run."""
+        return dict(vars(self))
+
+    @classmethod
+    def from_state(cls, state: dict) -> Summary:
+        """A summary that continues from a saved state."""
+        summary = cls(**{k: v for k, v in state.items() if not k.startswith("_")})
+        for name in ("_highest", "_lowest"):
+            heap = [tuple(entry) for entry in state[name]]
+            heapq.heapify(heap)
+            setattr(summary, name, heap)
+        return summary
 
     @property
     def perplexity(self) -> float | None:
@@ -67,6 +85,11 @@ class Summary:
     def bits_per_byte(self) -> float | None:
         """Σ -logprob / ln 2 over the UTF-8 bytes the scored tokens cover."""
         return -self.sum_logprob / (self.n_bytes * math.log(2)) if self.n_bytes else None
+
+    @property
+    def word_perplexity(self) -> float | None:
+        """exp(Σ word surprisal / number of words), lm-evaluation-harness's word_perplexity."""
+        return perplexity(self.sum_logprob / self.n_words) if self.n_words else None
 
     @property
     def mean_entropy(self) -> float | None:
@@ -94,11 +117,14 @@ class Summary:
             "perplexity": self.perplexity,
             "mean_doc_perplexity": self.mean_doc_perplexity,
             "bits_per_byte": self.bits_per_byte,
+            "word_perplexity": self.word_perplexity,
+            "words": self.n_words,
             "mean_entropy": self.mean_entropy,
             "tokens_per_second": self.tokens_per_second,
             "seconds": self.seconds,
             "truncated": self.n_truncated,
             "unscored": self.n_unscored,
+            "rejected": self.n_rejected,
         }
 
 
@@ -113,6 +139,7 @@ def render(summary: Summary, metadata: dict[str, str]) -> Group:
         ("corpus perplexity", _num(summary.perplexity)),
         ("mean document perplexity", _num(summary.mean_doc_perplexity)),
         ("bits per byte", _num(summary.bits_per_byte)),
+        ("word perplexity", _num(summary.word_perplexity)),
         ("mean entropy (nats)", _num(summary.mean_entropy)),
         ("tokens/s", _num(summary.tokens_per_second, 1)),
         ("wall time", f"{summary.seconds:.1f} s"),
@@ -120,7 +147,7 @@ def render(summary: Summary, metadata: dict[str, str]) -> Group:
     for name, value in rows:
         figures.add_row(name, value)
     settings = Table(show_header=False, box=None, padding=(0, 1))
-    for key in ("model", "dtype", "device", "bos", "max_length"):
+    for key in ("model", "dtype", "device", "bos", "long_texts", "scored"):
         if key in metadata:
             settings.add_row(f"[dim]{key}[/dim]", f"[dim]{metadata[key]}[/dim]")
     parts = [figures, settings]
@@ -129,6 +156,8 @@ def render(summary: Summary, metadata: dict[str, str]) -> Group:
             f"[yellow]warning:[/yellow] {summary.n_truncated:,} document(s) were longer than --max-length "
             f"{metadata.get('max_length')} and were truncated (see the `truncated` column)"
         )
+    if summary.n_rejected:
+        parts.append(f"[yellow]warning:[/yellow] {summary.n_rejected:,} record(s) were rejected (see errors.jsonl)")
     if summary.n_unscored:
         parts.append(f"[yellow]note:[/yellow] {summary.n_unscored:,} document(s) had no token to score")
     if metadata.get("head", "chunked").startswith("model logits"):
@@ -137,6 +166,14 @@ def render(summary: Summary, metadata: dict[str, str]) -> Group:
         if docs:
             parts.append(_doc_table(title, docs))
     return Group(*parts)
+
+
+def _preview_source(score: DocScore) -> str:
+    """The start of what a document's statistics are about: its (first) response where it has one."""
+    text = score.text
+    if score.n_tokens and not score.is_response.all():
+        text = text[int(score.starts[score.is_response][0]) :]
+    return text[:_PREVIEW_CHARS]
 
 
 def _doc_table(title: str, docs: list[tuple]) -> Table:

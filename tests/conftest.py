@@ -133,3 +133,15 @@ def reference_scores(model, tokenizer, text: str, bos: bool = True, max_length: 
     token_logp = logp[:-1].gather(1, torch.tensor(seq[1:])[:, None])[:, 0]
     entropy = -(logp.exp() * logp).sum(-1)[:-1]
     return token_logp, entropy
+
+
+def reference_sequence(model, seq: list[int]):
+    """The plain reference on one token sequence: log-prob and entropy of each of seq[1:] given all before it."""
+    with torch.no_grad():
+        logits = model(torch.tensor([seq])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return logp[:-1].gather(1, torch.tensor(seq[1:])[:, None])[:, 0], -(logp.exp() * logp).sum(-1)[:-1]
+
+
+def bos_id(tokenizer) -> int:
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

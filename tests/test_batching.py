@@ -17,10 +17,9 @@ def test_pack_respects_the_budget_and_sorts_longest_first():
 
 
 def test_collate_shifts_and_pads_right():
-    input_ids, labels, mask = collate([[1, 2, 3, 4], [1, 9]], pad_id=0)
+    input_ids, labels = collate([[1, 2, 3, 4], [1, 9]], pad_id=0)
     assert input_ids.tolist() == [[1, 2, 3], [1, 0, 0]]
     assert labels.tolist() == [[2, 3, 4], [9, 0, 0]]
-    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert input_ids.dtype == torch.long
 
 

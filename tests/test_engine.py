@@ -151,7 +151,7 @@ def test_empty_and_unscorable_texts(tiny):
 
 def test_truncation(tiny):
     text = sample_texts()[-1]
-    [score] = Scorer(tiny.model, tiny.tokenizer, max_length=10).score_texts([text])
+    [score] = Scorer(tiny.model, tiny.tokenizer, max_length=10, truncate=True).score_texts([text])
     assert score.truncated and score.n_tokens == 9
     _assert_matches_reference(tiny, [score], [text], max_length=10)
     assert score.n_bytes == len(text[: score.ends[-1]].encode())

@@ -7,6 +7,7 @@ from rich.console import Console
 
 from scorecli.engine import DocScore
 from scorecli.summary import Summary, render
+from scorecli.words import Words
 
 
 def _doc(doc, logprobs, text="some text", truncated=False):
@@ -22,8 +23,11 @@ def _doc(doc, logprobs, text="some text", truncated=False):
         logprobs=np.array(logprobs, np.float32),
         entropies=np.full(n, 2.0, np.float32),
         tokens=["x"] * n,
+        is_response=np.ones(n, bool),
         n_bytes=len(text.encode()) if n else 0,
         truncated=truncated,
+        # every token is its own word
+        words=Words(np.arange(n), np.arange(n) + 1, np.arange(n)),
     )
 
 
@@ -51,3 +55,20 @@ def test_render_keeps_numbers_whole_at_80_columns():
     out = buf.getvalue()
     assert "8,103.084" in out and "truncated" in out and "d0" in out
     assert all(len(line) <= 80 for line in out.splitlines())
+
+
+def test_word_perplexity_and_a_state_that_survives_json():
+    import json
+
+    summary = Summary()
+    for i in range(8):
+        summary.add(_doc(i, [-0.25 * (i + 1)] * (i + 2)))
+    # one token per word here, so word perplexity is the corpus perplexity
+    assert summary.n_words == summary.n_tokens and summary.word_perplexity == pytest.approx(summary.perplexity)
+    restored = Summary.from_state(json.loads(json.dumps(summary.state())))
+    assert restored.as_dict() == summary.as_dict()
+    assert restored.highest() == summary.highest() and restored.lowest() == summary.lowest()
+    extra = _doc(8, [-9.0] * 2)
+    summary.add(extra)
+    restored.add(extra)
+    assert restored.highest() == summary.highest()

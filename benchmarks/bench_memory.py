@@ -1,0 +1,152 @@
+"""Peak memory of `scorecli score` as the corpus grows: it must stay flat, each run in a fresh process.
+
+    python benchmarks/bench_memory.py [--sizes 10000,100000] [--keep]
+
+Generates, in a temporary folder and deterministically (seeded, from made-up syllables, no download),
+a JSONL corpus of short texts (5-40 words, fields `id` and `text`) for each size, and a tiny random GPT-2
+(2 layers, 32 wide, a 400-token byte-level BPE trained on the generated texts), then runs
+`scorecli score CORPUS --model FOLDER --out DIR -q --overwrite` on each corpus in a fresh process.
+Wall time is the whole process (start-up, model load, scoring, writing); peak RSS is the process's own.
+The tiny model makes scoring cheap, so what grows with the corpus (buffers, writers, summaries) shows.
+Exits non-zero when the peak RSS of the largest corpus exceeds that of the smallest by more than 1.25x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+RSS_RATIO_LIMIT = 1.25
+SEED = 0
+# Made-up syllables: words that no real tokenizer or model knows, and that need no download.
+SYLLABLES = [
+    "ka", "lo", "mi", "ren", "tu", "sha", "vor", "el", "qui", "dan", "po", "zi", "ber", "an", "ul", "tho",
+    "ne", "gra", "fi", "os", "wen", "ly", "cor", "ix", "ba", "mu", "ste", "ri", "gol", "ae",
+]  # fmt: skip
+
+
+def make_texts(n: int, seed: int = SEED) -> Iterator[str]:
+    """Yield n deterministic texts of 5-40 made-up words, some capitalised and punctuated."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        words = ["".join(rng.choices(SYLLABLES, k=rng.randint(1, 3))) for _ in range(rng.randint(5, 40))]
+        words[0] = words[0].capitalize()
+        # Some commas and a final stop give the tokenizer more than one kind of token to learn.
+        for i in range(3, len(words) - 1, rng.randint(4, 9)):
+            words[i] += ","
+        yield " ".join(words) + rng.choice([".", ".", ".", "?", "!"])
+
+
+def write_corpus(path: Path, n: int) -> None:
+    """Write n texts as JSONL records with `id` and `text`."""
+    with open(path, "w", encoding="utf-8") as f:
+        for i, text in enumerate(make_texts(n)):
+            f.write(json.dumps({"id": f"doc{i:06d}", "text": text}) + "\n")
+
+
+def build_model(folder: Path, training_texts: int = 2000) -> Path:
+    """Save a tiny random GPT-2 with a small byte-level BPE trained on generated texts; return its folder."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    # The same recipe as the tests' tiny GPT-2 (no internet): only an EOS, which scorecli prepends as BOS.
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,  # its bar would clutter the table on stdout
+    )
+    tok.train_from_iterator(make_texts(training_texts, seed=SEED + 1), trainer)
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    fast.save_pretrained(folder)
+    torch.manual_seed(SEED)
+    config = GPT2Config(
+        vocab_size=len(fast), n_positions=512, n_embd=32, n_layer=2, n_head=2, eos_token_id=0, bos_token_id=0
+    )
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Run a command; return its wall time (s) and peak RSS (MB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"benchmark run failed: {' '.join(cmd)}")
+    return wall, usage.ru_maxrss / 1024  # ru_maxrss is in KB on Linux
+
+
+def scored_tokens(out_dir: Path, n_texts: int) -> int:
+    """Check that sequences.parquet has a row per text; return the sum of its n_tokens."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out_dir / "sequences.parquet", columns=["n_tokens"])
+    if table.num_rows != n_texts:
+        sys.exit(f"{out_dir}/sequences.parquet: {table.num_rows:,} rows for {n_texts:,} texts")
+    return int(pc.sum(table["n_tokens"]).as_py() or 0)
+
+
+def main() -> None:
+    """Generate the corpora and the model, score each corpus in a fresh process and print a table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000", help="comma-separated corpus sizes, in texts")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print its path")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    # The scorecli of this interpreter's environment, not whichever one is first on PATH.
+    scorecli = str(Path(sys.executable).parent / "scorecli")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub; never wait on a network
+
+    tmp = Path(tempfile.mkdtemp(prefix="scorecli-bench-memory-"))
+    try:
+        print("building the tiny model…", file=sys.stderr)
+        model = build_model(tmp / "model")
+        rows = []
+        for n in sizes:
+            corpus, out_dir = tmp / f"corpus-{n}.jsonl", tmp / f"scores-{n}"
+            write_corpus(corpus, n)
+            cmd = [scorecli, "score", str(corpus), "--model", str(model), "--out", str(out_dir), "-q", "--overwrite"]
+            wall, rss = timed(cmd)
+            tokens = scored_tokens(out_dir, n)
+            print(f"  {n:,} texts: {wall:.1f} s, {rss:.0f} MB", file=sys.stderr)
+            rows.append((n, tokens, wall, rss))
+    finally:
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print("\n| texts | scored tokens | wall s | tokens/s | peak RSS MB |")
+    print("|---:|---:|---:|---:|---:|")
+    for n, tokens, wall, rss in rows:
+        print(f"| {n:,} | {tokens:,} | {wall:.1f} | {tokens / wall:,.0f} | {rss:.0f} |")
+    (small, *_, small_rss), (large, *_, large_rss) = rows[0], rows[-1]
+    ratio = large_rss / small_rss
+    verdict = "within" if ratio <= RSS_RATIO_LIMIT else "OVER"
+    print(f"\npeak RSS ratio {large:,}/{small:,} texts: {ratio:.2f}x ({verdict} the {RSS_RATIO_LIMIT}x limit)")
+    if ratio > RSS_RATIO_LIMIT:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
