@@ -369,6 +369,8 @@ def _progress_bar(
         TimeRemainingColumn(),
         console=console,
         transient=True,
+        # Off a terminal the bar cannot be redrawn, and stopping it would leave a stray blank line.
+        disable=not console.is_terminal,
     )
     task = progress.add_task("scoring", total=None, docs=0, rate="")
     started = time.perf_counter()

@@ -186,9 +186,9 @@ def _decode(raw: bytes) -> dict | str:
     except UnicodeDecodeError as e:
         return f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte offset {e.start})"
     try:
-        row = json.loads(line)
+        row = json.loads(line.rstrip("\r\n"))
     except json.JSONDecodeError as e:
-        return f"not valid JSON ({e.msg} at column {e.colno})"
+        return f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
     except RecursionError:
         return "not valid JSON (nested too deeply)"
     return row if isinstance(row, dict) else f"expected a JSON object, got {_json_type(row)}"

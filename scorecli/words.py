@@ -29,17 +29,17 @@ def word_spans(text: str, spans: tuple[tuple[int, int], ...] | None = None) -> n
     return np.asarray(found, dtype=np.int64).reshape(-1, 2)
 
 
-def assign_words(spans: np.ndarray, token_ends: np.ndarray) -> Words:
-    """Give each token to the word where it ends; keep only the words that receive a token.
+def assign_words(text: str, spans: np.ndarray, token_offsets: np.ndarray) -> Words:
+    """Give each token to the word where its last non-space character is; keep the words that get a token.
 
-    A token that ends in whitespace belongs to the next word (its space is that word's prefix, as in
-    " word"); one that ends after the last word belongs to the last. So every token has exactly one word
-    and the words' surprisals sum to the document's.
+    A token of whitespace alone belongs to the next word (it is that word's leading space), or to the last
+    word where none follows. So every token has exactly one word and word surprisals sum to the document's.
     """
-    if not len(spans) or not len(token_ends):
-        return Words(np.zeros(0, np.int64), np.zeros(0, np.int64), np.full(len(token_ends), -1, np.int64))
-    # The first word whose end is at or after the token's end: the token ends inside it or before it.
-    index = np.minimum(np.searchsorted(spans[:, 1], token_ends, side="left"), len(spans) - 1)
+    if not len(spans) or not len(token_offsets):
+        return Words(np.zeros(0, np.int64), np.zeros(0, np.int64), np.full(len(token_offsets), -1, np.int64))
+    ends = np.array([s + len(text[s:e].rstrip()) if text[s:e].strip() else e for s, e in token_offsets.tolist()])
+    # The first word ending at or after that point: the token ends inside it, or in the space before it.
+    index = np.minimum(np.searchsorted(spans[:, 1], ends, side="left"), len(spans) - 1)
     used, token_word = np.unique(index, return_inverse=True)
     return Words(spans[used, 0], spans[used, 1], token_word.astype(np.int64))
 

@@ -274,6 +274,8 @@ def test_ctrl_c_stops_promptly_with_130_and_no_result(tmp_path):
     _, err = proc.communicate(timeout=120)
     # The corpus is one read-ahead buffer: nothing was finished, so nothing is kept.
     assert proc.returncode == 130
-    assert err.strip().splitlines()[-1] == "scorecli: interrupted before the first documents were saved; nothing to resume"
+    assert (
+        err.strip().splitlines()[-1] == "scorecli: interrupted before the first documents were saved; nothing to resume"
+    )
     assert time.monotonic() - sent < 20  # queued batches are dropped, not finished
     assert not list((tmp_path / "o").iterdir())
