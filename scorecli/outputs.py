@@ -135,10 +135,9 @@ def _run_state(out_dir: Path) -> RunState:
     return state
 
 
-def check_resume(state: RunState, metadata: dict[str, str], ignore: tuple[str, ...] = ()) -> None:
+def check_resume(state: RunState, metadata: dict[str, str]) -> None:
     """Raise OutputError where this run's settings differ from those the folder's run was started with."""
-    keys = sorted((set(state.metadata) | set(metadata)) - set(ignore))
-    for key in keys:
+    for key in dict.fromkeys([*metadata, *state.metadata]):
         was, now = state.metadata.get(key), metadata.get(key)
         if was != now:
             raise OutputError(f"--resume: the run was started with {key} {was!r}, not {now!r}")

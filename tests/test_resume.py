@@ -1,0 +1,143 @@
+"""Never lose work: bad records skipped into errors.jsonl, runs saved in parts, interrupted and resumed."""
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import sample_texts
+from typer.testing import CliRunner
+
+from scorecli.cli import app
+from scorecli.outputs import read_metadata
+
+SCORECLI = [sys.executable, "-m", "scorecli"]
+RESULTS = ("tokens.parquet", "sequences.parquet", "words.parquet")
+runner = CliRunner()
+
+
+def _score(*args):
+    return runner.invoke(app, ["score", *map(str, args)])
+
+
+def _assert_same_results(a, b, files=RESULTS):
+    for name in files:
+        left, right = pq.read_table(a / name), pq.read_table(b / name)
+        assert left.equals(right), name  # values, row order and schema
+        assert read_metadata(a / name) == read_metadata(b / name)
+    sa, sb = (json.loads((d / "summary.json").read_text())["summary"] for d in (a, b))
+    for timing in ("seconds", "tokens_per_second"):
+        sa.pop(timing), sb.pop(timing)
+    assert sa == sb
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """About 1,500 short documents: many read-ahead buffers at a small token budget."""
+    texts = sample_texts() + sample_texts("edge_cases.jsonl")
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(1500):
+            f.write(json.dumps({"id": f"c{i}", "text": f"{i}: {texts[i % len(texts)]}"}, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_skip_writes_rejected_records_and_scores_the_rest(gpt2_dir, tmp_path):
+    good = sample_texts()[:6]
+    lines = [json.dumps({"text": t}) for t in good]
+    lines[1:1] = ['{"text": "unterminated']  # line 2
+    lines[4:4] = ['{"body": "no text field"}', '{"text": null}']  # lines 5 and 6
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("".join(json.dumps({"text": t}) + "\n" for t in good))
+
+    result = _score(bad, "-m", gpt2_dir, "-o", tmp_path / "o", "--on-error", "skip")
+    assert result.exit_code == 0, result.output
+    assert "3 record(s) were rejected" in result.stderr
+    errors = [json.loads(line) for line in (tmp_path / "o" / "errors.jsonl").read_text().splitlines()]
+    assert [(e["line"], e["doc"]) for e in errors] == [(2, 1), (5, 4), (6, 5)]
+    assert "not valid JSON" in errors[0]["reason"] and "field 'text' is missing" in errors[1]["reason"]
+    assert "is null" in errors[2]["reason"] and errors[1]["record"] == '{"body": "no text field"}'
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())["summary"]
+    assert summary["rejected"] == 3 and summary["documents"] == 6
+
+    assert _score(clean, "-m", gpt2_dir, "-o", tmp_path / "c").exit_code == 0
+    skipped = pd.read_parquet(tmp_path / "o" / "tokens.parquet")
+    reference = pd.read_parquet(tmp_path / "c" / "tokens.parquet")
+    # doc numbers are input positions, rejected records included: the good ones keep theirs
+    assert sorted(skipped["doc"].unique()) == [0, 2, 3, 6, 7, 8]
+    assert (skipped["logprob"].to_numpy() == reference["logprob"].to_numpy()).all()
+
+
+def test_stop_keeps_finished_parts_and_resume_with_skip_completes(gpt2_dir, corpus, tmp_path):
+    lines = corpus.read_text(encoding="utf-8").splitlines()
+    lines[1200] = '{"text": 12}'
+    data = tmp_path / "late-bad.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = [data, "-m", gpt2_dir, "--batch-tokens", 64, "--words"]
+
+    stopped = _score(*args, "-o", tmp_path / "o")
+    assert stopped.exit_code == 3
+    message = stopped.stderr.strip()
+    assert "line 1201: field 'text' must be a string" in message and "saved in" in message
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "o" / "tokens.parquet").exists() and list((tmp_path / "o" / "parts").glob("*.json"))
+
+    resumed = _score(*args, "-o", tmp_path / "o", "--resume", "--on-error", "skip")
+    assert resumed.exit_code == 0, resumed.output
+    assert _score(*args, "-o", tmp_path / "straight", "--on-error", "skip").exit_code == 0
+    _assert_same_results(tmp_path / "o", tmp_path / "straight")
+    assert (tmp_path / "o" / "errors.jsonl").read_text() == (tmp_path / "straight" / "errors.jsonl").read_text()
+    assert not (tmp_path / "o" / "parts").exists()
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_then_resume_equals_an_uninterrupted_run(gpt2_dir, corpus, tmp_path, sig, code):
+    out = tmp_path / "o"
+    args = [str(corpus), "-m", str(gpt2_dir), "--batch-tokens", "64", "--words", "-q"]
+    proc = subprocess.Popen([*SCORECLI, "score", *args, "-o", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "parts" / "000001.json").exists():  # two parts saved, many to go
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert not (out / "sequences.parquet").exists()
+    said = err.strip().splitlines()
+    assert said[0].startswith("scorecli: interrupted after ") and "documents, saved in" in said[0]
+    command = shlex.split(said[-1])
+    assert command[0] == "scorecli" and command[-1] == "--resume"
+
+    resumed = subprocess.run([*SCORECLI, *command[1:]], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _score(*args, "-o", tmp_path / "straight").exit_code == 0
+    _assert_same_results(out, tmp_path / "straight")
+
+
+def test_resume_checks_the_run_and_refuses_what_does_not_match(gpt2_dir, corpus, tmp_path):
+    out = tmp_path / "o"
+    assert _score(corpus, "-m", gpt2_dir, "-o", out).exit_code == 0
+    finished = _score(corpus, "-m", gpt2_dir, "-o", out, "--resume")
+    assert finished.exit_code == 5 and "nothing to resume (its run is finished)" in finished.stderr
+    refused = _score(corpus, "-m", gpt2_dir, "-o", out)
+    assert refused.exit_code == 5 and "--overwrite" in refused.stderr
+
+    # A run cut short by a bad record, then resumed with other settings
+    lines = corpus.read_text(encoding="utf-8").splitlines()
+    lines[1400] = "[]"
+    data = tmp_path / "bad.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cut = tmp_path / "cut"
+    assert _score(data, "-m", gpt2_dir, "-o", cut, "--batch-tokens", 64).exit_code == 3
+    other = _score(data, "-m", gpt2_dir, "-o", cut, "--batch-tokens", 64, "--resume", "--max-length", 100)
+    assert other.exit_code == 5
+    assert other.stderr.strip() == "scorecli: error: --resume: the run was started with max_length '512', not '100'"
+    overwritten = _score(data, "-m", gpt2_dir, "-o", cut, "--overwrite", "--on-error", "skip")
+    assert overwritten.exit_code == 0 and not (cut / "parts").exists()
