@@ -53,13 +53,49 @@ SENTENCES = [
 ]
 
 
+# Prompt/response pairs written for this project (pairs.jsonl: --prompt-field prompt --response-field response).
+PAIRS = [
+    ("Question: What is the capital of France?\nAnswer:", " Paris."),
+    ("Question: How many legs does a spider have?\nAnswer:", " Eight."),
+    ("Translate to German: good morning\n", "Guten Morgen"),
+    ("Complete the list: Monday, Tuesday,", " Wednesday, Thursday, Friday."),
+    ("Write a haiku about tea.\n", "Steam curls from the cup,\nleaves unfold in amber light,\nthe kettle is still."),
+    ("Question: What is 12 times 12?\nAnswer:", " 144."),
+]
+
+# Conversations written for this project (chats.jsonl: --messages-field messages).
+CHATS = [
+    [
+        {"role": "user", "content": "Can you suggest a name for a grey cat?"},
+        {"role": "assistant", "content": "How about Pebble? It is short, friendly and suits a grey coat."},
+    ],
+    [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": "What does perplexity measure?"},
+        {"role": "assistant", "content": "How surprised a language model is by a text, on average per token."},
+        {"role": "user", "content": "Is lower better?"},
+        {"role": "assistant", "content": "Yes: a lower perplexity means the model predicted the text better."},
+    ],
+]
+
+# Sentence pairs for word-level surprisal (stimuli.jsonl: --words); each pair differs in one word.
+STIMULI = [
+    "The cook tasted the soup and added a pinch of salt.",
+    "The cook tasted the soup and added a pinch of glue.",
+    "After the storm the fishermen repaired their nets on the beach.",
+    "After the storm the fishermen repaired their poems on the beach.",
+    "The horse raced past the barn fell.",
+    "The horse that was raced past the barn fell.",
+]
+
+
 def generated_document(rng: random.Random, n_sentences: int) -> str:
     """A document of n_sentences sentences drawn from SENTENCES."""
     return " ".join(rng.choice(SENTENCES) for _ in range(n_sentences))
 
 
 def main() -> None:
-    """Write mixed.jsonl, edge_cases.jsonl, long.jsonl and mixed.parquet."""
+    """Write mixed.jsonl, edge_cases.jsonl, long.jsonl, pairs.jsonl, chats.jsonl, stimuli.jsonl and mixed.parquet."""
     with open(HERE / "mixed.jsonl", "w", encoding="utf-8") as f:
         for i, text in enumerate(TEXTS):
             f.write(json.dumps({"id": f"m{i:02d}", "text": text}, ensure_ascii=False) + "\n")
@@ -80,6 +116,15 @@ def main() -> None:
         for i in range(300):
             n = max(1, int(rng.lognormvariate(1.6, 0.9)))
             f.write(json.dumps({"id": f"g{i:03d}", "text": generated_document(rng, min(n, 60))}) + "\n")
+    with open(HERE / "pairs.jsonl", "w", encoding="utf-8") as f:
+        for i, (prompt, response) in enumerate(PAIRS):
+            f.write(json.dumps({"id": f"q{i}", "prompt": prompt, "response": response}, ensure_ascii=False) + "\n")
+    with open(HERE / "chats.jsonl", "w", encoding="utf-8") as f:
+        for i, messages in enumerate(CHATS):
+            f.write(json.dumps({"id": f"c{i}", "messages": messages}, ensure_ascii=False) + "\n")
+    with open(HERE / "stimuli.jsonl", "w", encoding="utf-8") as f:
+        for i, text in enumerate(STIMULI):
+            f.write(json.dumps({"id": f"s{i}", "text": text}, ensure_ascii=False) + "\n")
     table = pa.table({"id": [f"p{i:02d}" for i in range(len(TEXTS))], "text": TEXTS})
     pq.write_table(table, HERE / "mixed.parquet")
 

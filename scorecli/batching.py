@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from scorecli.errors import ModelError, UsageError
-
-Spans = tuple[tuple[int, int], ...]
+from scorecli.inputs import Spans
 
 
 @dataclass

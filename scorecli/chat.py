@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 
@@ -20,21 +21,37 @@ def check_template(tokenizer: object) -> None:
 def render_chat(
     tokenizer: object, messages: Sequence[tuple[str, str]], roles: Sequence[str] = DEFAULT_ROLES
 ) -> tuple[str, tuple[tuple[int, int], ...]]:
-    """The conversation as the model sees it, and the character spans of the contents of turns in `roles`."""
-    text = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in messages], tokenize=False)
-    spans, cursor = [], 0
-    for turn, (role, content) in enumerate(messages, start=1):
-        # Templates put each content in order, some trimmed of surrounding whitespace.
-        for candidate in dict.fromkeys((content, content.strip())):
-            at = text.find(candidate, cursor)
-            if at >= 0:
-                break
-        else:
-            raise ValueError(f"message {turn}'s content does not appear in the rendered conversation")
-        cursor = at + len(candidate)
-        if role in roles and candidate:
-            spans.append((at, cursor))
-    return text, tuple(spans)
+    """The conversation as the model sees it, and the character spans of the contents of turns in `roles`.
+
+    Each turn is found by rendering the conversation once more with every content replaced by a unique
+    marker: searching for the content itself could land on the template's own text (a reply "a" inside
+    "assistant"). Templates that trim contents are matched by putting back the trimmed contents.
+    """
+    text = _apply(tokenizer, messages)
+    markers = [f"scorecliturn{i}x{uuid.uuid4().hex}" for i in range(len(messages))]
+    marked = _apply(tokenizer, [(role, marker) for (role, _), marker in zip(messages, markers)])
+    for trimmed in (False, True):
+        pieces, spans, cursor, length = [], [], 0, 0
+        for (role, content), marker in zip(messages, markers):
+            at = marked.find(marker, cursor)
+            if at < 0:
+                raise ValueError("the template does not show every message's content")
+            content = content.strip() if trimmed else content
+            pieces.append(marked[cursor:at])
+            length += at - cursor
+            if role in roles and content:
+                spans.append((length, length + len(content)))
+            pieces.append(content)
+            length += len(content)
+            cursor = at + len(marker)
+        if "".join(pieces) + marked[cursor:] == text:
+            return text, tuple(spans)
+    raise ValueError("the template changes the messages' contents, so the scored turns cannot be located")
+
+
+def _apply(tokenizer: object, messages: Sequence[tuple[str, str]]) -> str:
+    """Render (role, content) pairs with the tokenizer's chat template, as text."""
+    return tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in messages], tokenize=False)
 
 
 def render_chats(

@@ -151,6 +151,9 @@ def score(
         # Options, input and output folder are all checked before the model is loaded, so mistakes fail fast.
         check_limits(batch_tokens, max_length, stride, truncate)
         fields = _fields(text_field, id_field, prompt_field, response_field, messages_field)
+        role_names = [r.strip() for r in roles.split(",") if r.strip()]
+        if not role_names:
+            raise UsageError(f"--roles must name at least one chat role, not {roles!r}")
         out = out or (STDIN if input == STDIN else _default_out(input))
         _check_run_options(input, out, resume, overwrite, words)
         state = None if out == STDIN else prepare_out_dir(Path(out), overwrite=overwrite, resume=resume)
@@ -176,7 +179,7 @@ def score(
             stride=stride,
             truncate=truncate,
             all_tokens=all_tokens,
-            roles=[r.strip() for r in roles.split(",") if r.strip()],
+            roles=role_names,
             batch_tokens=batch_tokens,
         )
         metadata = {
@@ -184,6 +187,7 @@ def score(
             **scorer.metadata,
             **_input_metadata(input, fields),
             "scored": _scored(fields, scorer.roles, all_tokens),
+            "words": str(words).lower(),
             "scorecli_version": __version__,
         }
         if state is not None:
@@ -205,6 +209,7 @@ class _Run:
         self.summary = Summary()
         self.records_seen = 0
         self.resumed_from = 0
+        self.saved_docs = 0
         self.written: list[Path] = []
         self._early_rejects: list[Rejected] = []
 
@@ -234,7 +239,7 @@ class _Run:
             self.writer = RunWriter(Path(self.out), metadata, words, state)
             if state is not None and state.summary is not None:
                 self.summary = Summary.from_state(state.summary)
-                self.resumed_from = self.summary.n_docs
+                self.resumed_from, self.saved_docs = state.records_done, self.summary.n_docs
         for rejected in self._early_rejects:
             self.reject(rejected)
 
@@ -251,6 +256,7 @@ class _Run:
                     self.records_seen = max(self.records_seen, docs[-1].doc + 1)
                     self.summary.seconds = seconds + time.perf_counter() - started
                     self.writer.save(docs, docs[-1].doc + 1, self.summary.state())
+                    self.saved_docs = self.summary.n_docs
             self.summary.n_rejected = self.writer.rejected
             self.written = self.writer.finish(self.records_seen, self.summary.as_dict(), errors_file=skip_bad)
         except KeyboardInterrupt as e:
@@ -271,19 +277,21 @@ class _Run:
 
     def _saved_note(self) -> str:
         """Where the documents finished before a failure are, if anywhere."""
-        if not isinstance(self.writer, RunWriter) or self.writer.records_done == 0:
+        if not isinstance(self.writer, RunWriter) or self.saved_docs == 0:
             return ""
-        return f" ({self.summary.n_docs:,} documents scored before it are saved in {self.out}; see --resume)"
+        return f" ({self.saved_docs:,} documents scored before it are saved in {self.out}; see --resume)"
 
     def _stopped(self, how: str) -> str:
         """The message for a run stopped by a signal: what is saved and the command that resumes it."""
         if not isinstance(self.writer, RunWriter):
             return how
-        if self.writer.records_done == 0:
+        if self.saved_docs == 0:
             return f"{how} before the first documents were saved; nothing to resume"
+        saved = f"{how} after {self.saved_docs:,} documents, saved in {self.out}"
+        if not os.path.isfile(self.source):
+            return f"{saved}; the input is not a regular file, so the run cannot be resumed"
         args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
-        command = shlex.join(["scorecli", *args, "--resume"])
-        return f"{how} after {self.summary.n_docs:,} documents, saved in {self.out}; resume with:\n  {command}"
+        return f"{saved}; resume with:\n  {shlex.join(['scorecli', *args, '--resume'])}"
 
 
 class _Terminated(KeyboardInterrupt):
@@ -334,6 +342,7 @@ def _input_metadata(source: str, fields: Fields) -> dict[str, str]:
         info = os.stat(source)
         meta["input_size"] = str(info.st_size)
         meta["input_mtime_ns"] = str(info.st_mtime_ns)
+    meta["id_field"] = str(fields.id)
     if fields.messages:
         meta["messages_field"] = fields.messages
     elif fields.prompt:

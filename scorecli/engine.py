@@ -304,7 +304,6 @@ class Scorer:
         `all_tokens` also scores the prompt (context) tokens; `roles` are the chat turns that are scored.
         """
         self.device = next(model.parameters()).device
-        check_limits(batch_tokens, max_length, stride, truncate)
         if batch_tokens is None:
             batch_tokens = DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
         context = context_length(model, tokenizer)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scorecli.engine import DocScore
-from scorecli.errors import OutputError
+from scorecli.errors import OutputError, first_line
 from scorecli.inputs import Rejected
 
 TOKENS_FILE = "tokens.parquet"
@@ -96,20 +96,21 @@ def prepare_out_dir(out_dir: Path, overwrite: bool = False, resume: bool = False
         raise OutputError(f"--out {out_dir}: exists and is not a folder")
     if resume:
         return _run_state(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            hint = " or --resume to continue it" if (out_dir / PARTS_DIR / RUN_FILE).exists() else ""
-            raise OutputError(
-                f"--out {out_dir}: the folder is not empty; pass --overwrite to replace its results{hint}"
-            )
-        for name in RESULT_FILES:
-            # An old result must not survive next to a new run that fails.
-            (out_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(out_dir / PARTS_DIR, ignore_errors=True)
     try:
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            if not overwrite:
+                hint = " or --resume to continue it" if (out_dir / PARTS_DIR / RUN_FILE).exists() else ""
+                raise OutputError(
+                    f"--out {out_dir}: the folder is not empty; pass --overwrite to replace its results{hint}"
+                )
+            for name in RESULT_FILES:
+                # An old result must not survive next to a new run that fails.
+                (out_dir / name).unlink(missing_ok=True)
+            if (out_dir / PARTS_DIR).exists():
+                shutil.rmtree(out_dir / PARTS_DIR)
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"--out {out_dir}: cannot create the folder ({e.strerror or e})") from None
+        raise OutputError(f"--out {out_dir}: cannot prepare the folder ({e.strerror or e})") from None
     if not os.access(out_dir, os.W_OK):
         raise OutputError(f"--out {out_dir}: the folder is not writable")
     return None
@@ -123,16 +124,22 @@ def _run_state(out_dir: Path) -> RunState:
         done = (out_dir / SEQUENCES_FILE).exists()
         why = "its run is finished" if done else "there is no unfinished run in it"
         raise OutputError(f"--out {out_dir}: nothing to resume ({why})")
-    state = RunState(json.loads(run_file.read_text(encoding="utf-8"))["metadata"])
-    for manifest in sorted(parts.glob("*.json")):
-        if manifest.name == RUN_FILE:
-            continue
-        part = json.loads(manifest.read_text(encoding="utf-8"))
-        state.parts += 1
-        state.records_done = part["records_done"]
-        state.rejected += len(part["rejected"])
-        state.summary = part["summary"]
+    try:
+        state = RunState(json.loads(run_file.read_text(encoding="utf-8"))["metadata"])
+        for manifest in _manifests(parts):
+            part = json.loads(manifest.read_text(encoding="utf-8"))
+            state.parts += 1
+            state.records_done = part["records_done"]
+            state.rejected += len(part["rejected"])
+            state.summary = part["summary"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OutputError(f"--out {out_dir}: the saved run cannot be read ({first_line(e)})") from None
     return state
+
+
+def _manifests(parts_dir: Path) -> list[Path]:
+    """The manifests of a run's saved parts, in order (a part without one was cut short)."""
+    return [p for p in sorted(parts_dir.glob("*.json")) if p.name != RUN_FILE]
 
 
 def check_resume(state: RunState, metadata: dict[str, str]) -> None:
@@ -174,6 +181,10 @@ class RunWriter:
         kinds = [(TOKENS_FILE, TOKEN_SCHEMA), (SEQUENCES_FILE, SEQUENCE_SCHEMA)]
         return kinds + ([(WORDS_FILE, WORD_SCHEMA)] if self.words else [])
 
+    def _part_file(self, kind: str, name: str) -> Path:
+        """Where part `name` of a kind of file is: one folder per kind, readable as one dataset."""
+        return self.parts_dir / kind.removesuffix(".parquet") / f"{name}.parquet"
+
     def reject(self, rejected: Rejected) -> None:
         """Note a record that could not be scored; it is saved with the part that reaches past it."""
         self._pending_rejects.append(rejected)
@@ -186,9 +197,12 @@ class RunWriter:
         tables = {TOKENS_FILE: token_table, SEQUENCES_FILE: sequence_table, WORDS_FILE: word_table}
         try:
             for kind, _ in self.kinds:
-                path = self.parts_dir / f"{name}.{kind}"
-                pq.write_table(tables[kind](docs), path.with_name(path.name + _PARTIAL))
-                os.replace(path.with_name(path.name + _PARTIAL), path)
+                path = self._part_file(kind, name)
+                path.parent.mkdir(exist_ok=True)
+                # A leading dot keeps a part being written out of readers of the folder.
+                hidden = path.with_name(f".{path.name}")
+                pq.write_table(tables[kind](docs), hidden)
+                os.replace(hidden, path)
             # The manifest goes last: a part without one was cut short and does not count.
             manifest = {"records_done": records_done, "rejected": [_reject_row(r) for r in rejects], "summary": summary}
             _atomic_write(self.parts_dir / f"{name}.json", json.dumps(manifest, ensure_ascii=False))
@@ -202,21 +216,25 @@ class RunWriter:
         """Save what is left, join the parts into the final files, write summary.json and remove the parts."""
         if self._pending_rejects or self.parts == 0:
             self.save([], max(records_read, self.records_done), summary)
-        written = [self._join(kind, schema) for kind, schema in self.kinds]
-        if errors_file:
-            written.append(self._join_errors())
-        written.append(write_summary(self.out_dir, summary, self.metadata))
-        shutil.rmtree(self.parts_dir)
+        try:
+            written = [self._join(kind, schema) for kind, schema in self.kinds]
+            # Rejects saved by an earlier session that skipped them are written even if this one stops on them.
+            if errors_file or self.rejected:
+                written.append(self._join_errors())
+            written.append(write_summary(self.out_dir, summary, self.metadata))
+            shutil.rmtree(self.parts_dir)
+        except OSError as e:
+            raise OutputError(f"--out {self.out_dir}: cannot write the final files ({e.strerror or e})") from None
         return written
 
     def abort(self) -> None:
         """After a failure: keep the saved parts for --resume, or leave no trace where there are none."""
-        if self.parts == 0:
+        if not self._part_names():
             shutil.rmtree(self.parts_dir, ignore_errors=True)
 
     def _part_names(self) -> list[str]:
         """The saved parts' names, in order."""
-        return [p.stem for p in sorted(self.parts_dir.glob("*.json")) if p.name != RUN_FILE]
+        return [p.stem for p in _manifests(self.parts_dir)]
 
     def _join(self, kind: str, schema: pa.Schema) -> Path:
         """Join one kind of part file into its final file, in row groups of a fixed size."""
@@ -227,7 +245,7 @@ class RunWriter:
         with pq.ParquetWriter(partial, schema.with_metadata(meta)) as writer:
             pending, rows = [], 0
             for name in self._part_names():
-                table = pq.read_table(self.parts_dir / f"{name}.{kind}", schema=schema)
+                table = pq.read_table(self._part_file(kind, name), schema=schema)
                 pending.append(table)
                 rows += table.num_rows
                 while rows >= ROW_GROUP_ROWS:
@@ -318,7 +336,6 @@ class JsonlOutput:
     def __init__(self, stream: TextIO) -> None:
         """Write to `stream`."""
         self.stream = stream
-        self.records_done = 0
         self.rejected = 0
 
     def reject(self, rejected: Rejected) -> None:
@@ -330,7 +347,6 @@ class JsonlOutput:
         for score in docs:
             self.stream.write(json.dumps(_finite(score.sequence_row()), ensure_ascii=False) + "\n")
         self.stream.flush()
-        self.records_done = records_done
 
     def finish(self, records_read: int, summary: dict, errors_file: bool) -> list[Path]:
         """Flush the stream; nothing is written to disk."""

@@ -28,6 +28,7 @@ class Summary:
     sum_entropy: float = 0.0
     n_bytes: int = 0
     n_words: int = 0
+    sum_word_surprisal: float = 0.0
     n_rejected: int = 0
     sum_doc_perplexity: float = 0.0
     seconds: float = 0.0
@@ -46,7 +47,9 @@ class Summary:
         self.sum_logprob += score.sum_logprob
         self.sum_entropy += score.sum_entropy
         self.n_bytes += score.n_bytes
-        self.n_words += row["n_words"]
+        if row["n_words"]:  # texts of whitespace alone have tokens but no words
+            self.n_words += row["n_words"]
+            self.sum_word_surprisal -= score.sum_logprob
         self.sum_doc_perplexity += row["perplexity"]
         preview = _preview_source(score)
         entry = (row["perplexity"], -score.doc, score.doc, score.id, score.n_tokens, preview)
@@ -89,7 +92,7 @@ class Summary:
     @property
     def word_perplexity(self) -> float | None:
         """exp(Σ word surprisal / number of words), lm-evaluation-harness's word_perplexity."""
-        return perplexity(self.sum_logprob / self.n_words) if self.n_words else None
+        return perplexity(-self.sum_word_surprisal / self.n_words) if self.n_words else None
 
     @property
     def mean_entropy(self) -> float | None:

@@ -33,7 +33,8 @@ def assign_words(text: str, spans: np.ndarray, token_offsets: np.ndarray) -> Wor
     """Give each token to the word where its last non-space character is; keep the words that get a token.
 
     A token of whitespace alone belongs to the next word (it is that word's leading space), or to the last
-    word where none follows. So every token has exactly one word and word surprisals sum to the document's.
+    word where none follows. So, in a text with any word, every token has exactly one word and the word
+    surprisals sum to the document's; in a text of whitespace alone no token has a word (index -1).
     """
     if not len(spans) or not len(token_offsets):
         return Words(np.zeros(0, np.int64), np.zeros(0, np.int64), np.full(len(token_offsets), -1, np.int64))
@@ -47,7 +48,9 @@ def assign_words(text: str, spans: np.ndarray, token_offsets: np.ndarray) -> Wor
 def word_stats(words: Words, logprobs: np.ndarray, entropies: np.ndarray) -> dict[str, np.ndarray]:
     """Per word: scored tokens, surprisal (nats, Σ -log-prob of its tokens) and its first token's entropy."""
     n = len(words)
+    if not n:  # a text of whitespace alone: its tokens belong to no word
+        return {"n_tokens": np.zeros(0, np.int64), "surprisal": np.zeros(0), "entropy": np.zeros(0, np.float32)}
     counts = np.bincount(words.token_word, minlength=n)
     surprisal = np.bincount(words.token_word, weights=-logprobs.astype(np.float64), minlength=n)
     first = np.searchsorted(words.token_word, np.arange(n))  # tokens are in text order, so words' are sorted
-    return {"n_tokens": counts, "surprisal": surprisal, "entropy": entropies[first] if n else np.zeros(0)}
+    return {"n_tokens": counts, "surprisal": surprisal, "entropy": entropies[first]}

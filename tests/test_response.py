@@ -141,3 +141,9 @@ def test_render_chat_finds_trimmed_contents():
 
     text, spans = render_chat(Trimming(), (("user", " hi "), ("assistant", " hello there ")), roles=("assistant",))
     assert [text[a:b] for a, b in spans] == ["hello there"]
+
+
+def test_a_reply_found_in_the_template_text_is_still_the_reply(smollm):
+    # "a" appears in "<|im_start|>assistant" before the reply: a search for the content would land there
+    text, [(start, end)] = render_chat(smollm.tokenizer, (("user", "Hi"), ("assistant", "a")))
+    assert text[start:end] == "a" and text[start - len("assistant\n") : start] == "assistant\n"

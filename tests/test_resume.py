@@ -88,6 +88,8 @@ def test_stop_keeps_finished_parts_and_resume_with_skip_completes(gpt2_dir, corp
     assert "line 1201: field 'text' must be a string" in message and "saved in" in message
     assert len(message.splitlines()) == 1
     assert not (tmp_path / "o" / "tokens.parquet").exists() and list((tmp_path / "o" / "parts").glob("*.json"))
+    saved = pd.read_parquet(tmp_path / "o" / "parts" / "sequences")  # the saved parts read as one dataset
+    assert saved["doc"].tolist() == list(range(len(saved))) and 0 < len(saved) <= 1200
 
     resumed = _score(*args, "-o", tmp_path / "o", "--resume", "--on-error", "skip")
     assert resumed.exit_code == 0, resumed.output
@@ -141,3 +143,27 @@ def test_resume_checks_the_run_and_refuses_what_does_not_match(gpt2_dir, corpus,
     assert other.stderr.strip() == "scorecli: error: --resume: the run was started with max_length '512', not '100'"
     overwritten = _score(data, "-m", gpt2_dir, "-o", cut, "--overwrite", "--on-error", "skip")
     assert overwritten.exit_code == 0 and not (cut / "parts").exists()
+
+
+def test_rejects_saved_by_a_skipping_session_reach_errors_jsonl_whatever_the_resumed_one_says(tmp_path):
+    from scorecli.inputs import Rejected
+    from scorecli.outputs import RunWriter, prepare_out_dir
+
+    out = tmp_path / "o"
+    prepare_out_dir(out)
+    first = RunWriter(out, {"model": "m"}, words=False)
+    first.reject(Rejected(3, "in.jsonl", 4, "field 'text' is null", '{"text": null}'))
+    first.save([], records_done=10, summary={})
+    state = prepare_out_dir(out, resume=True)
+    assert (state.records_done, state.parts, state.rejected) == (10, 1, 1)
+    second = RunWriter(out, {"model": "m"}, words=False, state=state)
+    second.finish(records_read=10, summary={}, errors_file=False)
+    [line] = (out / "errors.jsonl").read_text().splitlines()
+    assert json.loads(line) == {
+        "doc": 3,
+        "input": "in.jsonl",
+        "line": 4,
+        "reason": "field 'text' is null",
+        "record": '{"text": null}',
+    }
+    assert not (out / "parts").exists() and pq.read_table(out / "sequences.parquet").num_rows == 0

@@ -80,3 +80,17 @@ def test_cli_words_parquet(gpt2_dir, tmp_path):
     np.testing.assert_allclose(per_doc, -tokens.groupby("doc")["logprob"].sum().loc[per_doc.index], rtol=1e-5)
     first = words.iloc[0]
     assert texts[0][first["start"] : first["end"]] == first["text"] == texts[0].split()[0]
+
+
+def test_whitespace_only_texts_have_no_words_and_do_not_skew_word_perplexity(gpt2_dir, tmp_path):
+    data = tmp_path / "ws.jsonl"
+    data.write_text('{"text": "hello there"}\n{"text": "   \\n"}\n')
+    result = CliRunner().invoke(app, ["score", str(data), "-m", str(gpt2_dir), "-o", str(tmp_path / "o"), "--words"])
+    assert result.exit_code == 0, result.output
+    seqs = pd.read_parquet(tmp_path / "o" / "sequences.parquet")
+    assert seqs["n_words"].tolist() == [2, 0] and seqs["n_tokens"].iloc[1] > 0
+    assert seqs["word_perplexity"].isna().tolist() == [False, True]
+    words = pd.read_parquet(tmp_path / "o" / "words.parquet")
+    assert words["text"].tolist() == ["hello", "there"]
+    summary = __import__("json").loads((tmp_path / "o" / "summary.json").read_text())["summary"]
+    assert summary["word_perplexity"] == pytest.approx(seqs["word_perplexity"].iloc[0])
