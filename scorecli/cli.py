@@ -22,7 +22,7 @@ from typer.core import TyperGroup
 
 from scorecli import __version__
 from scorecli.batching import check_limits
-from scorecli.engine import ScoreProgress, Scorer
+from scorecli.engine import DocScore, ScoreProgress, Scorer
 from scorecli.errors import ScorecliError, UsageError
 from scorecli.inputs import STDIN, Fields, Record, Rejected, count_records, display_name, read_records
 from scorecli.models import load_model, resolve_device, resolve_dtype
@@ -210,6 +210,7 @@ class _Run:
         self.records_seen = 0
         self.resumed_from = 0
         self.saved_docs = 0
+        self.done: dict[int, DocScore] = {}
         self.written: list[Path] = []
         self._early_rejects: list[Rejected] = []
 
@@ -237,9 +238,12 @@ class _Run:
             self.writer = JsonlOutput(sys.stdout)
         else:
             self.writer = RunWriter(Path(self.out), metadata, words, state)
+            self.done = state.in_flight if state is not None else {}
+            if state is not None:
+                self.resumed_from = state.records_done
             if state is not None and state.summary is not None:
                 self.summary = Summary.from_state(state.summary)
-                self.resumed_from, self.saved_docs = state.records_done, self.summary.n_docs
+                self.saved_docs = self.summary.n_docs
         for rejected in self._early_rejects:
             self.reject(rejected)
 
@@ -250,7 +254,7 @@ class _Run:
         on_chat_error = self._chat_reject if skip_bad else None
         try:
             with progress, _sigterm_as_interrupt():
-                for docs in scorer.score_buffers(records, progress=advance, on_error=on_chat_error):
+                for docs in scorer.score_buffers(records, progress=advance, on_error=on_chat_error, done=self.done):
                     for doc in docs:
                         self.summary.add(doc)
                     self.records_seen = max(self.records_seen, docs[-1].doc + 1)
@@ -260,6 +264,10 @@ class _Run:
             self.summary.n_rejected = self.writer.rejected
             self.written = self.writer.finish(self.records_seen, self.summary.as_dict(), errors_file=skip_bad)
         except KeyboardInterrupt as e:
+            finished = getattr(e, "finished_docs", [])
+            if finished and isinstance(self.writer, RunWriter):
+                self.writer.save_in_flight(finished)
+                self.saved_docs += len(finished)
             self.writer.abort()
             typer.echo(f"scorecli: {self._stopped('interrupted')}", err=True)
             raise typer.Exit(EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED) from None

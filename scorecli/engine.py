@@ -382,11 +382,15 @@ class Scorer:
         records: Iterable[Record],
         progress: Callable[[ScoreProgress], None] | None = None,
         on_error: Callable[[Record, str], None] | None = None,
+        done: dict[int, DocScore] | None = None,
     ) -> Iterator[list[DocScore]]:
         """As score_records, one read-ahead buffer of documents at a time: the points to save a run at.
 
         Buffers are cut by counts of records and characters only, so a run resumed after a buffer's last
-        record meets the very same buffers, batches and numbers as an uninterrupted one.
+        record meets the very same buffers, batches and numbers as an uninterrupted one. An interrupt
+        (KeyboardInterrupt) carries the documents of the buffer in flight that were finished, as its
+        `finished_docs`; given back as `done` (by input position), they are not scored again, and the
+        batches that hold anything else are the same as before, so the numbers are too.
         """
         state = ScoreProgress()
         report = progress or (lambda _: None)
@@ -396,10 +400,10 @@ class Scorer:
             buffer.append(record)
             chars += len(record.text)
             if len(buffer) >= self.buffer_docs or chars >= self.buffer_chars:
-                yield self._score_buffer(buffer, state, report)
+                yield self._score_buffer(buffer, state, report, done or {})
                 buffer, chars = [], 0
         if buffer:
-            yield self._score_buffer(buffer, state, report)
+            yield self._score_buffer(buffer, state, report, done or {})
 
     def _encode(self, records: list[Record]) -> list[Encoded]:
         """Encode a buffer, plain texts and rendered chats each in one tokenizer call."""
@@ -423,7 +427,11 @@ class Scorer:
         return out
 
     def _score_buffer(
-        self, records: list[Record], state: ScoreProgress, report: Callable[[ScoreProgress], None]
+        self,
+        records: list[Record],
+        state: ScoreProgress,
+        report: Callable[[ScoreProgress], None],
+        done: dict[int, DocScore],
     ) -> list[DocScore]:
         """Score one read-ahead buffer, longest windows first; its documents in input order."""
         encoded = self._encode(records)
@@ -434,24 +442,58 @@ class Scorer:
         state.docs_done += int((left == 0).sum())
         report(state)
         results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(work)
-        batches = pack([w.end - w.begin - 1 for w in work], self.batch_tokens)
-        with self._batch_runner() as run:
-            for rows, scores in zip(
-                batches, run(lambda rows: self._score_batch([work[i] for i in rows], encoded), batches)
-            ):
-                for i, score in zip(rows, scores):
-                    results[i] = score
-                    left[work[i].doc] -= 1
-                    state.docs_done += int(left[work[i].doc] == 0)
-                    state.tokens_done += len(score[0])
-                report(state)
+        # Batches are planned over the whole buffer, then those that hold only finished documents skipped.
+        batches = [
+            rows
+            for rows in pack([w.end - w.begin - 1 for w in work], self.batch_tokens)
+            if any(records[work[i].doc].doc not in done for i in rows)
+        ]
+        for i, record in enumerate(records):
+            if record.doc in done:
+                state.docs_done += int(left[i] > 0)
+                state.tokens_done += encoded[i].n_scored
+                left[i] = 0
+        try:
+            with self._batch_runner() as run:
+                for rows, scores in zip(
+                    batches, run(lambda rows: self._score_batch([work[i] for i in rows], encoded), batches)
+                ):
+                    for i, score in zip(rows, scores):
+                        results[i] = score
+                        doc = work[i].doc
+                        if records[doc].doc not in done:
+                            left[doc] -= 1
+                            state.docs_done += int(left[doc] == 0)
+                            state.tokens_done += len(score[0])
+                    report(state)
+        except KeyboardInterrupt as e:
+            finished = [i for i in range(len(records)) if left[i] == 0]
+            e.finished_docs = self._assemble(records, encoded, work, results, done, finished)
+            raise
+        return self._assemble(records, encoded, work, results, done, range(len(records)))
+
+    def _assemble(
+        self,
+        records: list[Record],
+        encoded: list[Encoded],
+        work: list[Window],
+        results: list[tuple[np.ndarray, np.ndarray] | None],
+        done: dict[int, DocScore],
+        which: Iterable[int],
+    ) -> list[DocScore]:
+        """The DocScores of the buffer's documents `which` (in order), from their windows' results."""
         per_doc: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in records]
         for w, score in zip(work, results):
-            per_doc[w.doc].append(score)
+            if score is not None:
+                per_doc[w.doc].append(score)
         docs = []
-        for record, enc, scores in zip(records, encoded, per_doc):
+        for i in which:
+            record, scores = records[i], per_doc[i]
+            if record.doc in done:
+                docs.append(done[record.doc])
+                continue
             log_probs, entropy = (np.concatenate(part) for part in zip(*scores)) if scores else (_EMPTY, _EMPTY)
-            docs.append(self._doc_score(record, enc, log_probs, entropy))
+            docs.append(self._doc_score(record, encoded[i], log_probs, entropy))
         return docs
 
     @contextmanager

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from scorecli.engine import DocScore
 from scorecli.errors import OutputError, first_line
 from scorecli.inputs import Rejected
+from scorecli.words import Words
 
 TOKENS_FILE = "tokens.parquet"
 SEQUENCES_FILE = "sequences.parquet"
@@ -25,6 +26,7 @@ ERRORS_FILE = "errors.jsonl"
 SUMMARY_FILE = "summary.json"
 PARTS_DIR = "parts"
 RUN_FILE = "run.json"
+IN_FLIGHT_FILE = "in-flight.json"
 RESULT_FILES = (TOKENS_FILE, SEQUENCES_FILE, WORDS_FILE, ERRORS_FILE, SUMMARY_FILE)
 TOKEN_SCHEMA = pa.schema(
     [
@@ -83,6 +85,7 @@ class RunState:
     parts: int = 0
     rejected: int = 0
     summary: dict | None = None
+    in_flight: dict[int, DocScore] = field(default_factory=dict)
 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool = False, resume: bool = False) -> RunState | None:
@@ -132,6 +135,11 @@ def _run_state(out_dir: Path) -> RunState:
             state.records_done = part["records_done"]
             state.rejected += len(part["rejected"])
             state.summary = part["summary"]
+        in_flight = parts / IN_FLIGHT_FILE
+        if in_flight.exists():
+            docs = (_doc_from_json(d) for d in json.loads(in_flight.read_text(encoding="utf-8")))
+            # Documents a part saved after them already hold are left out.
+            state.in_flight = {d.doc: d for d in docs if d.doc >= state.records_done}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise OutputError(f"--out {out_dir}: the saved run cannot be read ({first_line(e)})") from None
     return state
@@ -139,7 +147,7 @@ def _run_state(out_dir: Path) -> RunState:
 
 def _manifests(parts_dir: Path) -> list[Path]:
     """The manifests of a run's saved parts, in order (a part without one was cut short)."""
-    return [p for p in sorted(parts_dir.glob("*.json")) if p.name != RUN_FILE]
+    return sorted(parts_dir.glob("[0-9]*.json"))
 
 
 def check_resume(state: RunState, metadata: dict[str, str]) -> None:
@@ -211,6 +219,14 @@ class RunWriter:
         self.parts += 1
         self.records_done = records_done
         self.rejected += len(rejects)
+        (self.parts_dir / IN_FLIGHT_FILE).unlink(missing_ok=True)  # a saved part holds its documents now
+
+    def save_in_flight(self, docs: list[DocScore]) -> None:
+        """Keep the finished documents of an interrupted buffer, so that a resumed run need not score them."""
+        try:
+            _atomic_write(self.parts_dir / IN_FLIGHT_FILE, json.dumps([_doc_to_json(d) for d in docs]))
+        except OSError as e:
+            raise OutputError(f"--out {self.out_dir}: cannot write ({e.strerror or e})") from None
 
     def finish(self, records_read: int, summary: dict, errors_file: bool) -> list[Path]:
         """Save what is left, join the parts into the final files, write summary.json and remove the parts."""
@@ -229,7 +245,7 @@ class RunWriter:
 
     def abort(self) -> None:
         """After a failure: keep the saved parts for --resume, or leave no trace where there are none."""
-        if not self._part_names():
+        if not self._part_names() and not (self.parts_dir / IN_FLIGHT_FILE).exists():
             shutil.rmtree(self.parts_dir, ignore_errors=True)
 
     def _part_names(self) -> list[str]:
@@ -266,6 +282,26 @@ class RunWriter:
         path = self.out_dir / ERRORS_FILE
         _atomic_write(path, "".join(lines))
         return path
+
+
+_DOC_ARRAYS = ("token_ids", "positions", "starts", "ends", "logprobs", "entropies", "is_response")
+
+
+def _doc_to_json(doc: DocScore) -> dict:
+    """A DocScore as JSON values; float32 values survive the round trip exactly."""
+    arrays = {name: getattr(doc, name).tolist() for name in _DOC_ARRAYS}
+    words = {name: getattr(doc.words, name).tolist() for name in ("starts", "ends", "token_word")}
+    scalars = {"doc": doc.doc, "id": doc.id, "text": doc.text, "n_bytes": doc.n_bytes, "truncated": doc.truncated}
+    return {**scalars, **arrays, "tokens": doc.tokens, "words": words}
+
+
+def _doc_from_json(row: dict) -> DocScore:
+    """The DocScore _doc_to_json wrote."""
+    types = {"logprobs": np.float32, "entropies": np.float32, "is_response": bool}
+    arrays = {name: np.asarray(row[name], dtype=types.get(name, np.int32)) for name in _DOC_ARRAYS}
+    words = Words(*(np.asarray(row["words"][k], dtype=np.int64) for k in ("starts", "ends", "token_word")))
+    scalars = {k: row[k] for k in ("doc", "id", "text", "n_bytes", "truncated")}
+    return DocScore(**scalars, **arrays, tokens=row["tokens"], words=words)
 
 
 def _reject_row(r: Rejected) -> dict:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -167,3 +168,36 @@ def test_rejects_saved_by_a_skipping_session_reach_errors_jsonl_whatever_the_res
         "record": '{"text": null}',
     }
     assert not (out / "parts").exists() and pq.read_table(out / "sequences.parquet").num_rows == 0
+
+
+def test_finished_documents_of_an_interrupted_buffer_are_kept_and_not_scored_again(tiny):
+    from scorecli.engine import Scorer
+    from scorecli.inputs import Record
+    from scorecli.outputs import _doc_from_json, _doc_to_json
+
+    texts = (sample_texts() + sample_texts("edge_cases.jsonl")) * 3
+    records = [Record(i, t) for i, t in enumerate(texts)]
+    scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=48, max_length=24, stride=8, workers=1)
+    [straight] = list(scorer.score_buffers(records))
+    reports = []
+
+    def interrupt_after_some_batches(state):
+        reports.append(state.docs_done)
+        if len(reports) == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        list(scorer.score_buffers(records, progress=interrupt_after_some_batches))
+    finished = caught.value.finished_docs
+    assert 0 < len(finished) < len(records)
+    done = {d.doc: _doc_from_json(json.loads(json.dumps(_doc_to_json(d)))) for d in finished}
+    scored = []
+    counting = Scorer(tiny.model, tiny.tokenizer, batch_tokens=48, max_length=24, stride=8, workers=1)
+    original = counting._score_batch
+    counting._score_batch = lambda batch, encoded: scored.append([w.doc for w in batch]) or original(batch, encoded)
+    [resumed] = list(counting.score_buffers(records, done=done))
+    # Batches of finished documents alone are not run again, and every number is the same as before
+    assert not any(all(d in done for d in batch) for batch in scored)
+    for a, b in zip(straight, resumed, strict=True):
+        assert a.doc == b.doc and np.array_equal(a.logprobs, b.logprobs) and np.array_equal(a.entropies, b.entropies)
+        assert a.sequence_row() == b.sequence_row() and a.tokens == b.tokens
