@@ -326,7 +326,7 @@ class Scorer:
         self.workers = workers or (min(torch.get_num_threads(), MAX_CPU_WORKERS) if self.device.type == "cpu" else 1)
         self.buffer_docs = buffer_docs
         # About 64 full batches (at ~4 characters a token) per buffer: enough to sort by length, little
-        # enough that an interrupt loses at most a minute or two of work.
+        # enough that a run saves its work every minute or two.
         self.buffer_chars = buffer_chars or BUFFER_CHARS_PER_BATCH_TOKEN * batch_tokens
         self.head = output_head(model)
         self.token_texts = TokenTexts(tokenizer)

@@ -111,10 +111,17 @@ def read_records(
             except InputError as e:
                 if on_error is None:
                     raise
-                on_error(Rejected(doc, name, number, str(e).removeprefix(f"{where}: "), raw))
+                on_error(Rejected(doc, name, number, str(e).removeprefix(f"{where}: "), _raw_text(row, raw)))
         doc += 1
     if doc == 0:
         raise InputError(f"{name}: no records to score (the input is empty)")
+
+
+def _raw_text(row: dict | str, raw: bytes | None) -> str:
+    """A rejected record as text: its line as read, or its Parquet row as JSON (made only when needed)."""
+    if raw is not None:
+        return raw.decode("utf-8", "replace").rstrip("\r\n")
+    return json.dumps(row, ensure_ascii=False, default=str)
 
 
 def _record(doc: int, row: dict, fields: Fields, where: str, line: int) -> Record:
@@ -164,7 +171,7 @@ def _open_binary(source: str | Path) -> BinaryIO:
         raise InputError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
-def _jsonl_rows(source: str | Path) -> Iterator[tuple[int, dict | str, str]]:
+def _jsonl_rows(source: str | Path) -> Iterator[tuple[int, dict | str, bytes]]:
     """Yield (line number, JSON object or why the line is not one, raw line) for each non-blank line."""
     name = display_name(source)
     f = _open_binary(source)
@@ -173,7 +180,7 @@ def _jsonl_rows(source: str | Path) -> Iterator[tuple[int, dict | str, str]]:
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             if raw.strip():
-                yield number, _decode(raw), raw.decode("utf-8", "replace").rstrip("\r\n")
+                yield number, _decode(raw), raw
     finally:
         if f is not sys.stdin.buffer:
             f.close()
@@ -202,8 +209,8 @@ def _lines(f: BinaryIO, name: str) -> Iterator[bytes]:
         raise InputError(f"{name}: cannot be read ({e})") from None
 
 
-def _parquet_rows(source: str | Path, fields: Fields) -> Iterator[tuple[int, dict, str]]:
-    """Yield (1-based row number, {column: value}, the row as JSON) for the needed columns of a Parquet file."""
+def _parquet_rows(source: str | Path, fields: Fields) -> Iterator[tuple[int, dict, None]]:
+    """Yield (1-based row number, {column: value}, None) for the needed columns of a Parquet file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -228,8 +235,7 @@ def _parquet_rows(source: str | Path, fields: Fields) -> Iterator[tuple[int, dic
             values = {c: batch.column(c).to_pylist() for c in columns}
             for i in range(batch.num_rows):
                 number += 1
-                row = {c: values[c][i] for c in columns}
-                yield number, row, json.dumps(row, ensure_ascii=False, default=str)
+                yield number, {c: values[c][i] for c in columns}, None
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
 

@@ -127,3 +127,35 @@ def test_records_are_streamed_not_read_whole(tmp_path):
     assert next(records) == Record(0, "first", None)
     with pytest.raises(InputError, match="line 1002: not valid JSON"):
         list(records)
+
+
+def test_skipping_bad_records_and_resuming_past_records(tmp_path):
+    from scorecli.inputs import Fields
+
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"q": ["a", "b", None, "d"], "r": ["1", None, "3", "4"], "id": [1, 2, 3, 4]}), path)
+    rejected = []
+    records = list(read_records(path, fields=Fields(prompt="q", response="r"), on_error=rejected.append))
+    assert [(r.doc, r.text, r.spans, r.id) for r in records] == [(0, "a1", ((1, 2),), "1"), (3, "d4", ((1, 2),), "4")]
+    assert [(r.doc, r.line, r.reason) for r in rejected] == [(1, 2, "field 'r' is null"), (2, 3, "field 'q' is null")]
+    assert json.loads(rejected[0].raw) == {"q": "b", "r": None, "id": 2}
+    assert [r.doc for r in read_records(path, fields=Fields(prompt="q", response="r"), skip=3)] == [3]
+
+
+def test_messages_are_validated(tmp_path):
+    from scorecli.inputs import Fields
+
+    rows = [
+        {"m": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        {"m": [{"role": "user"}]},
+        {"m": "not a list"},
+    ]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rejected = []
+    [record] = read_records(path, fields=Fields(messages="m"), on_error=rejected.append)
+    assert record.messages == (("user", "hi"), ("assistant", "hello"))
+    assert [r.reason for r in rejected] == [
+        "field 'm': message 1 needs a string 'content', got missing",
+        "field 'm' must be a non-empty array of messages, got a string",
+    ]
