@@ -18,12 +18,12 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from bench_score import timed  # the sibling script: run as benchmarks/bench_memory.py
 
 RSS_RATIO_LIMIT = 1.25
 SEED = 0
@@ -82,17 +82,6 @@ def build_model(folder: Path, training_texts: int = 2000) -> Path:
     )
     GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
-
-
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """Run a command; return its wall time (s) and peak RSS (MB)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"benchmark run failed: {' '.join(cmd)}")
-    return wall, usage.ru_maxrss / 1024  # ru_maxrss is in KB on Linux
 
 
 def scored_tokens(out_dir: Path, n_texts: int) -> int:
