@@ -238,12 +238,11 @@ class _Run:
             self.writer = JsonlOutput(sys.stdout)
         else:
             self.writer = RunWriter(Path(self.out), metadata, words, state)
-            self.done = state.in_flight if state is not None else {}
             if state is not None:
-                self.resumed_from = state.records_done
-            if state is not None and state.summary is not None:
-                self.summary = Summary.from_state(state.summary)
-                self.saved_docs = self.summary.n_docs
+                self.done, self.resumed_from = state.in_flight, state.records_done
+                if state.summary is not None:
+                    self.summary = Summary.from_state(state.summary)
+                    self.saved_docs = self.summary.n_docs
         for rejected in self._early_rejects:
             self.reject(rejected)
 

@@ -555,7 +555,7 @@ class Scorer:
             is_response=is_response,
             n_bytes=_scored_bytes(record, enc),
             truncated=enc.truncated,
-            words=assign_words(record.text, word_spans(record.text, record.spans), counted),
+            words=assign_words(word_spans(record.text, record.spans), counted),
         )
 
 

@@ -29,7 +29,7 @@ def word_spans(text: str, spans: tuple[tuple[int, int], ...] | None = None) -> n
     return np.asarray(found, dtype=np.int64).reshape(-1, 2)
 
 
-def assign_words(text: str, spans: np.ndarray, token_offsets: np.ndarray) -> Words:
+def assign_words(spans: np.ndarray, token_offsets: np.ndarray) -> Words:
     """Give each token to the word where its last non-space character is; keep the words that get a token.
 
     A token of whitespace alone belongs to the next word (it is that word's leading space), or to the last
@@ -38,9 +38,12 @@ def assign_words(text: str, spans: np.ndarray, token_offsets: np.ndarray) -> Wor
     """
     if not len(spans) or not len(token_offsets):
         return Words(np.zeros(0, np.int64), np.zeros(0, np.int64), np.full(len(token_offsets), -1, np.int64))
-    ends = np.array([s + len(text[s:e].rstrip()) if text[s:e].strip() else e for s, e in token_offsets.tolist()])
-    # The first word ending at or after that point: the token ends inside it, or in the space before it.
-    index = np.minimum(np.searchsorted(spans[:, 1], ends, side="left"), len(spans) - 1)
+    starts, ends = token_offsets[:, 0], token_offsets[:, 1]
+    # The last word that starts before the token ends holds its last non-space character if the two overlap;
+    # if they do not, the token is whitespace between words and goes to the next one.
+    last = np.searchsorted(spans[:, 0], ends, side="left") - 1
+    overlaps = (last >= 0) & (spans[np.maximum(last, 0), 1] > starts)
+    index = np.minimum(np.where(overlaps, last, last + 1), len(spans) - 1)
     used, token_word = np.unique(index, return_inverse=True)
     return Words(spans[used, 0], spans[used, 1], token_word.astype(np.int64))
 

@@ -21,7 +21,7 @@ def test_words_by_hand():
     assert [text[a:b] for a, b in spans] == ["ab", "cd.", "ef", "g"]
     # tokens: "a" "b" " cd" ".\n" "  " "ef" " g"
     offsets = np.array([(0, 1), (1, 2), (2, 5), (5, 7), (7, 9), (9, 11), (11, 13)])
-    words = assign_words(text, spans, offsets)
+    words = assign_words(spans, offsets)
     # ".\n" ends in a newline but its last character belongs to "cd."; "  " alone leads into "ef"
     assert words.token_word.tolist() == [0, 0, 1, 1, 2, 2, 3]
     stats = word_stats(words, np.array([-1, -2, -3, -4, -5, -6, -7.0]), np.array([9, 8, 7, 6, 5, 4, 3.0]))
@@ -34,7 +34,7 @@ def test_trailing_space_goes_to_the_last_word_and_response_spans_limit_words():
     text = "Q: hi A: yes no  "
     spans = word_spans(text, ((9, len(text)),))
     assert [text[a:b] for a, b in spans] == ["yes", "no"]
-    words = assign_words(text, spans, np.array([(8, 12), (12, 15), (15, 17)]))
+    words = assign_words(spans, np.array([(8, 12), (12, 15), (15, 17)]))
     assert words.token_word.tolist() == [0, 1, 1]
 
 
