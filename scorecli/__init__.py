@@ -10,9 +10,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 # Exports resolve lazily so that `scorecli --help` does not pay for importing torch and transformers.
 _EXPORTS = {
-    "DocScore": "scorecli.engine",
+    "DocScore": "scorecli.scores",
     "Scorer": "scorecli.engine",
-    "get_response_log_probs": "scorecli.engine",
+    "get_response_log_probs": "scorecli.head",
     "Record": "scorecli.inputs",
     "Fields": "scorecli.inputs",
     "Rejected": "scorecli.inputs",

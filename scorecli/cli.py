@@ -26,7 +26,8 @@ from scorecli.engine import DocScore, ScoreProgress, Scorer
 from scorecli.errors import ScorecliError, UsageError
 from scorecli.inputs import STDIN, Fields, Record, Rejected, count_records, display_name, read_records
 from scorecli.models import load_model, resolve_device, resolve_dtype
-from scorecli.outputs import JsonlOutput, RunState, RunWriter, check_resume, prepare_out_dir
+from scorecli.outputs import JsonlOutput
+from scorecli.runs import RunState, RunWriter, check_resume, prepare_out_dir
 from scorecli.summary import Summary, render
 
 

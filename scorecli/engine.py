@@ -1,190 +1,32 @@
-"""Per-token log-probabilities and entropies: `get_response_log_probs` and the batching `Scorer`."""
+"""The batching `Scorer`: tokenise, cut windows, sort by length, pack, score with the output head, reorder."""
 
 from __future__ import annotations
 
-import math
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from scorecli.batching import Encoded, Encoder, TokenTexts, Window, check_limits, collate, default_stride, pack, windows
 from scorecli.chat import DEFAULT_ROLES, render_chats
 from scorecli.errors import UsageError
+from scorecli.head import get_response_log_probs, output_head
 from scorecli.inputs import Record
 from scorecli.models import context_length
-from scorecli.words import Words, assign_words, word_spans, word_stats
+from scorecli.scores import DocScore, perplexity
+from scorecli.words import assign_words, word_spans
+
+__all__ = ["DocScore", "ScoreProgress", "Scorer", "get_response_log_probs", "perplexity"]
+
 
 # Measured on a 2-core AVX-512 CPU, a 1,024-token budget scores fastest (activations stay in cache);
 # accelerators want large batches.
 DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 16384, "mps": 8192}
-HEAD_CHUNK_BYTES = 64 * 2**20  # float32 logits per head chunk: bounds peak memory whatever the vocabulary
 MAX_CPU_WORKERS = 8
 BUFFER_CHARS_PER_BATCH_TOKEN = 256
-STATS_ROWS = 32  # rows per softmax block: its temporaries stay in L2, about 4x faster than whole chunks on CPU
-_PROBE_LENGTH = 8
-_heads: weakref.WeakKeyDictionary[torch.nn.Module, OutputHead] = weakref.WeakKeyDictionary()
-
-
-def get_response_log_probs(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    labels: torch.Tensor,
-    return_token_entropy: bool = False,
-    attention_mask: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """Return log p(labels[b, t] | input_ids[b, :t+1]) as "log_probs" [B, T] (and "token_entropy"), unmasked."""
-    log_probs, entropy = output_head(model).score(input_ids, labels, attention_mask, entropy=return_token_entropy)
-    out = {"log_probs": log_probs.view(labels.shape)}
-    if return_token_entropy:
-        out["token_entropy"] = entropy.view(labels.shape)
-    return out
-
-
-def token_stats(
-    logits: torch.Tensor, labels: torch.Tensor, entropy: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probability of each label and entropy (nats) of each row of logits [N, V], in float32."""
-    blocks = range(0, len(labels), STATS_ROWS)
-    parts = [_block_stats(logits[i : i + STATS_ROWS], labels[i : i + STATS_ROWS], entropy) for i in blocks]
-    return _concat(parts, entropy)
-
-
-def _concat(
-    parts: list[tuple[torch.Tensor, torch.Tensor | None]], entropy: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Join per-block (log-probs, entropies) pairs; entropies are None where they were not asked for."""
-    if not parts:
-        return torch.zeros(0), (torch.zeros(0) if entropy else None)
-    return torch.cat([p[0] for p in parts]), (torch.cat([p[1] for p in parts]) if entropy else None)
-
-
-def _block_stats(logits: torch.Tensor, labels: torch.Tensor, entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """token_stats for a block of rows small enough that its temporaries stay in the CPU's cache."""
-    logits = logits.float()
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    log_probs = (logits.gather(-1, labels.unsqueeze(-1)) - lse).squeeze(-1)
-    if not entropy:
-        return log_probs, None
-    # H = -Σ p·log p on log p = logit - lse: subtracting lse first keeps float32 error near 1e-5 nats, where
-    # lse - Σ p·logit cancels two large numbers. nansum drops 0·(-inf) from vocabulary entries a model masks out.
-    log_p = logits - lse
-    return log_probs, -torch.nansum(log_p.exp() * log_p, dim=-1)
-
-
-def output_head(model: torch.nn.Module) -> OutputHead:
-    """The (cached) way to turn this model's final hidden states into token statistics."""
-    if model not in _heads:
-        _heads[model] = OutputHead(model)
-    return _heads[model]
-
-
-class OutputHead:
-    """Apply a model's output layer in chunks of positions, so no [batch, seq, vocab] tensor is ever built.
-
-    At construction a probe input checks that the output layer applied to the base model's final hidden
-    states reproduces the model's own logits; where it does not (models that scale or soft-cap their
-    logits), scoring falls back to the model's full logits and `chunked` is False.
-    """
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        """Inspect `model` and check the chunked head against its own logits on a probe input."""
-        self.model = model
-        self.head = model.get_output_embeddings()
-        self.base = getattr(model, "base_model", None)
-        self.vocab_size = model.config.vocab_size if self.head is None else self.head.weight.shape[0]
-        self.chunk_rows = max(1, HEAD_CHUNK_BYTES // (4 * self.vocab_size))
-        self._weight32: tuple[torch.Tensor, torch.Tensor] | None = None
-        has_head = self.head is not None and self.base is not None and self.base is not model
-        self.chunked = has_head and self._matches_model_logits()
-
-    @property
-    def mode(self) -> str:
-        """How scores are computed, for the output's metadata."""
-        return "chunked output head" if self.chunked else "model logits (the chunked head did not reproduce them)"
-
-    def _matches_model_logits(self) -> bool:
-        """Whether head(final hidden states) equals model(...).logits on a probe input."""
-        device = next(self.model.parameters()).device
-        probe = (torch.arange(_PROBE_LENGTH, device=device) * 7 + 3).remainder(self.vocab_size).unsqueeze(0)
-        training = self.model.training
-        self.model.eval()  # dropout would make two runs differ whatever the head does
-        try:
-            with torch.inference_mode():
-                expected = self.model(input_ids=probe, use_cache=False).logits.float()
-                got = self._logits(self._hidden(probe, None), float32=False).float()
-        except (AttributeError, TypeError, RuntimeError):
-            return False
-        finally:
-            self.model.train(training)
-        return got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-3, atol=1e-3)
-
-    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Final hidden states [B, T, H] from the base model."""
-        out = self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-    def _logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor:
-        """Apply the output layer to hidden states, in float32 unless asked to stay in the model's dtype."""
-        weight, bias = self.head.weight, getattr(self.head, "bias", None)
-        if float32 and weight.dtype != torch.float32:
-            # A bfloat16 logit near 30 is rounded to a multiple of 0.125: far too coarse for log-probs.
-            # The float32 copy is made once, except for weights being trained, which autograd must see.
-            if weight.requires_grad and torch.is_grad_enabled():
-                weight = weight.float()
-            else:
-                if self._weight32 is None or self._weight32[0] is not weight:
-                    self._weight32 = (weight, weight.detach().float())
-                weight = self._weight32[1]
-            hidden, bias = hidden.float(), (None if bias is None else bias.float())
-        return F.linear(hidden, weight, bias)
-
-    def score(
-        self,
-        input_ids: torch.Tensor,
-        labels: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        select: torch.Tensor | None = None,
-        entropy: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probs and entropies, flat, for the positions `select` marks (all positions when None)."""
-        selected = labels.reshape(-1) if select is None else labels[select]
-        if selected.numel() and (int(selected.min()) < 0 or int(selected.max()) >= self.vocab_size):
-            raise ValueError(f"labels must be token ids in [0, {self.vocab_size}); mask positions after scoring")
-        if self.chunked:
-            states, stats = self._hidden(input_ids, attention_mask), self._stats_from_hidden
-        else:
-            states, stats = (
-                self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits,
-                token_stats,
-            )
-        states = states.reshape(-1, states.shape[-1]) if select is None else states[select]
-        rows = self.chunk_rows
-        chunks = range(0, selected.shape[0], rows)
-        parts = [self._chunk(stats, states[i : i + rows], selected[i : i + rows], entropy) for i in chunks]
-        return _concat(parts, entropy)
-
-    def _stats_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor, entropy: bool) -> tuple:
-        """Token statistics of one chunk of final hidden states."""
-        return token_stats(self._logits(hidden), labels, entropy)
-
-    @staticmethod
-    def _chunk(stats: Callable, states: torch.Tensor, labels: torch.Tensor, entropy: bool) -> tuple:
-        """Statistics of one chunk; under autograd the chunk's logits are recomputed in backward, not kept."""
-        if torch.is_grad_enabled() and states.requires_grad:
-            return checkpoint(stats, states, labels, entropy, use_reentrant=False)
-        return stats(states, labels, entropy)
-
-
-def perplexity(mean_logprob: float) -> float:
-    """exp(-mean log-prob), infinite where that overflows a float."""
-    return math.exp(-mean_logprob) if -mean_logprob < 709.0 else math.inf
 
 
 @dataclass
@@ -202,81 +44,6 @@ class ScoreProgress:
             return None
         unread = max(docs_total - self.docs_planned, 0)
         return self.tokens_planned + round(unread * self.tokens_planned / self.docs_planned)
-
-
-@dataclass
-class DocScore:
-    """The scores of one document: a row per scored token, and the document's totals.
-
-    Statistics count the response rows only (every row of a plain text is one); prompt rows are present
-    only when asked for, as context that was scored but not counted.
-    """
-
-    doc: int
-    id: str | None
-    text: str
-    token_ids: np.ndarray
-    positions: np.ndarray
-    starts: np.ndarray
-    ends: np.ndarray
-    logprobs: np.ndarray
-    entropies: np.ndarray
-    tokens: list[str]
-    is_response: np.ndarray
-    n_bytes: int
-    truncated: bool
-    words: Words
-    sum_logprob: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        """Total the response log-probs in float64."""
-        self.sum_logprob = float(self.logprobs[self.is_response].sum(dtype=np.float64))
-
-    @property
-    def n_tokens(self) -> int:
-        """Number of scored response tokens."""
-        return int(self.is_response.sum())
-
-    @property
-    def n_rows(self) -> int:
-        """Number of token rows (response tokens, plus prompt tokens where asked for)."""
-        return len(self.logprobs)
-
-    @property
-    def sum_entropy(self) -> float:
-        """Total entropy over the response tokens, in nats."""
-        return float(self.entropies[self.is_response].sum(dtype=np.float64))
-
-    def sequence_row(self) -> dict:
-        """The document's row of sequences.parquet; statistics are None where no token was scored."""
-        n, n_words = self.n_tokens, len(self.words)
-        mean = self.sum_logprob / n if n else None
-        return {
-            "doc": self.doc,
-            "id": self.id,
-            "n_tokens": n,
-            "sum_logprob": self.sum_logprob if n else None,
-            "mean_logprob": mean,
-            "perplexity": perplexity(mean) if n else None,
-            "mean_entropy": self.sum_entropy / n if n else None,
-            "n_bytes": self.n_bytes,
-            "bits_per_byte": -self.sum_logprob / (self.n_bytes * math.log(2)) if n and self.n_bytes else None,
-            "n_words": n_words,
-            "word_perplexity": perplexity(self.sum_logprob / n_words) if n_words else None,
-            "truncated": self.truncated,
-        }
-
-    def word_rows(self) -> dict[str, np.ndarray | list]:
-        """The document's rows of words.parquet, as columns."""
-        response = self.is_response
-        stats = word_stats(self.words, self.logprobs[response], self.entropies[response])
-        return {
-            "word": np.arange(len(self.words)),
-            "text": [self.text[a:b] for a, b in zip(self.words.starts.tolist(), self.words.ends.tolist())],
-            "start": self.words.starts,
-            "end": self.words.ends,
-            **stats,
-        }
 
 
 class Scorer:

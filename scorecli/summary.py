@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from rich.console import Group
 from rich.table import Table
 
-from scorecli.engine import DocScore, perplexity
+from scorecli.scores import DocScore, perplexity
 
 TOP_N = 5
 _PREVIEW_CHARS = 200

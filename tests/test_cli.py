@@ -13,7 +13,8 @@ from conftest import SAMPLES, reference_scores, sample_texts
 from typer.testing import CliRunner
 
 from scorecli.cli import app
-from scorecli.outputs import SEQUENCE_SCHEMA, TOKEN_SCHEMA, read_metadata
+from scorecli.outputs import read_metadata
+from scorecli.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA
 
 runner = CliRunner()
 SCORECLI = [sys.executable, "-m", "scorecli"]

@@ -7,8 +7,10 @@ import torch
 from conftest import reference_scores, sample_texts
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from scorecli.engine import OutputHead, Scorer, get_response_log_probs, output_head, token_stats
+from scorecli.engine import Scorer
+from scorecli.head import OutputHead, get_response_log_probs, output_head
 from scorecli.inputs import Record
+from scorecli.stats import token_stats
 
 TOL = 1e-4
 TEXTS = sample_texts() + sample_texts("edge_cases.jsonl")
@@ -307,7 +309,7 @@ def test_no_bos_bytes_start_at_the_first_scored_token(tiny):
 
 
 def test_perplexity_overflows_to_infinity():
-    from scorecli.engine import perplexity
+    from scorecli.scores import perplexity
 
     assert perplexity(-800.0) == math.inf and perplexity(-1.0) == pytest.approx(math.e)
 

@@ -148,7 +148,7 @@ def test_resume_checks_the_run_and_refuses_what_does_not_match(gpt2_dir, corpus,
 
 def test_rejects_saved_by_a_skipping_session_reach_errors_jsonl_whatever_the_resumed_one_says(tmp_path):
     from scorecli.inputs import Rejected
-    from scorecli.outputs import RunWriter, prepare_out_dir
+    from scorecli.runs import RunWriter, prepare_out_dir
 
     out = tmp_path / "o"
     prepare_out_dir(out)
@@ -173,7 +173,7 @@ def test_rejects_saved_by_a_skipping_session_reach_errors_jsonl_whatever_the_res
 def test_finished_documents_of_an_interrupted_buffer_are_kept_and_not_scored_again(tiny):
     from scorecli.engine import Scorer
     from scorecli.inputs import Record
-    from scorecli.outputs import _doc_from_json, _doc_to_json
+    from scorecli.runs import _doc_from_json, _doc_to_json
 
     texts = (sample_texts() + sample_texts("edge_cases.jsonl")) * 3
     records = [Record(i, t) for i, t in enumerate(texts)]

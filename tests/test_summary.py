@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from scorecli.engine import DocScore
+from scorecli.scores import DocScore
 from scorecli.summary import Summary, render
 from scorecli.words import Words
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from scorecli.cli import app
 from scorecli.engine import Scorer
 from scorecli.inputs import Record
-from scorecli.outputs import WORD_SCHEMA
+from scorecli.tables import WORD_SCHEMA
 from scorecli.words import assign_words, word_spans, word_stats
 
 
