@@ -48,17 +48,17 @@ def check_limits(
 ) -> None:
     """Reject a token budget, length limit or stride that cannot work (None means the default)."""
     if batch_tokens is not None and batch_tokens < 1:
-        raise UsageError(f"--batch-tokens must be at least 1, not {batch_tokens}")
+        raise UsageError(f"must be at least 1, not {batch_tokens}", arg="batch_tokens")
     if max_length is not None and max_length < 2:
-        raise UsageError(f"--max-length must be at least 2, not {max_length}")
+        raise UsageError(f"must be at least 2, not {max_length}", arg="max_length")
     if stride is not None:
         if truncate:
-            raise UsageError("--stride and --truncate cannot be used together: --truncate scores no windows")
+            raise UsageError("and `truncate` cannot be used together: truncation scores no windows", arg="stride")
         if stride < 1:
-            raise UsageError(f"--stride must be at least 1, not {stride}")
+            raise UsageError(f"must be at least 1, not {stride}", arg="stride")
         if max_length is not None and stride >= max_length:
             # A window that starts where the last one ended would leave its first token without context.
-            raise UsageError(f"--stride must be less than --max-length ({max_length}), not {stride}")
+            raise UsageError(f"must be less than `max_length` ({max_length}), not {stride}", arg="stride")
 
 
 def default_stride(max_length: int) -> int:

@@ -57,6 +57,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+# The command-line flag of each library argument that error messages name.
+FLAGS = {
+    "model": "--model",
+    "out_dir": "--out",
+    "device": "--device",
+    "dtype": "--dtype",
+    "batch_tokens": "--batch-tokens",
+    "max_length": "--max-length",
+    "stride": "--stride",
+    "truncate": "--truncate",
+    "resume": "--resume",
+}
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -273,7 +285,7 @@ class _Run:
             raise typer.Exit(EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED) from None
         except ScorecliError as e:
             self.writer.abort()
-            raise type(e)(f"{e}{self._saved_note()}") from None
+            raise e.extended(self._saved_note()) from None
         except BaseException:
             self.writer.abort()
             raise
@@ -408,7 +420,7 @@ def _reported_errors() -> Iterator[None]:
     try:
         yield
     except ScorecliError as e:
-        typer.echo(f"scorecli: error: {e}", err=True)
+        typer.echo(f"scorecli: error: {e.for_cli(FLAGS)}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("scorecli: interrupted", err=True)

@@ -77,9 +77,9 @@ class Scorer:
         if max_length is None:
             max_length = context
         elif context is not None and max_length > context:
-            raise UsageError(f"--max-length {max_length} exceeds the model's context length of {context} tokens")
+            raise UsageError(f"{max_length} exceeds the model's context length of {context} tokens", arg="max_length")
         if stride is not None and max_length is None:
-            raise UsageError("--stride needs --max-length: the model does not state its context length")
+            raise UsageError("needs `max_length`: the model does not state its context length", arg="stride")
         if stride is None and max_length is not None and not truncate:
             stride = default_stride(max_length)
         check_limits(batch_tokens, max_length, stride, truncate)

@@ -1,10 +1,32 @@
-"""Errors a user can cause: each carries a one-line message and the exit code the CLI uses."""
+"""Errors a user can cause: each carries a one-line message and the exit code the CLI uses.
+
+A message about one argument names that argument (`arg`), as a library caller knows it, and writes other
+arguments it mentions in backticks; the CLI names their command-line flags instead (`for_cli`).
+"""
+
+from collections.abc import Mapping
 
 
 class ScorecliError(Exception):
     """An error displayed to the user as one line, ending the run with `exit_code`."""
 
     exit_code = 1
+
+    def __init__(self, message: str, arg: str | None = None) -> None:
+        """An error whose `message` follows the name of `arg`, the argument it is about, where there is one."""
+        super().__init__(_named(arg, message))
+        self.arg, self.message = arg, message
+
+    def for_cli(self, flags: Mapping[str, str]) -> str:
+        """The message with its argument, and others it names in `backticks`, named by their flags."""
+        message = self.message
+        for name, flag in flags.items():
+            message = message.replace(f"`{name}`", flag)
+        return _named(flags.get(self.arg, self.arg), message)
+
+    def extended(self, note: str) -> "ScorecliError":
+        """The same error with `note` appended to its message."""
+        return type(self)(self.message + note, arg=self.arg)
 
 
 class UsageError(ScorecliError):
@@ -34,3 +56,10 @@ class OutputError(ScorecliError):
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message, for one-line errors."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _named(name: str | None, message: str) -> str:
+    """A message that begins with the name of what it is about ("stride must…", "out_dir: …")."""
+    if not name:
+        return message
+    return f"{name}{'' if message.startswith(':') else ' '}{message}"

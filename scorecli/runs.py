@@ -52,7 +52,7 @@ def prepare_out_dir(out_dir: Path, overwrite: bool = False, resume: bool = False
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"--out {out_dir}: exists and is not a folder")
+        raise OutputError(f"{out_dir}: exists and is not a folder", arg="out_dir")
     if resume:
         return _run_state(out_dir)
     try:
@@ -69,9 +69,9 @@ def prepare_out_dir(out_dir: Path, overwrite: bool = False, resume: bool = False
                 shutil.rmtree(out_dir / PARTS_DIR)
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"--out {out_dir}: cannot prepare the folder ({e.strerror or e})") from None
+        raise OutputError(f"{out_dir}: cannot prepare the folder ({e.strerror or e})", arg="out_dir") from None
     if not os.access(out_dir, os.W_OK):
-        raise OutputError(f"--out {out_dir}: the folder is not writable")
+        raise OutputError(f"{out_dir}: the folder is not writable", arg="out_dir")
     return None
 
 
@@ -82,7 +82,7 @@ def _run_state(out_dir: Path) -> RunState:
     if not run_file.exists():
         done = (out_dir / SEQUENCES_FILE).exists()
         why = "its run is finished" if done else "there is no unfinished run in it"
-        raise OutputError(f"--out {out_dir}: nothing to resume ({why})")
+        raise OutputError(f"{out_dir}: nothing to resume ({why})", arg="out_dir")
     try:
         state = RunState(json.loads(run_file.read_text(encoding="utf-8"))["metadata"])
         for manifest in _manifests(parts):
@@ -97,7 +97,7 @@ def _run_state(out_dir: Path) -> RunState:
             # Documents a part saved after them already hold are left out.
             state.in_flight = {d.doc: d for d in docs if d.doc >= state.records_done}
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise OutputError(f"--out {out_dir}: the saved run cannot be read ({first_line(e)})") from None
+        raise OutputError(f"{out_dir}: the saved run cannot be read ({first_line(e)})", arg="out_dir") from None
     return state
 
 
@@ -111,7 +111,7 @@ def check_resume(state: RunState, metadata: dict[str, str]) -> None:
     for key in dict.fromkeys([*metadata, *state.metadata]):
         was, now = state.metadata.get(key), metadata.get(key)
         if was != now:
-            raise OutputError(f"--resume: the run was started with {key} {was!r}, not {now!r}")
+            raise OutputError(f": the run was started with {key} {was!r}, not {now!r}", arg="resume")
 
 
 class RunWriter:
@@ -137,7 +137,7 @@ class RunWriter:
                 self.parts_dir.mkdir(exist_ok=True)
                 _atomic_write(self.parts_dir / RUN_FILE, json.dumps({"metadata": metadata}, indent=2))
             except OSError as e:
-                raise OutputError(f"--out {out_dir}: cannot write ({e.strerror or e})") from None
+                raise OutputError(f"{out_dir}: cannot write ({e.strerror or e})", arg="out_dir") from None
 
     @property
     def kinds(self) -> list[tuple[str, pa.Schema]]:
@@ -171,7 +171,7 @@ class RunWriter:
             manifest = {"records_done": records_done, "rejected": [_reject_row(r) for r in rejects], "summary": summary}
             _atomic_write(self.parts_dir / f"{name}.json", json.dumps(manifest, ensure_ascii=False))
         except OSError as e:
-            raise OutputError(f"--out {self.out_dir}: cannot write ({e.strerror or e})") from None
+            raise OutputError(f"{self.out_dir}: cannot write ({e.strerror or e})", arg="out_dir") from None
         self.parts += 1
         self.records_done = records_done
         self.rejected += len(rejects)
@@ -182,7 +182,7 @@ class RunWriter:
         try:
             _atomic_write(self.parts_dir / IN_FLIGHT_FILE, json.dumps([_doc_to_json(d) for d in docs]))
         except OSError as e:
-            raise OutputError(f"--out {self.out_dir}: cannot write ({e.strerror or e})") from None
+            raise OutputError(f"{self.out_dir}: cannot write ({e.strerror or e})", arg="out_dir") from None
 
     def finish(self, records_read: int, summary: dict, errors_file: bool) -> list[Path]:
         """Save what is left, join the parts into the final files, write summary.json and remove the parts."""
@@ -196,7 +196,9 @@ class RunWriter:
             written.append(write_summary(self.out_dir, summary, self.metadata))
             shutil.rmtree(self.parts_dir)
         except OSError as e:
-            raise OutputError(f"--out {self.out_dir}: cannot write the final files ({e.strerror or e})") from None
+            raise OutputError(
+                f"{self.out_dir}: cannot write the final files ({e.strerror or e})", arg="out_dir"
+            ) from None
         return written
 
     def abort(self) -> None:
@@ -272,5 +274,5 @@ def write_summary(out_dir: Path, figures: dict, metadata: dict[str, str]) -> Pat
     try:
         _atomic_write(path, text)
     except OSError as e:
-        raise OutputError(f"--out {out_dir}: cannot write {SUMMARY_FILE} ({e.strerror or e})") from None
+        raise OutputError(f"{out_dir}: cannot write {SUMMARY_FILE} ({e.strerror or e})", arg="out_dir") from None
     return path
