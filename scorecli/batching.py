@@ -88,7 +88,7 @@ def bos_token_id(tokenizer: object) -> int:
     for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if token_id is not None:
             return token_id
-    raise ModelError("the tokenizer has neither a BOS nor an EOS token to prepend: use --no-bos")
+    raise ModelError("the tokenizer has neither a BOS nor an EOS token to prepend: pass `bos=False`")
 
 
 def response_mask(offsets: np.ndarray, spans: Spans | None) -> np.ndarray:

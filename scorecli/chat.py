@@ -15,7 +15,7 @@ DEFAULT_ROLES = ("assistant",)
 def check_template(tokenizer: object) -> None:
     """Raise ModelError where the tokenizer cannot render conversations."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ModelError("the model's tokenizer has no chat template, which --messages-field needs")
+        raise ModelError("the model's tokenizer has no chat template, which chats (`messages`) need")
 
 
 def render_chat(

@@ -18,6 +18,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+from rich.status import Status
 from typer.core import TyperGroup
 
 from scorecli import __version__
@@ -27,12 +28,16 @@ from scorecli.errors import ScorecliError, UsageError
 from scorecli.inputs import STDIN, Fields, Record, Rejected, count_records, display_name, read_records
 from scorecli.models import load_model, resolve_device, resolve_dtype
 from scorecli.outputs import JsonlOutput
-from scorecli.runs import RunState, RunWriter, check_resume, prepare_out_dir
+from scorecli.runs import RunState, RunWriter, check_resume, prepare_out_dir, read_summary
 from scorecli.summary import Summary, render
 
 
 class _OneLineErrors(TyperGroup):
     """Click's own usage errors (a bad option value, a missing INPUT) as one line, like scorecli's errors."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        """Show the help for `scorecli` alone: it asks what the tool can do, which is no error."""
+        return super().parse_args(ctx, args or ["--help"])
 
     def main(self, *args: object, standalone_mode: bool = True, **kwargs: object) -> object:
         """Run the CLI, turning usage errors into `scorecli: error: …` and exit code 2."""
@@ -56,9 +61,17 @@ app = typer.Typer(
     help="Score text with causal language models: per-token log-probabilities and entropies.",
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-# The command-line flag of each library argument that error messages name.
+# The command-line flag of each library argument (or argument setting) that error messages name.
 FLAGS = {
+    "bos=False": "--no-bos",
+    "messages": "--messages-field",
+    "overwrite": "--overwrite",
+    "threads": "--threads",
+    "limit": "--limit",
+    "revision": "--revision",
+    "trust_remote_code": "--trust-remote-code",
     "model": "--model",
     "out_dir": "--out",
     "device": "--device",
@@ -94,7 +107,17 @@ class OnError(str, Enum):
     skip = "skip"
 
 
-@app.command()
+SCORE_EPILOG = """Examples:
+  scorecli score samples/mixed.jsonl -o scores/
+  scorecli score data.jsonl -m gpt2 --limit 100 -o -
+  scorecli score chats.jsonl --messages-field messages
+Exit codes:
+  0 done, 2 usage (an option), 3 input (file, line, field),
+  4 model, 5 output folder (not empty, nothing to resume),
+  130 Ctrl-C / 143 SIGTERM (work saved; resume command shown)"""
+
+
+@app.command(epilog=SCORE_EPILOG)
 def score(
     input: str = typer.Argument(
         ..., metavar="INPUT", help="A .jsonl (or .jsonl.gz) or .parquet file, or - for JSONL on stdin."
@@ -156,6 +179,16 @@ def score(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results in a non-empty output folder."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N records (a quick look)."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="CPU threads to use (batches run side by side, one thread each). Default: all cores."
+    ),
+    revision: Optional[str] = typer.Option(
+        None, "--revision", help="Hub model revision: a branch, tag or commit hash. Default: main."
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Run the model's own code from the hub (only for models you trust)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
 ) -> None:
     """Score every token of every text in INPUT and write per-token and per-sequence scores."""
@@ -163,6 +196,7 @@ def score(
     with _reported_errors():
         # Options, input and output folder are all checked before the model is loaded, so mistakes fail fast.
         check_limits(batch_tokens, max_length, stride, truncate)
+        _check_at_least_one(limit=limit, threads=threads)
         fields = _fields(text_field, id_field, prompt_field, response_field, messages_field)
         role_names = [r.strip() for r in roles.split(",") if r.strip()]
         if not role_names:
@@ -178,11 +212,18 @@ def score(
             fields=fields,
             on_error=run.reject if on_error is OnError.skip else None,
             skip=state.records_done if state else 0,
+            limit=limit,
         )
         records = run.peek(records)  # reads and validates the first record before any model work
-        _quiet_transformers()
-        with console.status("loading model…"):
-            loaded = load_model(model, device=device, dtype=dtype)
+        with console.status("loading model…") as status:
+            loaded = load_model(
+                model,
+                device=device,
+                dtype=dtype,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                progress=lambda what: _loading(console, status, what),
+            )
 
         scorer = Scorer(
             loaded.model,
@@ -194,22 +235,35 @@ def score(
             all_tokens=all_tokens,
             roles=role_names,
             batch_tokens=batch_tokens,
+            threads=threads,
         )
         metadata = {
             **loaded.info,
             **scorer.metadata,
             **_input_metadata(input, fields),
             "scored": _scored(fields, scorer.roles, all_tokens),
+            **({"limit": str(limit)} if limit else {}),
             "words": str(words).lower(),
             "scorecli_version": __version__,
         }
         if state is not None:
             check_resume(state, metadata)
         run.start(metadata, words, state)
-        run.score(scorer, records, count_records(input), skip_bad=on_error is OnError.skip)
-        console.print(render(run.summary, metadata))
+        total = count_records(input)
+        run.score(scorer, records, min(total, limit) if total and limit else total, skip_bad=on_error is OnError.skip)
+        console.print(render(run.summary.as_dict(), metadata))
         for path in run.written:
             console.print(f"wrote {path}")
+
+
+@app.command()
+def summary(
+    out_dir: str = typer.Argument(..., metavar="DIR", help="The output folder of a finished `scorecli score` run."),
+) -> None:
+    """Print the summary of a finished run again, from DIR/summary.json."""
+    with _reported_errors({**FLAGS, "out_dir": ""}):  # DIR is an argument here, not --out
+        figures, metadata = read_summary(Path(out_dir))
+        Console(stderr=True).print(render(figures, metadata))
 
 
 class _Run:
@@ -415,12 +469,12 @@ def _progress_bar(
 
 
 @contextmanager
-def _reported_errors() -> Iterator[None]:
+def _reported_errors(flags: dict[str, str] = FLAGS) -> Iterator[None]:
     """Turn user errors, Ctrl-C and a closed stdout pipe into a one-line message and an exit code."""
     try:
         yield
     except ScorecliError as e:
-        typer.echo(f"scorecli: error: {e.for_cli(FLAGS)}", err=True)
+        typer.echo(f"scorecli: error: {e.for_cli(flags)}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("scorecli: interrupted", err=True)
@@ -438,10 +492,15 @@ def _default_out(source: str) -> str:
     return f"{name}.scores"
 
 
-def _quiet_transformers() -> None:
-    """Silence transformers' own progress bars and warnings: the CLI reports on stderr itself."""
-    os.environ.setdefault("TQDM_DISABLE", "1")  # GGUF conversion draws its own tqdm bar; read at tqdm's import
-    from transformers.utils import logging as hf_logging
+def _loading(console: Console, status: Status, what: str) -> None:
+    """Show what model loading is doing; a one-off conversion, which takes a while, also as a line."""
+    if what.startswith("converting"):
+        console.print(f"scorecli: {what}", markup=False, highlight=False, soft_wrap=True)
+    status.update(f"{what}…")
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+
+def _check_at_least_one(**values: int | None) -> None:
+    """Reject counts given as zero or less, naming their option."""
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise UsageError(f"must be at least 1, not {value}", arg=name)

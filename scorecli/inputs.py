@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from scorecli.errors import InputError, first_line
+from scorecli.errors import InputError, UsageError, first_line
 
 STDIN = "-"
 PARQUET_SUFFIXES = {".parquet", ".pq"}
@@ -90,18 +90,24 @@ def read_records(
     fields: Fields | None = None,
     on_error: Callable[[Rejected], None] | None = None,
     skip: int = 0,
+    limit: int | None = None,
 ) -> Iterator[Record]:
     """Yield the records of a JSONL or Parquet input in order, validating each as it is read.
 
     A bad record raises InputError, or goes to `on_error` and is skipped. `fields` overrides the two field
-    names; `skip` passes over the first records unread (validated only as JSON), for resuming a run.
+    names; `skip` passes over the first records unread (validated only as JSON), for resuming a run;
+    `limit` stops after the first `limit` records (rejected ones count).
     """
+    if limit is not None and limit < 1:
+        raise UsageError(f"must be at least 1, not {limit}", arg="limit")
     fields = fields or Fields(text_field, id_field)
     rows = _parquet_rows(source, fields) if is_parquet(source) else _jsonl_rows(source)
     name = display_name(source)
     unit = "row" if is_parquet(source) else "line"
     doc = 0
     for number, row, raw in rows:
+        if doc == limit:
+            break
         if doc >= skip:
             where = f"{name}: {unit} {number}"
             try:

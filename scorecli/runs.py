@@ -58,9 +58,9 @@ def prepare_out_dir(out_dir: Path, overwrite: bool = False, resume: bool = False
     try:
         if out_dir.is_dir() and any(out_dir.iterdir()):
             if not overwrite:
-                hint = " or --resume to continue it" if (out_dir / PARTS_DIR / RUN_FILE).exists() else ""
+                hint = " or `resume` to continue it" if (out_dir / PARTS_DIR / RUN_FILE).exists() else ""
                 raise OutputError(
-                    f"--out {out_dir}: the folder is not empty; pass --overwrite to replace its results{hint}"
+                    f"{out_dir}: the folder is not empty; pass `overwrite` to replace its results{hint}", arg="out_dir"
                 )
             for name in RESULT_FILES:
                 # An old result must not survive next to a new run that fails.
@@ -265,6 +265,25 @@ def _doc_from_json(row: dict) -> DocScore:
 def _reject_row(r: Rejected) -> dict:
     """A rejected record as a line of errors.jsonl."""
     return {"doc": r.doc, "input": r.source, "line": r.line, "reason": r.reason, "record": r.raw[:_RAW_CHARS]}
+
+
+def read_summary(out_dir: Path) -> tuple[dict, dict[str, str]]:
+    """The figures and metadata of the finished run in `out_dir`, from its summary.json."""
+    out_dir = Path(out_dir)
+    path = out_dir / SUMMARY_FILE
+    if not path.is_file():
+        if (out_dir / PARTS_DIR / RUN_FILE).is_file():
+            why = "its run is not finished (see `resume`)"
+        elif out_dir.is_dir():
+            why = f"it holds no {SUMMARY_FILE}, so it is not the output folder of a finished run"
+        else:
+            why = "no such folder"
+        raise OutputError(f"{out_dir}: {why}", arg="out_dir")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return saved["summary"], saved["metadata"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OutputError(f"{path}: cannot be read ({first_line(e)})", arg="out_dir") from None
 
 
 def write_summary(out_dir: Path, figures: dict, metadata: dict[str, str]) -> Path:

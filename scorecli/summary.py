@@ -6,14 +6,17 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
-from rich.console import Group
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
+from rich.text import Text
 
 from scorecli.scores import DocScore, perplexity
 
-TOP_N = 5
+TOP_N = 3  # extreme documents each way: enough to spot outliers, few enough that the summary fits a screen
 _PREVIEW_CHARS = 200
-_PREVIEW_WIDTH = 40  # keeps a row of the extreme-document tables on one line of 80 columns
+_ID_WIDTH = 16
+_SETTINGS = ("model", "dtype", "device", "bos", "long_texts", "scored")
 
 
 @dataclass
@@ -128,75 +131,112 @@ class Summary:
             "truncated": self.n_truncated,
             "unscored": self.n_unscored,
             "rejected": self.n_rejected,
+            "highest": [_doc_dict(entry) for entry in self.highest()],
+            "lowest": [_doc_dict(entry) for entry in self.lowest()],
         }
 
 
-def render(summary: Summary, metadata: dict[str, str]) -> Group:
-    """A Rich renderable: the headline figures, the run's settings, and the extreme documents."""
-    figures = Table(title="scorecli summary", show_header=False, title_justify="left")
-    figures.add_column(style="bold")
-    figures.add_column(justify="right")
-    rows = [
-        ("documents", f"{summary.n_docs:,}"),
-        ("scored tokens", f"{summary.n_tokens:,}"),
-        ("corpus perplexity", _num(summary.perplexity)),
-        ("mean document perplexity", _num(summary.mean_doc_perplexity)),
-        ("bits per byte", _num(summary.bits_per_byte)),
-        ("word perplexity", _num(summary.word_perplexity)),
-        ("mean entropy (nats)", _num(summary.mean_entropy)),
-        ("tokens/s", _num(summary.tokens_per_second, 1)),
-        ("wall time", f"{summary.seconds:.1f} s"),
+def _doc_dict(entry: tuple) -> dict:
+    """An extreme document as summary.json lists it."""
+    row = dict(zip(("perplexity", "doc", "id", "tokens", "text"), entry))
+    if not math.isfinite(row["perplexity"]):
+        row["perplexity"] = None  # JSON has no infinity
+    return row
+
+
+def render(figures: dict, metadata: dict[str, str]) -> Group:
+    """A Rich renderable of a run's figures (`Summary.as_dict`, as summary.json holds them) and settings.
+
+    It fits the console's width, each document on one line, and takes about 20 lines.
+    """
+    pairs = [
+        ("documents", _int(figures.get("documents"))),
+        ("scored tokens", _int(figures.get("scored_tokens"))),
+        ("corpus perplexity", _num(figures.get("perplexity"))),
+        ("mean doc perplexity", _num(figures.get("mean_doc_perplexity"))),
+        ("bits per byte", _num(figures.get("bits_per_byte"))),
+        ("word perplexity", _num(figures.get("word_perplexity"))),
+        ("mean entropy (nats)", _num(figures.get("mean_entropy"))),
+        ("tokens/s", _num(figures.get("tokens_per_second"), 1)),
+        ("wall time", f"{figures.get('seconds') or 0:.1f} s"),
     ]
-    for name, value in rows:
-        figures.add_row(name, value)
-    settings = Table(show_header=False, box=None, padding=(0, 1))
-    for key in ("model", "dtype", "device", "bos", "long_texts", "scored"):
-        if key in metadata:
-            settings.add_row(f"[dim]{key}[/dim]", f"[dim]{metadata[key]}[/dim]")
-    parts = [figures, settings]
-    if summary.n_truncated:
+    settings = [f"{key} {metadata[key]}" for key in _SETTINGS if key in metadata]
+    parts = [Text("scorecli summary", style="italic"), _Figures(pairs), Text(" · ".join(settings), style="dim")]
+    if figures.get("truncated"):
         parts.append(
-            f"[yellow]warning:[/yellow] {summary.n_truncated:,} document(s) were longer than --max-length "
+            f"[yellow]warning:[/yellow] {figures['truncated']:,} document(s) were longer than --max-length "
             f"{metadata.get('max_length')} and were truncated (see the `truncated` column)"
         )
-    if summary.n_rejected:
-        parts.append(f"[yellow]warning:[/yellow] {summary.n_rejected:,} record(s) were rejected (see errors.jsonl)")
-    if summary.n_unscored:
-        parts.append(f"[yellow]note:[/yellow] {summary.n_unscored:,} document(s) had no token to score")
+    if figures.get("rejected"):
+        parts.append(f"[yellow]warning:[/yellow] {figures['rejected']:,} record(s) were rejected (see errors.jsonl)")
+    if figures.get("unscored"):
+        parts.append(f"[yellow]note:[/yellow] {figures['unscored']:,} document(s) had no token to score")
     if metadata.get("head", "chunked").startswith("model logits"):
         parts.append(f"[yellow]note:[/yellow] scored with {metadata['head']}")
-    for title, docs in (("highest perplexity", summary.highest()), ("lowest perplexity", summary.lowest())):
-        if docs:
-            parts.append(_doc_table(title, docs))
+    for which in ("highest", "lowest"):
+        if figures.get(which):
+            parts += [Text(), _doc_table(f"{which} perplexity", figures[which])]
     return Group(*parts)
 
 
+class _Figures:
+    """Name/value pairs in two columns of pairs where the console is wide enough, else in one."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        """Show `pairs` in order, down the columns."""
+        self.pairs = pairs
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """A borderless grid sized to the width at hand."""
+        name_width = max(len(name) for name, _ in self.pairs)
+        value_width = max(len(value) for _, value in self.pairs)
+        columns = 2 if 2 * (name_width + value_width + 2) + 2 <= options.max_width else 1
+        grid = Table.grid(padding=(0, 1))
+        for column in range(columns):
+            grid.add_column(style="bold", no_wrap=True, min_width=name_width + 1 if column else name_width)
+            grid.add_column(justify="right", no_wrap=True, min_width=value_width)
+        rows = -(-len(self.pairs) // columns)
+        for row in range(rows):
+            cells = []
+            for column in range(columns):
+                i = column * rows + row
+                name, value = self.pairs[i] if i < len(self.pairs) else ("", "")
+                cells += [(" " if column and name else "") + name, value]
+            grid.add_row(*cells)
+        yield grid
+
+
 def _preview_source(score: DocScore) -> str:
-    """The start of what a document's statistics are about: its (first) response where it has one."""
-    text = score.text
-    if score.n_tokens and not score.is_response.all():
-        text = text[int(score.starts[score.is_response][0]) :]
-    return text[:_PREVIEW_CHARS]
+    """The start of the scored text: the response, or the scored chat turns, not the prompt around them."""
+    words = score.words
+    if not len(words):
+        return ""
+    pieces, length = [], 0
+    for start, end in zip(words.starts.tolist(), words.ends.tolist()):
+        pieces.append(score.text[start:end])
+        length += end - start + 1
+        if length >= _PREVIEW_CHARS:
+            break
+    return " ".join(pieces)[:_PREVIEW_CHARS]
 
 
-def _doc_table(title: str, docs: list[tuple]) -> Table:
-    """A table of documents with their perplexity and the start of their text."""
-    table = Table(title=title, title_justify="left")
-    # Only the text may wrap: Rich then narrows it, not the numbers, on a narrow terminal.
-    for name in ("doc", "id", "tokens", "perplexity"):
-        table.add_column(name, justify="left" if name == "id" else "right", no_wrap=True)
-    table.add_column("text")
-    for doc_perplexity, doc, doc_id, n, text in docs:
-        table.add_row(str(doc), doc_id or "", f"{n:,}", _num(doc_perplexity), _preview(text))
+def _doc_table(title: str, docs: list[dict]) -> Table:
+    """A table of documents with their perplexity and the start of their scored text, one line each."""
+    table = Table(title=title, title_justify="left", title_style="italic", box=box.SIMPLE_HEAD, show_edge=False)
+    for name in ("doc", "tokens", "perplexity"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("id", no_wrap=True, max_width=_ID_WIDTH, overflow="ellipsis")
+    # The only column that may give way: a narrow console shortens the text (with an ellipsis), never a number.
+    table.add_column("scored text", min_width=8)
+    for d in docs:
+        text = Text(" ".join(d["text"].split()), no_wrap=True, overflow="ellipsis")
+        table.add_row(str(d["doc"]), _int(d["tokens"]), _num(d["perplexity"]), d["id"] or "", text)
     return table
 
 
-def _preview(text: str) -> str:
-    """A one-line, markup-safe start of a text."""
-    from rich.markup import escape
-
-    flat = " ".join(text.split())
-    return escape(flat if len(flat) <= _PREVIEW_WIDTH else flat[: _PREVIEW_WIDTH - 1] + "…")
+def _int(value: int | None) -> str:
+    """Format a count, or a dash where there is none."""
+    return "—" if value is None else f"{value:,}"
 
 
 def _num(value: float | None, digits: int = 3) -> str:
