@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SAMPLE ?= samples/mixed.jsonl
+DEMO_OUT ?= demo.scores
+MODEL ?=
 
 .PHONY: demo test bench clean
 
@@ -16,7 +18,12 @@ $(BIN)/scorecli: pyproject.toml
 	touch $@
 
 demo: $(BIN)/scorecli
-	$(BIN)/scorecli score $(SAMPLE) --out demo.scores --overwrite
+	$(BIN)/scorecli score $(SAMPLE) --out $(DEMO_OUT) --overwrite $(if $(MODEL),--model $(MODEL))
+	@echo
+	@echo "Next, put scorecli on your PATH (once per shell) and try it:"
+	@echo "  source $(VENV)/bin/activate"
+	@echo "  scorecli --help"
+	@echo "  scorecli summary $(DEMO_OUT)"
 
 test: $(BIN)/scorecli
 	$(BIN)/ruff check scorecli tests benchmarks samples
