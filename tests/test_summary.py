@@ -55,7 +55,9 @@ def test_figures_by_hand_and_extremes():
 
 def _rendered(summary, width, metadata=None):
     console = Console(width=width, record=True, file=StringIO())
-    console.print(render(summary.as_dict(), metadata or {"max_length": "8", "model": "m", "head": "chunked output head"}))
+    console.print(
+        render(summary.as_dict(), metadata or {"max_length": "8", "model": "m", "head": "chunked output head"})
+    )
     return console.export_text()
 
 
@@ -138,8 +140,7 @@ def test_word_perplexity_and_a_state_that_survives_json():
 
 
 SYSTEM_TEMPLATE = (
-    "System: you are a careful assistant.\n"
-    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+    "System: you are a careful assistant.\n{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
 )
 
 
