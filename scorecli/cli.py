@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 from rich.status import Status
+from rich.text import Text
 from typer.core import TyperGroup
 
 from scorecli import __version__
@@ -26,7 +27,7 @@ from scorecli.batching import check_limits
 from scorecli.engine import DocScore, ScoreProgress, Scorer
 from scorecli.errors import ScorecliError, UsageError
 from scorecli.inputs import STDIN, Fields, Record, Rejected, count_records, display_name, read_records
-from scorecli.models import load_model, resolve_device, resolve_dtype
+from scorecli.models import LoadStep, load_model, resolve_device, resolve_dtype
 from scorecli.outputs import JsonlOutput
 from scorecli.runs import RunState, RunWriter, check_resume, prepare_out_dir, read_summary
 from scorecli.summary import Summary, render
@@ -222,7 +223,7 @@ def score(
                 dtype=dtype,
                 revision=revision,
                 trust_remote_code=trust_remote_code,
-                progress=lambda what: _loading(console, status, what),
+                progress=lambda step: _loading(console, status, step),
             )
 
         scorer = Scorer(
@@ -492,11 +493,11 @@ def _default_out(source: str) -> str:
     return f"{name}.scores"
 
 
-def _loading(console: Console, status: Status, what: str) -> None:
+def _loading(console: Console, status: Status, step: LoadStep) -> None:
     """Show what model loading is doing; a one-off conversion, which takes a while, also as a line."""
-    if what.startswith("converting"):
-        console.print(f"scorecli: {what}", markup=False, highlight=False, soft_wrap=True)
-    status.update(f"{what}…")
+    if step.action == "converting":
+        console.print(f"scorecli: {step}", markup=False, highlight=False, soft_wrap=True)
+    status.update(Text(f"{step}…"))
 
 
 def _check_at_least_one(**values: int | None) -> None:

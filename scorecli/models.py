@@ -91,6 +91,21 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 @dataclass(frozen=True)
+class LoadStep:
+    """A step of model loading, for a caller to show: "converting" a GGUF file (slow, once) or "loading"."""
+
+    action: str
+    model: str
+    cache: Path | None = None
+
+    def __str__(self) -> str:
+        """The step in words."""
+        if self.action == "converting":
+            return f"converting {self.model} to a transformers model, once; cached in {self.cache}"
+        return f"loading model {self.model}"
+
+
+@dataclass(frozen=True)
 class HubOptions:
     """How a hub model (or a model folder) is fetched and trusted: passed on to `from_pretrained`."""
 
@@ -109,12 +124,12 @@ def load_model(
     *,
     revision: str | None = None,
     trust_remote_code: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[LoadStep], None] | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer once per process: a hub id, a folder, a .gguf file, or the default.
 
     `revision` (a branch, tag or commit) and `trust_remote_code` go to transformers' `from_pretrained`;
-    `progress` is told, in words, what loading is doing (converting a GGUF file takes a while, once).
+    `progress` is told each step of loading (converting a GGUF file takes a while, once).
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -145,7 +160,7 @@ def _quiet_loading() -> Iterator[None]:
 
 
 def _load(
-    spec: str | None, device: torch.device, dtype: torch.dtype, hub: HubOptions, progress: Callable[[str], None]
+    spec: str | None, device: torch.device, dtype: torch.dtype, hub: HubOptions, progress: Callable[[LoadStep], None]
 ) -> LoadedModel:
     """Resolve the spec to a loadable folder or hub id, then load model and tokenizer from it."""
     info: dict[str, str] = {}
@@ -177,7 +192,7 @@ def _load(
         info["revision"] = hub.revision
     if hub.trust_remote_code:
         info["trust_remote_code"] = "true"
-    progress(f"loading model {info['model']}")
+    progress(LoadStep("loading", info["model"]))
     model, tokenizer = _from_pretrained(spec or source, source, dtype, local_only, hub)
     if not tokenizer.is_fast:
         raise ModelError(f"{spec or source}: scorecli needs a fast tokenizer (for character offsets)", arg="model")
@@ -232,7 +247,7 @@ def _check_hub_reachable(repo_id: str) -> None:
         ) from None
 
 
-def _gguf_folder(gguf: Path, info: dict[str, str], progress: Callable[[str], None]) -> Path:
+def _gguf_folder(gguf: Path, info: dict[str, str], progress: Callable[[LoadStep], None]) -> Path:
     """Return a cached transformers folder converted from a GGUF file, converting it on first use."""
     with open(gguf, "rb") as f:
         if f.read(4) != _GGUF_MAGIC:
@@ -243,7 +258,7 @@ def _gguf_folder(gguf: Path, info: dict[str, str], progress: Callable[[str], Non
     target = cache_dir() / "gguf" / f"{digest[:32]}-v{_CACHE_FORMAT}"
     if (target / "scorecli-source.json").is_file():
         return target
-    progress(f"converting {gguf.name} to a transformers model, once; cached in {target}")
+    progress(LoadStep("converting", gguf.name, target))
     model, tokenizer = _convert_gguf(gguf)
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     try:

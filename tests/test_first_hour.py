@@ -112,7 +112,7 @@ def test_the_library_prints_nothing_while_loading(gpt2_dir, capfd, monkeypatch):
     events = []
     loaded = models.load_model(str(gpt2_dir), device="cpu", dtype="float32", progress=events.append)
     assert capfd.readouterr() == ("", "")
-    assert events == [f"loading model {gpt2_dir}"]
+    assert events == [models.LoadStep("loading", str(gpt2_dir))] and str(events[0]) == f"loading model {gpt2_dir}"
     assert loaded.model.config.n_layer == 2
     assert hf_logging.is_progress_bar_enabled() == bars  # the library leaves transformers' settings as they were
 
