@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -249,9 +250,7 @@ def _check_hub_reachable(repo_id: str) -> None:
 
 def _gguf_folder(gguf: Path, info: dict[str, str], progress: Callable[[LoadStep], None]) -> Path:
     """Return a cached transformers folder converted from a GGUF file, converting it on first use."""
-    with open(gguf, "rb") as f:
-        if f.read(4) != _GGUF_MAGIC:
-            raise ModelError(f"{gguf}: not a GGUF file (it does not start with the GGUF magic bytes)", arg="model")
+    _check_gguf_header(gguf)
     digest = _sha256(gguf)
     info["model_path"] = str(gguf.resolve())
     info["model_sha256"] = digest
@@ -275,6 +274,26 @@ def _gguf_folder(gguf: Path, info: dict[str, str], progress: Callable[[LoadStep]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a half-written copy (or the loser of a race) never stays
     return target
+
+
+def _check_gguf_header(gguf: Path) -> None:
+    """Raise ModelError unless the file starts like a GGUF file: magic, version, plausible counts.
+
+    A damaged file then fails at once, before a conversion is announced (parsing the whole header takes
+    seconds).
+    """
+    with open(gguf, "rb") as f:
+        head = f.read(24)
+    if head[:4] != _GGUF_MAGIC:
+        raise ModelError(f"{gguf}: not a GGUF file (it does not start with the GGUF magic bytes)", arg="model")
+    version, tensors, fields = struct.unpack("<IQQ", head[4:].ljust(20, b"\0"))
+    # Each tensor and each metadata field takes more than 8 bytes of the file.
+    if version not in (2, 3) or (tensors + fields) * 8 > gguf.stat().st_size:
+        raise ModelError(
+            f"{gguf}: the GGUF file cannot be loaded (a damaged header: version {version}, "
+            f"{tensors} tensors, {fields} metadata fields)",
+            arg="model",
+        )
 
 
 def _convert_gguf(gguf: Path) -> tuple:
