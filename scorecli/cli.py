@@ -261,10 +261,10 @@ def score(
 def summary(
     out_dir: str = typer.Argument(..., metavar="DIR", help="The output folder of a finished `scorecli score` run."),
 ) -> None:
-    """Print the summary of a finished run again, from DIR/summary.json."""
+    """Print the summary of a finished run again (on stdout: here it is the output), from DIR/summary.json."""
     with _reported_errors({**FLAGS, "out_dir": ""}):  # DIR is an argument here, not --out
         figures, metadata = read_summary(Path(out_dir))
-        Console(stderr=True).print(render(figures, metadata))
+        Console().print(render(figures, metadata))
 
 
 class _Run:

@@ -267,9 +267,9 @@ def test_summary_reprints_a_finished_run(gpt2_dir, tmp_path):
     )
     assert run.exit_code == 0, run.output
     again = runner.invoke(app, ["summary", str(out)])
-    assert again.exit_code == 0 and again.stdout == ""
+    assert again.exit_code == 0 and again.stderr == ""
     shown = run.stderr[: run.stderr.index("wrote ")]
-    assert again.stderr == shown and "highest perplexity" in shown and "lowest perplexity" in shown
+    assert again.stdout == shown and "highest perplexity" in shown and "lowest perplexity" in shown
     # The extremes shown are the responses of the documents with the highest and lowest perplexity.
     seqs = pd.read_parquet(out / "sequences.parquet")
     pairs = [json.loads(line) for line in (SAMPLES / "pairs.jsonl").read_text().splitlines()]
