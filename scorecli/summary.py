@@ -161,7 +161,7 @@ def render(figures: dict, metadata: dict[str, str]) -> Group:
         ("wall time", f"{figures.get('seconds') or 0:.1f} s"),
     ]
     settings = [f"{key} {metadata[key]}" for key in _SETTINGS if key in metadata]
-    parts = [Text("scorecli summary", style="italic"), _Figures(pairs), Text(" · ".join(settings), style="dim")]
+    parts = [Text("scorecli summary", style="italic"), _Figures(pairs), _Settings(settings)]
     if figures.get("truncated"):
         parts.append(
             f"[yellow]warning:[/yellow] {figures['truncated']:,} document(s) were longer than --max-length "
@@ -204,6 +204,26 @@ class _Figures:
                 cells += [(" " if column and name else "") + name, value]
             grid.add_row(*cells)
         yield grid
+
+
+class _Settings:
+    """The run's settings, "key value" pairs filled into lines, a pair broken only where it is wider than a line."""
+
+    def __init__(self, pairs: list[str]) -> None:
+        """Show `pairs` in order."""
+        self.pairs = pairs
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """Dim lines of pairs separated by dots, each line as full as the width allows."""
+        lines = [""]
+        for pair in self.pairs:
+            joined = f"{lines[-1]} · {pair}" if lines[-1] else pair
+            if len(joined) <= options.max_width or not lines[-1]:
+                lines[-1] = joined
+            else:
+                lines.append(pair)
+        for line in lines:
+            yield Text(line, style="dim")
 
 
 def _preview_source(score: DocScore) -> str:
