@@ -24,13 +24,15 @@ from typer.core import TyperGroup
 
 from scorecli import __version__
 from scorecli.batching import check_limits
+from scorecli.bootstrap import CORPUS_COLUMNS, DocSums, add_sequence_batches, corpus_intervals, sequence_sums
 from scorecli.engine import DocScore, ScoreProgress, Scorer
 from scorecli.errors import ScorecliError, UsageError
 from scorecli.inputs import STDIN, Fields, Record, Rejected, count_records, display_name, read_records
 from scorecli.models import LoadStep, load_model, resolve_device, resolve_dtype
 from scorecli.outputs import JsonlOutput
-from scorecli.runs import RunState, RunWriter, check_resume, prepare_out_dir, read_summary
+from scorecli.runs import SEQUENCES_FILE, RunState, RunWriter, check_resume, prepare_out_dir, read_summary
 from scorecli.summary import Summary, render
+from scorecli.tables import sequence_table
 
 
 class _OneLineErrors(TyperGroup):
@@ -275,6 +277,7 @@ class _Run:
         self.source, self.out, self.console = source, out, console
         self.writer: RunWriter | JsonlOutput | None = None
         self.summary = Summary()
+        self.streamed = DocSums(len(CORPUS_COLUMNS))  # stdout output: the bootstrap's sums, gathered as scored
         self.records_seen = 0
         self.resumed_from = 0
         self.saved_docs = 0
@@ -324,11 +327,14 @@ class _Run:
                 for docs in scorer.score_buffers(records, progress=advance, on_error=on_chat_error, done=self.done):
                     for doc in docs:
                         self.summary.add(doc)
+                    if isinstance(self.writer, JsonlOutput):
+                        add_sequence_batches(self.streamed, sequence_table(docs).to_batches())
                     self.records_seen = max(self.records_seen, docs[-1].doc + 1)
                     self.summary.seconds = seconds + time.perf_counter() - started
                     self.writer.save(docs, docs[-1].doc + 1, self.summary.state())
                     self.saved_docs = self.summary.n_docs
             self.summary.n_rejected = self.writer.rejected
+            self.summary.intervals = corpus_intervals(self._doc_sums())
             self.written = self.writer.finish(self.records_seen, self.summary.as_dict(), errors_file=skip_bad)
         except KeyboardInterrupt as e:
             finished = getattr(e, "finished_docs", [])
@@ -344,6 +350,12 @@ class _Run:
         except BaseException:
             self.writer.abort()
             raise
+
+    def _doc_sums(self) -> DocSums:
+        """Every scored document's sums for the bootstrap: from the saved parts, so a resumed run sees all."""
+        if isinstance(self.writer, RunWriter):
+            return sequence_sums(self.writer.part_files(SEQUENCES_FILE))
+        return self.streamed
 
     def _chat_reject(self, record: Record, reason: str) -> None:
         """Note a conversation the chat template refused."""

@@ -206,6 +206,10 @@ class RunWriter:
         if not self._part_names() and not (self.parts_dir / IN_FLIGHT_FILE).exists():
             shutil.rmtree(self.parts_dir, ignore_errors=True)
 
+    def part_files(self, kind: str) -> list[Path]:
+        """The saved part files of one kind (`SEQUENCES_FILE`…), in order."""
+        return [self._part_file(kind, name) for name in self._part_names()]
+
     def _part_names(self) -> list[str]:
         """The saved parts' names, in order."""
         return [p.stem for p in _manifests(self.parts_dir)]

@@ -35,6 +35,8 @@ class Summary:
     n_rejected: int = 0
     sum_doc_perplexity: float = 0.0
     seconds: float = 0.0
+    # Bootstrap intervals (scorecli.bootstrap.corpus_intervals), set once the run's documents are all in.
+    intervals: dict = field(default_factory=dict)
     _highest: list = field(default_factory=list)
     _lowest: list = field(default_factory=list)
 
@@ -133,6 +135,7 @@ class Summary:
             "rejected": self.n_rejected,
             "highest": [_doc_dict(entry) for entry in self.highest()],
             "lowest": [_doc_dict(entry) for entry in self.lowest()],
+            **self.intervals,
         }
 
 
@@ -153,8 +156,10 @@ def render(figures: dict, metadata: dict[str, str]) -> Group:
         ("documents", _int(figures.get("documents"))),
         ("scored tokens", _int(figures.get("scored_tokens"))),
         ("corpus perplexity", _num(figures.get("perplexity"))),
+        *_ci("perplexity 95% CI", figures.get("perplexity_ci")),
         ("mean doc perplexity", _num(figures.get("mean_doc_perplexity"))),
         ("bits per byte", _num(figures.get("bits_per_byte"))),
+        *_ci("bits/byte 95% CI", figures.get("bits_per_byte_ci")),
         ("word perplexity", _num(figures.get("word_perplexity"))),
         ("mean entropy (nats)", _num(figures.get("mean_entropy"))),
         ("tokens/s", _num(figures.get("tokens_per_second"), 1)),
@@ -257,6 +262,11 @@ def _doc_table(title: str, docs: list[dict]) -> Table:
 def _int(value: int | None) -> str:
     """Format a count, or a dash where there is none."""
     return "—" if value is None else f"{value:,}"
+
+
+def _ci(name: str, interval: list[float] | None) -> list[tuple[str, str]]:
+    """A 95% interval as a name/value pair, or none where the run has none."""
+    return [(name, f"{_num(interval[0])}–{_num(interval[1])}")] if interval else []
 
 
 def _num(value: float | None, digits: int = 3) -> str:
