@@ -517,3 +517,25 @@ def _check_at_least_one(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value < 1:
             raise UsageError(f"must be at least 1, not {value}", arg=name)
+
+
+@app.command()
+def compare(
+    run_a: str = typer.Argument(..., metavar="A", help="The first run folder (the baseline)."),
+    run_b: str = typer.Argument(..., metavar="B", help="The second run folder, of the same input."),
+    out: Optional[str] = typer.Option(
+        None, "--out", "-o", help="Also write the per-document table to this Parquet file."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout instead of tables."),
+) -> None:
+    """Compare two runs of the same input: corpus figures with paired bootstrap intervals, documents that moved."""
+    from scorecli.compare import compare_runs, render_comparison, write_comparison
+
+    with _reported_errors():
+        comparison = compare_runs(run_a, run_b)
+        if out:
+            write_comparison(comparison, out)
+        if as_json:
+            typer.echo(json.dumps(comparison.summary, indent=2, ensure_ascii=False))
+        else:
+            Console().print(render_comparison(comparison))

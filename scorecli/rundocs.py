@@ -1,0 +1,118 @@
+"""A finished run's documents for `show`, `compare` and `report`: token rows, texts and previews.
+
+Needs pyarrow, not torch. A document's text comes from the run's input file where it is at hand (the same
+name and size as when scored), so tokens show as the characters they cover; otherwise from the decoded
+tokens of tokens.parquet.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from scorecli.errors import InputError, OutputError
+from scorecli.inputs import Fields, read_records
+from scorecli.outputs import read_metadata
+
+SEQUENCES, TOKENS, WORDS, SUMMARY = "sequences.parquet", "tokens.parquet", "words.parquet", "summary.json"
+
+
+def check_run(folder: str | Path) -> Path:
+    """The folder of a finished run, or OutputError naming what is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: no such run folder")
+    for name in (SEQUENCES, TOKENS):
+        if not (folder / name).is_file():
+            raise OutputError(f"{folder}: not a finished scorecli run (no {name})")
+    return folder
+
+
+def run_metadata(run: Path) -> dict[str, str]:
+    """The metadata a run's files carry."""
+    return read_metadata(Path(run) / SEQUENCES)
+
+
+def token_columns(run: Path) -> list[str]:
+    """The columns of a run's tokens.parquet (runs may carry optional ones: rank, kl, top_ids…)."""
+    return pq.read_schema(Path(run) / TOKENS).names
+
+
+def doc_tokens(run: Path, docs: list[int], columns: list[str] | None = None) -> pa.Table:
+    """The token rows of some documents, read with a filter on `doc` (row groups of others are skipped)."""
+    return pq.read_table(Path(run) / TOKENS, columns=columns, filters=[("doc", "in", list(docs))])
+
+
+def find_doc(run: Path, doc: int | None = None, doc_id: str | None = None) -> dict:
+    """The sequences row of a document given by number or id; OutputError if the run has none such."""
+    seq = pq.read_table(Path(run) / SEQUENCES)
+    if doc is not None:
+        rows = seq.filter(pc.equal(seq.column("doc"), doc))
+        what = f"no document {doc} (documents are numbered 0 to {seq.num_rows - 1})" if seq.num_rows else ""
+    else:
+        rows = seq.filter(pc.equal(seq.column("id"), doc_id))
+        what = f"no document with id {doc_id!r}"
+    if not rows.num_rows:
+        raise OutputError(f"{run}: {what or 'no documents'}")
+    return rows.slice(0, 1).to_pylist()[0]
+
+
+def input_texts(run: Path, docs: list[int]) -> dict[int, str]:
+    """The texts of some documents from the run's input file, or {} where it is not at hand or changed."""
+    meta = run_metadata(run)
+    source = meta.get("input")
+    if not docs or not source or meta.get("messages_field") or source == "-":
+        return {}  # chats are rendered by the tokenizer's template: their text is not the input's
+    path = Path(source)
+    if not path.is_absolute() and not path.exists():
+        path = Path(run).parent / source
+    try:
+        if not path.is_file() or str(os.stat(path).st_size) != meta.get("input_size"):
+            return {}
+        fields = Fields(
+            text=meta.get("text_field", "text"),
+            id=meta.get("id_field") if meta.get("id_field") != "None" else None,
+            prompt=meta.get("prompt_field"),
+            response=meta.get("response_field"),
+        )
+        wanted, last, texts = set(docs), max(docs), {}
+        for record in read_records(path, fields=fields, on_error=lambda r: None):
+            if record.doc in wanted:
+                texts[record.doc] = record.text
+            if record.doc >= last:
+                break
+        return texts
+    except (InputError, OSError):
+        return {}
+
+
+def token_strings(tokens: pa.Table, text: str | None) -> list[str]:
+    """Each token row's text: the characters it covers where the text is at hand, else its decoded form."""
+    decoded = tokens.column("token").to_pylist()
+    if text is None:
+        return [t or "" for t in decoded]
+    starts, ends = tokens.column("start").to_pylist(), tokens.column("end").to_pylist()
+    return [text[a:b] for a, b in zip(starts, ends)]
+
+
+def previews(run: Path, docs: list[int], chars: int = 120) -> dict[int, str]:
+    """The start of each document's scored text (from its first scored token), one line."""
+    if not docs:
+        return {}
+    texts = input_texts(run, docs)
+    rows = doc_tokens(run, docs, ["doc", "token", "start", "end", "is_response"])
+    rows = rows.filter(rows.column("is_response"))
+    out: dict[int, str] = {}
+    for doc in docs:
+        mine = rows.filter(pc.equal(rows.column("doc"), doc))
+        if not mine.num_rows:
+            out[doc] = texts.get(doc, "")[:chars]
+        elif doc in texts:
+            out[doc] = texts[doc][mine.column("start")[0].as_py() :][:chars]
+        else:
+            out[doc] = "".join(token_strings(mine.slice(0, chars), None))[:chars]
+    return {d: " ".join(t.split()) for d, t in out.items()}
