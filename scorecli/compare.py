@@ -221,7 +221,6 @@ def render_comparison(c: Comparison) -> Group:
     figures.add_column("")
     for name in ("A", "B", "B vs A", "95% CI"):
         figures.add_column(name, justify="right")
-    figures.add_row("run", escape(s["a"]), escape(s["b"]), "", "")
     figures.add_row(
         "corpus perplexity",
         _num(s["perplexity_a"]),
@@ -238,6 +237,10 @@ def render_comparison(c: Comparison) -> Group:
     )
     better = s["share_b_better"]
     parts: list = [figures]
+    for key in ("a", "b"):
+        parts.append(
+            f"{key.upper()}: {escape(s[key])} [dim](model {escape(str(s['model_' + key]))}, {s['dtype_' + key]})[/dim]"
+        )
     parts.append(
         f"documents: {s['documents']:,} ({s['compared_documents']:,} scored in both); B better on "
         f"{_pct(better)}, worse on {_pct(s['share_b_worse'])} (by bits per byte); paired bootstrap over "
