@@ -84,6 +84,10 @@ FLAGS = {
     "stride": "--stride",
     "truncate": "--truncate",
     "resume": "--resume",
+    "doc": "--doc",
+    "doc_id": "--id",
+    "by": "--by",
+    "out": "--out",
 }
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -539,3 +543,17 @@ def compare(
             typer.echo(json.dumps(comparison.summary, indent=2, ensure_ascii=False))
         else:
             Console().print(render_comparison(comparison))
+
+
+@app.command()
+def show(
+    run: str = typer.Argument(..., metavar="DIR", help="A run folder."),
+    doc: Optional[int] = typer.Option(None, "--doc", help="The document's number (its `doc`)."),
+    doc_id: Optional[str] = typer.Option(None, "--id", help="The document's id."),
+    by: str = typer.Option("surprisal", "--by", help="Colour tokens by surprisal, entropy, kl or rank."),
+) -> None:
+    """Show one document of a run with each token coloured by its surprisal (or entropy, KL, rank)."""
+    from scorecli.show import render_document
+
+    with _reported_errors():
+        Console().print(render_document(run, doc=doc, doc_id=doc_id, by=by))

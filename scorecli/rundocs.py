@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from scorecli.errors import InputError, OutputError
+from scorecli.errors import InputError, OutputError, UsageError
 from scorecli.inputs import Fields, read_records
 from scorecli.outputs import read_metadata
 
@@ -48,16 +48,17 @@ def doc_tokens(run: Path, docs: list[int], columns: list[str] | None = None) -> 
 
 
 def find_doc(run: Path, doc: int | None = None, doc_id: str | None = None) -> dict:
-    """The sequences row of a document given by number or id; OutputError if the run has none such."""
+    """The sequences row of a document given by number or id; UsageError if the run has none such."""
     seq = pq.read_table(Path(run) / SEQUENCES)
     if doc is not None:
         rows = seq.filter(pc.equal(seq.column("doc"), doc))
-        what = f"no document {doc} (documents are numbered 0 to {seq.num_rows - 1})" if seq.num_rows else ""
+        if not rows.num_rows:
+            span = f"0 to {seq.num_rows - 1}" if seq.num_rows else "none"
+            raise UsageError(f"{doc}: no such document in {run} (documents: {span})", arg="doc")
     else:
         rows = seq.filter(pc.equal(seq.column("id"), doc_id))
-        what = f"no document with id {doc_id!r}"
-    if not rows.num_rows:
-        raise OutputError(f"{run}: {what or 'no documents'}")
+        if not rows.num_rows:
+            raise UsageError(f"{doc_id!r}: no document has this id in {run}", arg="doc_id")
     return rows.slice(0, 1).to_pylist()[0]
 
 

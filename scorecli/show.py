@@ -1,0 +1,96 @@
+"""`scorecli show`: one document of a run in the terminal, each token coloured by its score. No torch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from scorecli.errors import UsageError
+from scorecli.heat import SCALES, Scale, colours, hex_colour, text_colour
+from scorecli.rundocs import check_run, doc_tokens, find_doc, input_texts, token_columns, token_strings
+
+LEGEND_STEPS = 9
+_DOC_FIGURES = (
+    ("n_tokens", "tokens", "{:,}"),
+    ("perplexity", "perplexity", "{:,.3f}"),
+    ("bits_per_byte", "bits per byte", "{:.4f}"),
+    ("mean_entropy", "mean entropy (nats)", "{:.4f}"),
+    ("word_perplexity", "word perplexity", "{:,.3f}"),
+    ("top1_rate", "top-1 rate", "{:.3f}"),
+    ("mean_kl", "mean KL (nats)", "{:.4f}"),
+    ("ref_perplexity", "reference perplexity", "{:,.3f}"),
+)
+
+
+def scale_for(run: Path, by: str) -> Scale:
+    """The colouring `by` names, if the run has the column it needs; UsageError otherwise."""
+    if by not in SCALES:
+        raise UsageError(f"must be one of {', '.join(SCALES)}, not {by!r}", arg="by")
+    scale = SCALES[by]
+    if scale.column not in token_columns(run):
+        why = {"kl": "was not scored with a reference model", "rank": "has no `rank` column"}.get(by, "")
+        raise UsageError(f"{by}: the run in {run} {why or f'has no `{scale.column}` column'}", arg="by")
+    return scale
+
+
+def render_document(run: str | Path, doc: int | None = None, doc_id: str | None = None, by: str = "surprisal") -> Group:
+    """A Rich renderable: the document's figures, a legend, and its text with each token coloured."""
+    run = check_run(run)
+    if (doc is None) == (doc_id is None):
+        raise UsageError("give exactly one of `doc` and `doc_id`")
+    scale = scale_for(run, by)
+    row = find_doc(run, doc, doc_id)
+    tokens = doc_tokens(run, [row["doc"]])
+    text = input_texts(run, [row["doc"]]).get(row["doc"])
+    return Group(_figures(row), legend(scale), _coloured(tokens, text, scale))
+
+
+def _figures(row: dict) -> Table:
+    """The document's own figures."""
+    table = Table(title=f"document {row['doc']}" + (f" (id {row['id']})" if row["id"] else ""), show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, label, fmt in _DOC_FIGURES:
+        value = row.get(key)
+        if key in row:
+            ok = value is not None and not (isinstance(value, float) and not math.isfinite(value))
+            table.add_row(label, fmt.format(value) if ok else "—")
+    return table
+
+
+def legend(scale: Scale) -> Text:
+    """A row of swatches from the low to the high end of the scale, with their values."""
+    out = Text(f"{scale.name} ({scale.unit}; {scale.help}): ")
+    steps = np.linspace(0, 1, LEGEND_STEPS)
+    for pos, rgb in zip(steps, colours(steps)):
+        value = scale.low + pos * (scale.high - scale.low)
+        label = f" {value:g}{'+' if pos == 1 else ''} "
+        out.append(label, style=f"{text_colour(pos)} on {hex_colour(rgb)}")
+    return out
+
+
+def _coloured(tokens, text: str | None, scale: Scale) -> Text:
+    """The document's text, each token on the colour of its value; text between tokens (a prompt) dim."""
+    strings = token_strings(tokens, text)
+    raw = tokens.column(scale.column).to_numpy(zero_copy_only=False)
+    positions = scale.position(scale.values(raw))
+    rgb = colours(np.nan_to_num(positions))
+    response = tokens.column("is_response").to_pylist()
+    starts, ends = tokens.column("start").to_pylist(), tokens.column("end").to_pylist()
+    out, at = Text(), 0
+    for i, piece in enumerate(strings):
+        if text is not None and starts[i] > at:
+            out.append(text[at : starts[i]], style="dim")
+        if not response[i] or not np.isfinite(positions[i]):
+            out.append(piece, style="dim")
+        else:
+            out.append(piece, style=f"{text_colour(positions[i])} on {hex_colour(rgb[i])}")
+        at = max(at, ends[i])
+    if text is not None and at < len(text):
+        out.append(text[at:], style="dim")
+    return out

@@ -1,0 +1,117 @@
+"""`scorecli show`: a document's tokens coloured by their scores, through the CLI with colours forced."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from runfolders import TEXTS, make_run
+from typer.testing import CliRunner
+
+from scorecli.cli import app
+
+runner = CliRunner()
+COLOURS = {"FORCE_COLOR": "1", "COLORTERM": "truecolor", "COLUMNS": "200"}
+STOPS = [(255, 255, 255), (255, 237, 160), (254, 178, 76), (240, 59, 32), (128, 0, 38)]
+
+
+def _expected_rgb(value, low, high):
+    """The documented scale, by hand: clamp to [low, high], then linear between five colour stops."""
+    t = min(max((value - low) / (high - low), 0.0), 1.0) * 4
+    i = min(int(t), 3)
+    f = t - i
+    return tuple(round(STOPS[i][c] * (1 - f) + STOPS[i + 1][c] * f) for c in range(3))
+
+
+def _show(*args):
+    return runner.invoke(app, ["show", *map(str, args)], env=COLOURS)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("show") / "plain")
+
+
+@pytest.fixture(scope="module")
+def extras(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("show") / "extras", extras=True)
+
+
+def _styled_tokens(out):
+    """(background rgb, text) of each background-coloured span in ANSI output."""
+    return [
+        (tuple(map(int, m.group(1, 2, 3))), m.group(4))
+        for m in re.finditer(r"\x1b\[(?:\d+;)*48;2;(\d+);(\d+);(\d+)m([^\x1b]*)\x1b\[0m", out)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("by", "column", "convert", "high"),
+    [
+        ("surprisal", "logprob", lambda v: -v / math.log(2), 16),
+        ("entropy", "entropy", lambda v: v / math.log(2), 8),
+    ],
+)
+def test_tokens_are_coloured_by_their_value(plain, by, column, convert, high):
+    result = _show(plain, "--doc", 2, "--by", by)
+    assert result.exit_code == 0, result.output
+    tokens = pd.read_parquet(plain / "tokens.parquet")
+    rows = tokens[tokens["doc"] == 2]
+    spans = _styled_tokens(result.stdout)
+    legend, body = spans[:9], spans[9:]
+    assert [t.strip() for _, t in legend] == ["0", "2", "4", "6", "8", "10", "12", "14", "16+"][:9] or by == "entropy"
+    assert legend[0][0] == (255, 255, 255) and legend[-1][0] == (128, 0, 38)
+    # every token, with the characters it covers in the input text, on the colour of its value
+    text = TEXTS[2]
+    assert [t for _, t in body] == [text[a:b] for a, b in zip(rows["start"], rows["end"])]
+    assert "é" in "".join(t for _, t in body)
+    for (rgb, _), value in zip(body, rows[column]):
+        assert rgb == _expected_rgb(convert(float(value)), 0, high)
+    assert len({rgb for rgb, _ in body}) > 3  # the values cover the scale
+    assert "perplexity" in result.stdout and f"{math.exp(-rows['logprob'].astype(float).mean()):,.3f}" in result.stdout
+
+
+def test_by_id_and_by_kl_and_rank_where_the_run_has_them(extras):
+    tokens = pd.read_parquet(extras / "tokens.parquet")
+    rows = tokens[tokens["doc"] == 1]
+    for by, column, convert, high in (
+        ("kl", "kl", lambda v: v / math.log(2), 4),
+        ("rank", "rank", lambda v: math.log2(v), 12),
+    ):
+        result = _show(extras, "--id", "d1", "--by", by)
+        assert result.exit_code == 0, result.output
+        body = _styled_tokens(result.stdout)[9:]
+        assert [rgb for rgb, _ in body] == [_expected_rgb(convert(float(v)), 0, high) for v in rows[column]]
+
+
+def _error(result, code=2):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scorecli: error: "), result.stderr
+    return lines[0]
+
+
+def test_clear_errors(plain, tmp_path):
+    assert "--doc 99: no such document" in _error(_show(plain, "--doc", 99))
+    assert "--id 'nope': no document has this id" in _error(_show(plain, "--id", "nope"))
+    assert "not scored with a reference model" in _error(_show(plain, "--doc", 0, "--by", "kl"))
+    assert "no `rank` column" in _error(_show(plain, "--doc", 0, "--by", "rank"))
+    assert "must be one of surprisal, entropy, kl, rank" in _error(_show(plain, "--doc", 0, "--by", "x"))
+    assert "exactly one of --doc and --id" in _error(_show(plain))
+    assert "no such run folder" in _error(_show(tmp_path / "nope", "--doc", 0), code=5)
+
+
+def test_show_a_real_run_without_its_input(gpt2_dir, tmp_path):
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"text": "A small test of show."}) + "\n")
+    assert runner.invoke(app, ["score", str(data), "-m", str(gpt2_dir), "-o", str(tmp_path / "o"), "-q"]).exit_code == 0
+    data.unlink()  # the decoded tokens stand in for the text
+    result = _show(tmp_path / "o", "--doc", 0)
+    assert result.exit_code == 0, result.output
+    tokens = pd.read_parquet(tmp_path / "o" / "tokens.parquet")
+    body = _styled_tokens(result.stdout)[9:]
+    assert [t for _, t in body] == tokens["token"].tolist()
+    expected = [_expected_rgb(-float(v) / math.log(2), 0, 16) for v in tokens["logprob"]]
+    assert [rgb for rgb, _ in body] == expected and np.isfinite(tokens["logprob"]).all()
