@@ -557,3 +557,17 @@ def show(
 
     with _reported_errors():
         Console().print(render_document(run, doc=doc, doc_id=doc_id, by=by))
+
+
+@app.command()
+def report(
+    run: str = typer.Argument(..., metavar="DIR", help="A run folder."),
+    compare: Optional[str] = typer.Option(None, "--compare", help="Another run of the same input to compare with."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="The HTML file to write. Default: DIR/report.html."),
+) -> None:
+    """Write one self-contained HTML report of a run: figures, charts and token heatmaps, offline."""
+    from scorecli.report import build_report
+
+    with _reported_errors():
+        path = build_report(run, compare=compare, out=out)
+        Console(stderr=True).print(f"wrote {path}")

@@ -66,3 +66,17 @@ def text_colour(position: float) -> str:
 def hex_colour(rgb: np.ndarray) -> str:
     """An RGB triple as #rrggbb."""
     return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
+
+
+# Diverging stops for differences (B − A of a log-prob): red where B is worse, blue where B is better.
+DIVERGING = np.array([[178, 24, 43], [244, 165, 130], [255, 255, 255], [146, 197, 222], [33, 102, 172]], dtype=float)
+DELTA_LIMIT = 2.0  # nats: differences beyond ±2 nats get the end colours
+
+
+def delta_colours(deltas: np.ndarray, limit: float = DELTA_LIMIT) -> np.ndarray:
+    """RGB colours of log-prob differences, clamped at ±limit: blue for gains, red for losses."""
+    pos = (np.clip(np.nan_to_num(np.asarray(deltas, dtype=np.float64)), -limit, limit) + limit) / (2 * limit)
+    pos = pos * (len(DIVERGING) - 1)
+    i = np.minimum(pos.astype(int), len(DIVERGING) - 2)
+    frac = (pos - i)[:, None]
+    return np.rint(DIVERGING[i] * (1 - frac) + DIVERGING[i + 1] * frac).astype(int)
