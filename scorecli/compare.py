@@ -157,10 +157,11 @@ def _movers(table: pa.Table, a: Path, b: Path, same_tokens: bool) -> dict:
         delta = _column(table, "delta_mean_logprob")  # B - A; higher is better for B
     else:
         delta = _column(table, "bits_per_byte_a") - _column(table, "bits_per_byte_b")
-    order = np.argsort(np.where(np.isnan(delta), 0, delta), kind="stable")
     valid = ~np.isnan(delta)
-    improved = [i for i in order[::-1] if valid[i] and delta[i] > 0][:TOP_MOVERS]
-    worsened = [i for i in order if valid[i] and delta[i] < 0][:TOP_MOVERS]
+    filled = np.where(valid, delta, 0)
+    # Stable sorts both ways: ties keep input order.
+    improved = [i for i in np.argsort(-filled, kind="stable") if valid[i] and delta[i] > 0][:TOP_MOVERS]
+    worsened = [i for i in np.argsort(filled, kind="stable") if valid[i] and delta[i] < 0][:TOP_MOVERS]
     docs = table.column("doc").to_numpy()
     texts = previews(a, docs[improved + worsened].tolist())
 

@@ -289,9 +289,10 @@ def _extreme_docs(seq) -> tuple[list[int], list[int]]:
     ppl = seq.column("perplexity").to_numpy(zero_copy_only=False).astype(np.float64)
     docs = seq.column("doc").to_numpy()
     ok = np.isfinite(ppl)
-    order = np.argsort(ppl[ok], kind="stable")
     scored = docs[ok]
-    return scored[order[::-1][:HEATMAP_DOCS]].tolist(), scored[order[:HEATMAP_DOCS]].tolist()
+    high = np.argsort(-ppl[ok], kind="stable")[:HEATMAP_DOCS]  # ties in input order
+    low = np.argsort(ppl[ok], kind="stable")[:HEATMAP_DOCS]
+    return scored[high].tolist(), scored[low].tolist()
 
 
 def _token_payload(tokens, text: str | None, deltas: np.ndarray | None = None) -> dict:
@@ -416,7 +417,7 @@ def _kl_section(run: Path, seq, agg: TokenAggregates) -> str:
             counts += np.bincount(doc, minlength=len(counts))
         with np.errstate(invalid="ignore"):
             mean_kl = sums / counts
-    order = np.argsort(np.nan_to_num(mean_kl, nan=-1))[::-1][:HEATMAP_DOCS]
+    order = np.argsort(-np.nan_to_num(mean_kl, nan=-1), kind="stable")[:HEATMAP_DOCS]  # ties: input order
     ids = seq.column("id").to_pylist()
     rows = "".join(
         f"<tr><td>{int(seq.column('doc')[i].as_py())}</td><td>{html.escape(str(ids[i] or ''))}</td>"
