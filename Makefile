@@ -6,7 +6,7 @@ SAMPLE ?= samples/mixed.jsonl
 DEMO_OUT ?= demo.scores
 MODEL ?=
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean browser
 
 $(BIN)/scorecli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,14 @@ demo: $(BIN)/scorecli
 	@echo "  scorecli --help"
 	@echo "  scorecli summary $(DEMO_OUT)"
 
-test: $(BIN)/scorecli
-	$(BIN)/ruff check scorecli tests benchmarks samples
+# The report tests open reports in headless Chromium: Debian's chromium and chromium-driver, installed once.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver; }
+
+test: $(BIN)/scorecli browser
+	$(BIN)/ruff check scorecli tests benchmarks samples scripts
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/scorecli
