@@ -336,7 +336,8 @@ def _token_payload(tokens, text: str | None, deltas: np.ndarray | None = None) -
 def _doc_block(kind: str, doc: int, row: dict, payload: dict) -> str:
     """One heatmap: the document's figures and a placeholder the page's script fills with its tokens."""
     title = f"doc {doc}" + (f" · id {html.escape(str(row['id']))}" if row.get("id") else "")
-    title += f" · perplexity {_num(row.get('perplexity'))} · {row.get('n_tokens', 0):,} tokens"
+    n = row.get("n_tokens", 0)
+    title += f" · perplexity {_num(row.get('perplexity'))} · {n:,} token{'' if n == 1 else 's'}"
     data = html.escape(json.dumps(payload, ensure_ascii=False), quote=True)
     return f"<div class='doc' data-kind='{kind}'><h4>{title}</h4><div class='tokens' data-doc='{data}'></div></div>"
 

@@ -97,7 +97,12 @@ def token_strings(tokens: pa.Table, text: str | None) -> list[str]:
     if text is None:
         return [t or "" for t in decoded]
     starts, ends = tokens.column("start").to_pylist(), tokens.column("end").to_pylist()
-    return [text[a:b] for a, b in zip(starts, ends)]
+    out, at = [], 0
+    for a, b in zip(starts, ends):
+        # A character split across tokens shows once, with its first token; the others show nothing.
+        out.append(text[max(a, at) : b])
+        at = max(at, b)
+    return out
 
 
 def previews(run: Path, docs: list[int], chars: int = 120) -> dict[int, str]:

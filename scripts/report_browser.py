@@ -87,6 +87,21 @@ def inspect_report(chrome) -> dict:
     }
 
 
+def _frame(chrome, selector: str | None) -> None:
+    """Scroll to the top of the page, or to `selector` with the pointer on its first token."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    if not selector:
+        chrome.execute_script("window.scrollTo(0, 0);")
+        return
+    target = chrome.find_element(By.CSS_SELECTOR, selector)
+    chrome.execute_script("arguments[0].scrollIntoView({block: 'start'});", target)
+    tokens = target.find_elements(By.CSS_SELECTOR, ".tok")
+    if tokens:
+        ActionChains(chrome).move_to_element(tokens[min(3, len(tokens) - 1)]).perform()
+
+
 def main() -> None:
     """Check a report in the browser and print what was found."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,6 +109,7 @@ def main() -> None:
     parser.add_argument("--screenshot", type=Path)
     parser.add_argument("--width", type=int, default=1100)
     parser.add_argument("--height", type=int, default=1500)
+    parser.add_argument("--at", help="CSS selector to scroll to (and hover its first token) before the screenshot")
     args = parser.parse_args()
     if chromium_paths() is None:
         sys.exit("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
@@ -101,7 +117,7 @@ def main() -> None:
     try:
         result = inspect_report(chrome)
         if args.screenshot:
-            chrome.execute_script("window.scrollTo(0, 0);")
+            _frame(chrome, args.at)
             chrome.save_screenshot(str(args.screenshot))
     finally:
         chrome.quit()

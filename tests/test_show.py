@@ -115,3 +115,17 @@ def test_show_a_real_run_without_its_input(gpt2_dir, tmp_path):
     assert [t for _, t in body] == tokens["token"].tolist()
     expected = [_expected_rgb(-float(v) / math.log(2), 0, 16) for v in tokens["logprob"]]
     assert [rgb for rgb, _ in body] == expected and np.isfinite(tokens["logprob"]).all()
+
+
+def test_characters_split_across_tokens_show_once(gpt2_dir, tmp_path):
+    text = "Le canapé 🎉 est là."
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    assert runner.invoke(app, ["score", str(data), "-m", str(gpt2_dir), "-o", str(tmp_path / "o"), "-q"]).exit_code == 0
+    tokens = pd.read_parquet(tmp_path / "o" / "tokens.parquet")
+    # the tiny tokenizer splits é and 🎉 into byte tokens that cover the same character
+    assert (tokens["start"].to_numpy()[1:] < tokens["end"].to_numpy()[:-1]).any()
+    result = _show(tmp_path / "o", "--doc", 0)
+    assert result.exit_code == 0, result.output
+    body = _styled_tokens(result.stdout)[9:]
+    assert "".join(t for _, t in body) == text
