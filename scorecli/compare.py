@@ -173,27 +173,24 @@ def _movers(table: pa.Table, a: Path, b: Path, same_tokens: bool) -> dict:
     return {"most_improved": [row(i) for i in improved], "most_worsened": [row(i) for i in worsened]}
 
 
-def _token_columns(run: Path) -> pa.Table:
-    """The scored token rows of a run: doc, position, token_id, logprob."""
-    table = pq.read_table(run / TOKENS, columns=["doc", "position", "token_id", "logprob", "is_response"])
-    return table.filter(table.column("is_response"))
+def _column_of(run: Path, name: str) -> np.ndarray:
+    """One column of a run's tokens.parquet as numpy (read alone, so two runs' columns fit in memory)."""
+    return pq.read_table(run / TOKENS, columns=[name]).column(0).to_numpy()
 
 
 def _same_tokens(a: Path, b: Path) -> bool:
     """Whether both runs scored the very same tokens (same tokenizer, same token ids, same positions)."""
-    if not ((a / TOKENS).is_file() and (b / TOKENS).is_file()):
-        return False
     if pq.ParquetFile(a / TOKENS).metadata.num_rows != pq.ParquetFile(b / TOKENS).metadata.num_rows:
         return False
-    ta, tb = _token_columns(a), _token_columns(b)
-    return all(ta.column(c).equals(tb.column(c)) for c in ("doc", "position", "token_id"))
+    return all(
+        np.array_equal(_column_of(a, c), _column_of(b, c)) for c in ("doc", "position", "token_id", "is_response")
+    )
 
 
 def _token_delta(a: Path, b: Path) -> dict:
     """Statistics of the per-token difference logprob_B - logprob_A (runs with the same tokens)."""
-    la = _token_columns(a).column("logprob").to_numpy().astype(np.float64)
-    lb = _token_columns(b).column("logprob").to_numpy().astype(np.float64)
-    delta = lb - la
+    response = _column_of(a, "is_response")
+    delta = _column_of(b, "logprob")[response].astype(np.float64) - _column_of(a, "logprob")[response]
     if not len(delta):
         return {"tokens": 0}
     stats = {"tokens": len(delta), "mean": float(delta.mean()), "mean_abs": float(np.abs(delta).mean())}

@@ -312,9 +312,10 @@ def _token_payload(tokens, text: str | None, deltas: np.ndarray | None = None) -
             [hex_colour(c), text_colour(p)] if np.isfinite(p) and r else None for c, p, r in zip(rgb, pos, response)
         ]
     payload["logprob"] = [round(float(v), 5) for v in tokens.column("logprob").to_numpy().astype(np.float64)]
-    for extra in ("kl", "reverse_kl", "ref_logprob"):
+    for extra in ("rank", "kl", "reverse_kl", "ref_logprob"):
         if extra in names:
-            payload[extra] = [None if v is None else round(float(v), 5) for v in tokens.column(extra).to_pylist()]
+            values = tokens.column(extra).to_pylist()
+            payload[extra] = [v if v is None or extra == "rank" else round(float(v), 5) for v in values]
     if "top_ids" in names:
         tops = tokens.column("top_tokens").to_pylist() if "top_tokens" in names else None
         ids, lps = tokens.column("top_ids").to_pylist(), tokens.column("top_logprobs").to_pylist()
@@ -599,7 +600,7 @@ _SCRIPT = r"""
     var v = d.values;
     if (v.surprisal) rows.push(['surprisal', fmt(v.surprisal[i], 3) + ' bits']);
     if (v.entropy) rows.push(['entropy', fmt(v.entropy[i], 3) + ' bits']);
-    if (v.rank) rows.push(['rank', fmt(Math.pow(2, v.rank[i]), 0)]);
+    if (d.rank) rows.push(['rank', fmt(d.rank[i], 0)]);
     if (d.kl) rows.push(['KL', fmt(d.kl[i], 4) + ' nats']);
     if (d.reverse_kl) rows.push(['reverse KL', fmt(d.reverse_kl[i], 4) + ' nats']);
     if (d.ref_logprob) rows.push(['ref logprob', fmt(d.ref_logprob[i], 4)]);

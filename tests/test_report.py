@@ -88,7 +88,7 @@ def test_report_with_rank_topk_and_kl(extras):
     for _, doc, p in _payloads(page):
         rows = tokens[tokens["doc"] == doc]
         assert set(p["colours"]) == {"surprisal", "entropy", "kl", "rank"}
-        assert p["kl"] == pytest.approx(rows["kl"].tolist(), abs=1e-5)
+        assert p["kl"] == pytest.approx(rows["kl"].tolist(), abs=1e-5) and p["rank"] == rows["rank"].tolist()
         assert p["values"]["rank"] == pytest.approx(np.log2(rows["rank"]).tolist(), abs=1e-4)
         assert p["top"][0] == [["a", -0.5], ["b", -1.5], ["c", -2.5]]
     assert "KL to the reference model" in page and "value='rank'" in page
