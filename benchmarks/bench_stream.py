@@ -2,9 +2,10 @@
 
     python benchmarks/bench_stream.py [--corpus samples/long.jsonl] [--model PATH] [--repeat 1]
 
-Reports, per run: seconds from the process's start to the model being loaded (its "loading model…" stage
-is not timed separately; the first line's time includes it), seconds to the first line on stdout, wall
-time, scored tokens (Σ n_tokens of the lines) and tokens per second over the whole run.
+Runs the `scorecli` importable from the current folder (run it from a checkout to time that checkout).
+
+Reports, per run: seconds from the process's start to the first line on stdout (start-up and model
+loading included), wall time, scored tokens (Σ n_tokens of the lines) and tokens per second over the run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def stream_run(corpus: str, model: str | None) -> dict[str, float]:
     """One run: time to first line, wall time, tokens and tokens/s."""
     cmd = [sys.executable, "-m", "scorecli", "score", corpus, "-o", "-", "-q"] + (["-m", model] if model else [])
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     first = None
     tokens = 0
     for line in proc.stdout:

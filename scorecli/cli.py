@@ -82,6 +82,7 @@ FLAGS = {
     "stride": "--stride",
     "truncate": "--truncate",
     "resume": "--resume",
+    "rows": "--rows",
 }
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143

@@ -7,12 +7,15 @@ import select
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, sample_texts
 from typer.testing import CliRunner
 
 from scorecli.cli import app
+from scorecli.engine import Scorer
+from scorecli.inputs import Record
 from scorecli.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA, WORD_SCHEMA
 
 runner = CliRunner()
@@ -90,3 +93,24 @@ def test_first_line_arrives_while_the_input_is_still_open(gpt2_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr.read().decode()
     ids = [json.loads(line)["id"] for line in [line, *out.splitlines()]]
     assert ids == [f"d{i}" for i in range(60)]
+
+
+def test_growing_buffers_double_up_to_the_full_size_and_change_no_score(tiny):
+    texts = sample_texts("long.jsonl")[:120]
+    records = [Record(i, t) for i, t in enumerate(texts)]
+    fixed = Scorer(tiny.model, tiny.tokenizer, batch_tokens=64, max_length=64)
+    growing = Scorer(tiny.model, tiny.tokenizer, batch_tokens=64, max_length=64, grow_buffers=True)
+    buffers = list(growing.score_buffers(records))
+    # about two batches of ~4 characters a token first (8 × 64), doubling up to 256 × 64 characters
+    expected, limit, chars, count = [], 8 * 64, 0, 0
+    for text in texts:
+        chars, count = chars + len(text), count + 1
+        if chars >= limit:
+            expected.append(count)
+            chars, count, limit = 0, 0, min(2 * limit, 256 * 64)
+    expected += [count] if count else []
+    assert [len(b) for b in buffers] == expected
+    assert expected[0] < expected[1] < expected[2] and len(list(fixed.score_buffers(records))) < len(buffers)
+    for got, want in zip((d for b in buffers for d in b), fixed.score_records(records)):
+        assert got.doc == want.doc
+        assert np.abs(got.logprobs - want.logprobs).max(initial=0) <= 1e-4
