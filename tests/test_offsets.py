@@ -34,8 +34,12 @@ def _byte_decoder() -> dict[str, int]:
 BYTES = _byte_decoder()
 
 
-def expected_spans(tokenizer, text: str, ids: list[int]) -> list[tuple[int, int]]:
-    """Each token's span: from where the previous token's complete characters end to where its own do."""
+def expected_spans(tokenizer, text: str, ids: list[int]) -> list[tuple[int, int]] | None:
+    """Each token's span: from where the previous token's complete characters end to where its own do.
+
+    None where the tokens do not hold every byte of the text (SmolLM2's vocabulary has no token for a few
+    bytes, such as 0xF1, and drops them).
+    """
     data = text.encode("utf-8")
     spans, consumed, start = [], 0, 0
     for token in tokenizer.convert_ids_to_tokens(ids):
@@ -43,15 +47,20 @@ def expected_spans(tokenizer, text: str, ids: list[int]) -> list[tuple[int, int]
         end = len(data[:consumed].decode("utf-8", errors="ignore"))
         spans.append((start, end))
         start = end
-    assert consumed == len(data)  # byte-level: the tokens hold every byte of the text
-    return spans
+    return spans if consumed == len(data) else None
 
 
-def _check_encoding(tokenizer, text: str) -> None:
+def _check_encoding(tokenizer, text: str, every_byte: bool = False) -> None:
     [enc] = Encoder(tokenizer, bos=True).encode([text])
     spans = [tuple(s) for s in enc.offsets.tolist()]
-    assert spans == expected_spans(tokenizer, text, enc.ids[enc.n_prefix :])
-    assert "".join(text[a:b] for a, b in spans) == text
+    expected = expected_spans(tokenizer, text, enc.ids[enc.n_prefix :])
+    assert expected is not None or not every_byte
+    joined = "".join(text[a:b] for a, b in spans)
+    if expected is not None:
+        assert spans == expected
+        assert joined == text
+    else:  # bytes the vocabulary lacks are dropped: the tokens rebuild the text from the first to the last
+        assert joined == (text[spans[0][0] : spans[-1][1]] if spans else "")
 
 
 def test_partition_by_hand():
@@ -65,13 +74,13 @@ def test_partition_by_hand():
 
 @pytest.mark.parametrize("text", SPLIT)
 def test_split_characters_tiny(tiny, text):
-    _check_encoding(tiny.tokenizer, text)
+    _check_encoding(tiny.tokenizer, text, every_byte=True)
 
 
 @pytest.mark.realmodel
 @pytest.mark.parametrize("text", SPLIT)
 def test_split_characters_smollm(smollm, text):
-    _check_encoding(smollm.tokenizer, text)
+    _check_encoding(smollm.tokenizer, text, every_byte=True)
 
 
 def _sample_records(per_file: int) -> list[tuple[str, Record]]:
@@ -131,7 +140,7 @@ def test_samples_smollm(smollm):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=40))
 def test_random_unicode_tiny(tiny, text):
-    _check_encoding(tiny.tokenizer, text)
+    _check_encoding(tiny.tokenizer, text, every_byte=True)
 
 
 @pytest.mark.realmodel
