@@ -95,7 +95,7 @@ def generated_document(rng: random.Random, n_sentences: int) -> str:
 
 
 def main() -> None:
-    """Write mixed.jsonl, edge_cases.jsonl, long.jsonl, pairs.jsonl, chats.jsonl, stimuli.jsonl and mixed.parquet."""
+    """Write the .jsonl samples (mixed, edge_cases, long, book, bad, pairs, chats, stimuli) and mixed.parquet."""
     with open(HERE / "mixed.jsonl", "w", encoding="utf-8") as f:
         for i, text in enumerate(TEXTS):
             f.write(json.dumps({"id": f"m{i:02d}", "text": text}, ensure_ascii=False) + "\n")
@@ -116,6 +116,20 @@ def main() -> None:
         for i in range(300):
             n = max(1, int(rng.lognormvariate(1.6, 0.9)))
             f.write(json.dumps({"id": f"g{i:03d}", "text": generated_document(rng, min(n, 60))}) + "\n")
+    # Two texts of about 300 tokens: longer than a small --max-length, to show windows in seconds.
+    book_rng = random.Random(1)
+    with open(HERE / "book.jsonl", "w", encoding="utf-8") as f:
+        for i in range(2):
+            f.write(json.dumps({"id": f"b{i}", "text": generated_document(book_rng, 20)}) + "\n")
+    # Three good records around two bad ones (a line that is not JSON, a text that is not a string).
+    bad = [
+        json.dumps({"id": "ok0", "text": TEXTS[0]}),
+        '{"id": "broken", "text": "an unfinished line',
+        json.dumps({"id": "ok1", "text": TEXTS[1]}),
+        json.dumps({"id": "number", "text": 42}),
+        json.dumps({"id": "ok2", "text": TEXTS[2]}),
+    ]
+    (HERE / "bad.jsonl").write_text("\n".join(bad) + "\n", encoding="utf-8")
     with open(HERE / "pairs.jsonl", "w", encoding="utf-8") as f:
         for i, (prompt, response) in enumerate(PAIRS):
             f.write(json.dumps({"id": f"q{i}", "prompt": prompt, "response": response}, ensure_ascii=False) + "\n")

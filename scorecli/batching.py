@@ -91,6 +91,24 @@ def bos_token_id(tokenizer: object) -> int:
     raise ModelError("the tokenizer has neither a BOS nor an EOS token to prepend: pass `bos=False`")
 
 
+def partition_offsets(offsets: np.ndarray) -> np.ndarray:
+    """Character offsets [n, 2] made to partition the text the tokens cover: joined in order, they rebuild it.
+
+    Byte-level tokenizers give every token that holds a byte of a character the whole character's span, so
+    the tokens of one split character overlap. Here each token ends where the next one starts, if that is
+    sooner (a token that only starts a character gets an empty span at its position, the token that
+    completes it gets the character), and starts where the one before it ended (a gap, such as a space the
+    tokenizer's offsets trimmed, goes to the token that follows it).
+    """
+    if len(offsets) < 2:
+        return offsets.copy()
+    ends = offsets[:, 1].copy()
+    ends[:-1] = np.minimum(ends[:-1], offsets[1:, 0])
+    ends = np.maximum.accumulate(np.maximum(ends, offsets[0, 0]))
+    starts = np.concatenate([offsets[:1, 0], ends[:-1]])
+    return np.stack([starts, ends], axis=1)
+
+
 def response_mask(offsets: np.ndarray, spans: Spans | None) -> np.ndarray:
     """Whether each token (by its character offsets) overlaps a response span; all True where spans is None."""
     if spans is None:
@@ -147,7 +165,10 @@ class Encoder:
         if truncated:
             ids, offsets = ids[: self.max_length - len(prefix)], offsets[: self.max_length - len(prefix)]
         offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        # The tokenizer's own offsets decide what is response: a token that holds any byte of a response
+        # character counts, even where its partitioned span is empty.
         response = response_mask(offsets, spans)
+        offsets = partition_offsets(offsets)
         targets = np.zeros(len(prefix) + len(ids), dtype=bool)
         targets[len(prefix) :] = True if self.all_tokens else response
         targets[:1] = False  # the first token of the sequence has no context to be predicted from

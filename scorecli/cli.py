@@ -88,6 +88,7 @@ FLAGS = {
     "doc_id": "--id",
     "by": "--by",
     "out": "--out",
+    "rows": "--rows",
 }
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -105,6 +106,14 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Show the version."),
 ) -> None:
     """Score text with causal language models: per-token log-probabilities and entropies."""
+
+
+class Rows(str, Enum):
+    """Which rows `--out -` writes, one JSON object each."""
+
+    sequences = "sequences"
+    tokens = "tokens"
+    words = "words"
 
 
 class OnError(str, Enum):
@@ -197,6 +206,12 @@ def score(
         False, "--trust-remote-code", help="Run the model's own code from the hub (only for models you trust)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
+    rows: Optional[Rows] = typer.Option(
+        None,
+        "--rows",
+        help="With --out -: one JSON line per document (sequences), per token (tokens) or per word (words). "
+        "Default: sequences.",
+    ),
 ) -> None:
     """Score every token of every text in INPUT and write per-token and per-sequence scores."""
     console = Console(stderr=True, quiet=quiet)
@@ -209,11 +224,11 @@ def score(
         if not role_names:
             raise UsageError(f"--roles must name at least one chat role, not {roles!r}")
         out = out or (STDIN if input == STDIN else _default_out(input))
-        _check_run_options(input, out, resume, overwrite, words)
+        _check_run_options(input, out, resume, overwrite, words, rows)
         state = None if out == STDIN else prepare_out_dir(Path(out), overwrite=overwrite, resume=resume)
         resolve_dtype(dtype, resolve_device(device))
 
-        run = _Run(input, out, console)
+        run = _Run(input, out, console, (rows or Rows.sequences).value)
         records = read_records(
             input,
             fields=fields,
@@ -243,6 +258,8 @@ def score(
             roles=role_names,
             batch_tokens=batch_tokens,
             threads=threads,
+            # On stdout, lines are wanted as soon as they exist; a folder run keeps fixed buffers for resume.
+            grow_buffers=out == STDIN,
         )
         metadata = {
             **loaded.info,
@@ -276,9 +293,9 @@ def summary(
 class _Run:
     """One `score` run's bookkeeping: the writer, the summary, rejected records, and what to say if it stops."""
 
-    def __init__(self, source: str, out: str, console: Console) -> None:
-        """Prepare a run of `source` into `out` (a folder, or - for stdout)."""
-        self.source, self.out, self.console = source, out, console
+    def __init__(self, source: str, out: str, console: Console, rows: str = "sequences") -> None:
+        """Prepare a run of `source` into `out` (a folder, or - for stdout, where it writes `rows`)."""
+        self.source, self.out, self.console, self.rows = source, out, console, rows
         self.writer: RunWriter | JsonlOutput | None = None
         self.summary = Summary()
         self.streamed = DocSums(len(CORPUS_COLUMNS))  # stdout output: the bootstrap's sums, gathered as scored
@@ -310,7 +327,7 @@ class _Run:
     def start(self, metadata: dict[str, str], words: bool, state: RunState | None) -> None:
         """Open the output: a new run, or the one `state` describes."""
         if self.out == STDIN:
-            self.writer = JsonlOutput(sys.stdout)
+            self.writer = JsonlOutput(sys.stdout, self.rows)
         else:
             self.writer = RunWriter(Path(self.out), metadata, words, state)
             if state is not None:
@@ -416,12 +433,16 @@ def _fields(text: str, id_: str, prompt: str | None, response: str | None, messa
     return Fields(text=text, id=id_, prompt=prompt, response=response, messages=messages)
 
 
-def _check_run_options(source: str, out: str, resume: bool, overwrite: bool, words: bool) -> None:
+def _check_run_options(source: str, out: str, resume: bool, overwrite: bool, words: bool, rows: Rows | None) -> None:
     """Reject combinations of input, output and run options that cannot work."""
     if resume and overwrite:
         raise UsageError("--resume and --overwrite cannot be used together")
-    if out == STDIN and (resume or words):
-        raise UsageError(f"{'--resume' if resume else '--words'} needs an output folder (--out DIR), not stdout")
+    if out == STDIN and resume:
+        raise UsageError("--resume needs an output folder (--out DIR), not stdout")
+    if out == STDIN and words:
+        raise UsageError("--words needs an output folder (--out DIR); on stdout, --rows words writes word rows")
+    if out != STDIN and rows is not None:
+        raise UsageError("--rows is for --out - (JSON lines on stdout); an output folder gets every table")
     if resume and source == STDIN:
         raise UsageError("--resume needs an input file: standard input cannot be checked or skipped through")
 

@@ -27,6 +27,8 @@ __all__ = ["DocScore", "ScoreProgress", "Scorer", "get_response_log_probs", "per
 DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 16384, "mps": 8192}
 MAX_CPU_WORKERS = 8
 BUFFER_CHARS_PER_BATCH_TOKEN = 256
+# Growing buffers start at about two batches (at ~4 characters a token): one for each of two workers.
+FIRST_BUFFER_CHARS_PER_BATCH_TOKEN = 8
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Scorer:
         threads: int | None = None,
         buffer_docs: int = 4096,
         buffer_chars: int | None = None,
+        grow_buffers: bool = False,
     ) -> None:
         """Set the scoring policy; None picks the model's context length, half of it and the device's budget.
 
@@ -72,6 +75,11 @@ class Scorer:
         `all_tokens` also scores the prompt (context) tokens; `roles` are the chat turns that are scored.
         `threads` is the number of CPU threads scoring uses (default: torch's), shared among `workers`
         batches scored at once (default: one per thread on a CPU, up to 8).
+        Records are read ahead in buffers of `buffer_docs` documents or `buffer_chars` characters;
+        `grow_buffers` starts them at about two batches and doubles them up to that size, so the first
+        documents come out within a few batches (for output that streams), at the price of sorting fewer
+        texts together at first. A run that saves and resumes must keep fixed buffers: only they meet the
+        same batches when resumed.
         """
         if threads is not None and threads < 1:
             raise UsageError(f"must be at least 1, not {threads}", arg="threads")
@@ -101,6 +109,11 @@ class Scorer:
         # About 64 full batches (at ~4 characters a token) per buffer: enough to sort by length, little
         # enough that a run saves its work every minute or two.
         self.buffer_chars = buffer_chars or BUFFER_CHARS_PER_BATCH_TOKEN * batch_tokens
+        self.first_buffer_chars = (
+            min(FIRST_BUFFER_CHARS_PER_BATCH_TOKEN * batch_tokens, self.buffer_chars)
+            if grow_buffers
+            else self.buffer_chars
+        )
         self.head = output_head(model)
         self.token_texts = TokenTexts(tokenizer)
 
@@ -161,8 +174,9 @@ class Scorer:
     ) -> Iterator[list[DocScore]]:
         """As score_records, one read-ahead buffer of documents at a time: the points to save a run at.
 
-        Buffers are cut by counts of records and characters only, so a run resumed after a buffer's last
-        record meets the very same buffers, batches and numbers as an uninterrupted one. An interrupt
+        Buffers are cut by counts of records and characters only (fixed, unless `grow_buffers`), so a run
+        resumed after a buffer's last record meets the very same buffers, batches and numbers as an
+        uninterrupted one. An interrupt
         (KeyboardInterrupt) carries the documents of the buffer in flight that were finished, as its
         `finished_docs`; given back as `done` (by input position), they are not scored again, and the
         batches that hold anything else are the same as before, so the numbers are too.
@@ -170,13 +184,13 @@ class Scorer:
         state = ScoreProgress()
         report = progress or (lambda _: None)
         buffer: list[Record] = []
-        chars = 0
+        chars, limit = 0, self.first_buffer_chars
         for record in render_chats(records, self.tokenizer, self.roles, on_error):
             buffer.append(record)
             chars += len(record.text)
-            if len(buffer) >= self.buffer_docs or chars >= self.buffer_chars:
+            if len(buffer) >= self.buffer_docs or chars >= limit:
                 yield self._score_buffer(buffer, state, report, done or {})
-                buffer, chars = [], 0
+                buffer, chars, limit = [], 0, min(2 * limit, self.buffer_chars)
         if buffer:
             yield self._score_buffer(buffer, state, report, done or {})
 

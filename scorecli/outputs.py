@@ -10,8 +10,10 @@ from typing import TextIO
 
 import pyarrow.parquet as pq
 
+from scorecli.errors import UsageError
 from scorecli.inputs import Rejected
 from scorecli.scores import DocScore
+from scorecli.tables import sequence_table, token_table, word_table
 
 _PARTIAL = ".partial"
 
@@ -23,12 +25,23 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-class JsonlOutput:
-    """Write each document's sequence row as one JSON object per line (non-finite numbers as null)."""
+# The table whose rows each kind of JSON-lines output writes: the Parquet files' rows, column for column.
+ROW_TABLES = {"sequences": sequence_table, "tokens": token_table, "words": word_table}
 
-    def __init__(self, stream: TextIO) -> None:
-        """Write to `stream`."""
+
+class JsonlOutput:
+    """Write rows of scores as one JSON object per line (non-finite numbers as null).
+
+    `rows` is "sequences" (a line per document), "tokens" (per scored token) or "words" (per word), with
+    the columns of sequences.parquet, tokens.parquet or words.parquet.
+    """
+
+    def __init__(self, stream: TextIO, rows: str = "sequences") -> None:
+        """Write `rows` to `stream`."""
+        if rows not in ROW_TABLES:
+            raise UsageError(f"must be one of {', '.join(ROW_TABLES)}, not {rows!r}", arg="rows")
         self.stream = stream
+        self.table = ROW_TABLES[rows]
         self.rejected = 0
 
     def reject(self, rejected: Rejected) -> None:
@@ -37,8 +50,8 @@ class JsonlOutput:
 
     def save(self, docs: list[DocScore], records_done: int, summary: dict) -> None:
         """Write the documents' lines and flush them downstream."""
-        for score in docs:
-            self.stream.write(json.dumps(_finite(score.sequence_row()), ensure_ascii=False) + "\n")
+        for row in self.table(docs).to_pylist():
+            self.stream.write(json.dumps(_finite(row), ensure_ascii=False) + "\n")
         self.stream.flush()
 
     def finish(self, records_read: int, summary: dict, errors_file: bool) -> list[Path]:

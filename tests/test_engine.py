@@ -178,11 +178,11 @@ def test_offsets_and_token_texts_cover_the_text(tiny):
     assert all(text[s:e] == t for s, e, t in zip(score.starts, score.ends, score.tokens))
 
 
-def test_a_character_split_across_tokens_keeps_its_span(tiny):
+def test_a_character_split_across_tokens_goes_to_the_token_that_completes_it(tiny):
     text = "東"  # three UTF-8 bytes, unseen in training: one byte-level token per byte
     [score] = Scorer(tiny.model, tiny.tokenizer).score_texts([text])
     assert score.n_tokens == 3
-    assert score.starts.tolist() == [0, 0, 0] and score.ends.tolist() == [1, 1, 1]
+    assert score.starts.tolist() == [0, 0, 0] and score.ends.tolist() == [0, 0, 1]
     assert score.tokens == ["\ufffd"] * 3
 
 
