@@ -1,5 +1,24 @@
-"""Run the CLI as `python -m scorecli`."""
+"""The `scorecli` command (also `python -m scorecli`): Ctrl-C is held from the very start (see interrupts.py)."""
 
-from scorecli.cli import app
+import sys
 
-app(prog_name="scorecli")
+from scorecli import interrupts
+
+EXIT_INTERRUPTED = 130
+
+
+def main() -> None:
+    """Run the CLI; a Ctrl-C while its modules import ends it at once, in one line, with exit code 130."""
+    interrupts.hold()
+    interrupts.checkpoint("start")
+    from scorecli.cli import app
+
+    interrupts.checkpoint("cli")
+    if interrupts.pending():
+        sys.stderr.write("scorecli: interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
+    app(prog_name="scorecli")
+
+
+if __name__ == "__main__":
+    main()

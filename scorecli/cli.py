@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
@@ -22,17 +22,19 @@ from rich.status import Status
 from rich.text import Text
 from typer.core import TyperGroup
 
-from scorecli import __version__
-from scorecli.batching import check_limits
-from scorecli.bootstrap import CORPUS_COLUMNS, DocSums, add_sequence_batches, corpus_intervals, sequence_sums
-from scorecli.engine import DocScore, ScoreProgress, Scorer
-from scorecli.errors import ScorecliError, UsageError
+from scorecli import __version__, interrupts
+from scorecli.errors import ScorecliError, UsageError, one_line, shown
 from scorecli.inputs import STDIN, Fields, Record, Rejected, count_records, display_name, read_records
-from scorecli.models import LoadStep, load_model, resolve_device, resolve_dtype
-from scorecli.outputs import JsonlOutput
-from scorecli.runs import SEQUENCES_FILE, RunState, RunWriter, check_resume, prepare_out_dir, read_summary
 from scorecli.summary import Summary, render
-from scorecli.tables import sequence_table
+
+# torch, transformers and pyarrow load inside the command, after Ctrl-C is deferred (see interrupts.py), so
+# that `--help` stays fast and an early Ctrl-C never lands inside their native initialisation.
+if TYPE_CHECKING:
+    from scorecli.bootstrap import DocSums
+    from scorecli.engine import DocScore, ScoreProgress, Scorer
+    from scorecli.models import LoadStep
+    from scorecli.outputs import JsonlOutput
+    from scorecli.runs import RunState, RunWriter
 
 
 class _OneLineErrors(TyperGroup):
@@ -106,6 +108,8 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Show the version."),
 ) -> None:
     """Score text with causal language models: per-token log-probabilities and entropies."""
+    with _reported_errors():
+        interrupts.release()  # held by the entry point while the CLI's modules imported
 
 
 class Rows(str, Enum):
@@ -151,7 +155,9 @@ def score(
         help="Output folder for tokens.parquet and sequences.parquet, or - for JSON lines on stdout. "
         "Default: INPUT's name + .scores (stdout for stdin input).",
     ),
-    text_field: str = typer.Option("text", "--text-field", help="Field (column) holding the text."),
+    text_field: Optional[str] = typer.Option(
+        None, "--text-field", help="Field (column) holding the text. Default: text.", show_default=False
+    ),
     id_field: str = typer.Option("id", "--id-field", help="Field holding the document id (optional in the data)."),
     prompt_field: Optional[str] = typer.Option(
         None, "--prompt-field", help="Field holding a prompt: context only, not scored. Needs --response-field."
@@ -216,6 +222,13 @@ def score(
     """Score every token of every text in INPUT and write per-token and per-sequence scores."""
     console = Console(stderr=True, quiet=quiet)
     with _reported_errors():
+        with interrupts.deferred("imports"):
+            from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (their native parts too)
+
+            from scorecli.batching import check_limits
+            from scorecli.engine import Scorer
+            from scorecli.models import load_model, resolve_device, resolve_dtype
+            from scorecli.runs import check_resume, prepare_out_dir
         # Options, input and output folder are all checked before the model is loaded, so mistakes fail fast.
         check_limits(batch_tokens, max_length, stride, truncate)
         _check_at_least_one(limit=limit, threads=threads)
@@ -237,6 +250,7 @@ def score(
             limit=limit,
         )
         records = run.peek(records)  # reads and validates the first record before any model work
+        interrupts.checkpoint("model")
         with console.status("loading model…") as status:
             loaded = load_model(
                 model,
@@ -286,6 +300,8 @@ def summary(
 ) -> None:
     """Print the summary of a finished run again (on stdout: here it is the output), from DIR/summary.json."""
     with _reported_errors({**FLAGS, "out_dir": ""}):  # DIR is an argument here, not --out
+        from scorecli.runs import read_summary
+
         figures, metadata = read_summary(Path(out_dir))
         Console().print(render(figures, metadata))
 
@@ -298,6 +314,8 @@ class _Run:
         self.source, self.out, self.console, self.rows = source, out, console, rows
         self.writer: RunWriter | JsonlOutput | None = None
         self.summary = Summary()
+        from scorecli.bootstrap import CORPUS_COLUMNS, DocSums
+
         self.streamed = DocSums(len(CORPUS_COLUMNS))  # stdout output: the bootstrap's sums, gathered as scored
         self.records_seen = 0
         self.resumed_from = 0
@@ -321,11 +339,15 @@ class _Run:
             self._early_rejects.append(rejected)
             return
         self.writer.reject(rejected)
-        if isinstance(self.writer, JsonlOutput):
-            typer.echo(f"scorecli: skipped {rejected.source}: line {rejected.line}: {rejected.reason}", err=True)
+        if self.out == STDIN:
+            where = f"{shown(rejected.source)}: line {rejected.line}"
+            typer.echo(f"scorecli: skipped {where}: {one_line(rejected.reason)}", err=True)
 
     def start(self, metadata: dict[str, str], words: bool, state: RunState | None) -> None:
         """Open the output: a new run, or the one `state` describes."""
+        from scorecli.outputs import JsonlOutput
+        from scorecli.runs import RunWriter
+
         if self.out == STDIN:
             self.writer = JsonlOutput(sys.stdout, self.rows)
         else:
@@ -340,6 +362,9 @@ class _Run:
 
     def score(self, scorer: Scorer, records: Iterable[Record], docs_total: int | None, skip_bad: bool) -> None:
         """Score the records, saving each finished buffer; on Ctrl-C or SIGTERM say how to resume."""
+        from scorecli.bootstrap import add_sequence_batches, corpus_intervals
+        from scorecli.tables import sequence_table
+
         progress, advance = _progress_bar(self.console, docs_total, done=self.resumed_from)
         started, seconds = time.perf_counter(), self.summary.seconds
         on_chat_error = self._chat_reject if skip_bad else None
@@ -348,7 +373,7 @@ class _Run:
                 for docs in scorer.score_buffers(records, progress=advance, on_error=on_chat_error, done=self.done):
                     for doc in docs:
                         self.summary.add(doc)
-                    if isinstance(self.writer, JsonlOutput):
+                    if not self._to_folder:
                         add_sequence_batches(self.streamed, sequence_table(docs).to_batches())
                     self.records_seen = max(self.records_seen, docs[-1].doc + 1)
                     self.summary.seconds = seconds + time.perf_counter() - started
@@ -359,7 +384,7 @@ class _Run:
             self.written = self.writer.finish(self.records_seen, self.summary.as_dict(), errors_file=skip_bad)
         except KeyboardInterrupt as e:
             finished = getattr(e, "finished_docs", [])
-            if finished and isinstance(self.writer, RunWriter):
+            if finished and self._to_folder:
                 self.writer.save_in_flight(finished)
                 self.saved_docs += len(finished)
             self.writer.abort()
@@ -374,9 +399,17 @@ class _Run:
 
     def _doc_sums(self) -> DocSums:
         """Every scored document's sums for the bootstrap: from the saved parts, so a resumed run sees all."""
-        if isinstance(self.writer, RunWriter):
+        from scorecli.bootstrap import sequence_sums
+        from scorecli.runs import SEQUENCES_FILE
+
+        if self._to_folder:
             return sequence_sums(self.writer.part_files(SEQUENCES_FILE))
         return self.streamed
+
+    @property
+    def _to_folder(self) -> bool:
+        """Whether results go to a run folder (which keeps saved parts), rather than stdout."""
+        return self.writer is not None and self.out != STDIN
 
     def _chat_reject(self, record: Record, reason: str) -> None:
         """Note a conversation the chat template refused."""
@@ -385,13 +418,13 @@ class _Run:
 
     def _saved_note(self) -> str:
         """Where the documents finished before a failure are, if anywhere."""
-        if not isinstance(self.writer, RunWriter) or self.saved_docs == 0:
+        if not self._to_folder or self.saved_docs == 0:
             return ""
         return f" ({self.saved_docs:,} documents scored before it are saved in {self.out}; see --resume)"
 
     def _stopped(self, how: str) -> str:
         """The message for a run stopped by a signal: what is saved and the command that resumes it."""
-        if not isinstance(self.writer, RunWriter):
+        if not self._to_folder:
             return how
         if self.saved_docs == 0:
             return f"{how} before the first documents were saved; nothing to resume"
@@ -424,13 +457,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _fields(text: str, id_: str, prompt: str | None, response: str | None, messages: str | None) -> Fields:
+def _fields(text: str | None, id_: str, prompt: str | None, response: str | None, messages: str | None) -> Fields:
     """The record fields to read, checking that the options name one consistent way to find the text."""
+    if text is not None and (messages is not None or prompt is not None):
+        other = "--messages-field" if messages is not None else "--prompt-field/--response-field"
+        raise UsageError(f"--text-field cannot be combined with {other}, which say where the text is")
     if (prompt is None) != (response is None):
         raise UsageError("--prompt-field and --response-field go together: give both or neither")
     if messages is not None and prompt is not None:
         raise UsageError("--messages-field cannot be combined with --prompt-field/--response-field")
-    return Fields(text=text, id=id_, prompt=prompt, response=response, messages=messages)
+    return Fields(text=text or "text", id=id_, prompt=prompt, response=response, messages=messages)
 
 
 def _check_run_options(source: str, out: str, resume: bool, overwrite: bool, words: bool, rows: Rows | None) -> None:
@@ -512,7 +548,7 @@ def _reported_errors(flags: dict[str, str] = FLAGS) -> Iterator[None]:
     try:
         yield
     except ScorecliError as e:
-        typer.echo(f"scorecli: error: {e.for_cli(flags)}", err=True)
+        typer.echo(f"scorecli: error: {one_line(e.for_cli(flags))}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("scorecli: interrupted", err=True)

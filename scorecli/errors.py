@@ -53,6 +53,22 @@ class OutputError(ScorecliError):
     exit_code = 5
 
 
+def shown(name: object) -> str:
+    """A file name as messages show it: as it is where plain, quoted with escapes where it holds anything odd."""
+    text = str(name)
+    if text and text.isprintable() and text == text.strip() and not text.startswith(("'", '"')):
+        return text
+    # repr escapes newlines, control characters and unprintable ones but keeps readable non-ASCII letters.
+    return repr(text)
+
+
+def one_line(message: str) -> str:
+    """A message made safe to print as one line: any line break or control character escaped."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message, for one-line errors."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]

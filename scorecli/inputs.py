@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
+import math
 import os
 import stat
 import sys
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from scorecli.errors import InputError, UsageError, first_line
+from scorecli.errors import InputError, UsageError, first_line, shown
 
 STDIN = "-"
 PARQUET_SUFFIXES = {".parquet", ".pq"}
@@ -102,14 +104,14 @@ def read_records(
         raise UsageError(f"must be at least 1, not {limit}", arg="limit")
     fields = fields or Fields(text_field, id_field)
     rows = _parquet_rows(source, fields) if is_parquet(source) else _jsonl_rows(source)
-    name = display_name(source)
+    name, shown_name = display_name(source), shown(display_name(source))
     unit = "row" if is_parquet(source) else "line"
     doc = 0
     for number, row, raw in rows:
         if doc == limit:
             break
         if doc >= skip:
-            where = f"{name}: {unit} {number}"
+            where = f"{shown_name}: {unit} {number}"
             try:
                 if isinstance(row, str):
                     raise InputError(f"{where}: {row}")
@@ -120,7 +122,7 @@ def read_records(
                 on_error(Rejected(doc, name, number, str(e).removeprefix(f"{where}: "), _raw_text(row, raw)))
         doc += 1
     if doc == 0:
-        raise InputError(f"{name}: no records to score (the input is empty)")
+        raise InputError(f"{shown_name}: no records to score (the input is empty)")
 
 
 def _raw_text(row: dict | str, raw: bytes | None) -> str:
@@ -164,17 +166,34 @@ def _open_binary(source: str | Path) -> BinaryIO:
     """Open a JSONL input for binary reading, with a clear error when that fails."""
     if str(source) == STDIN:
         return sys.stdin.buffer
+    path = _check_file(source)
+    try:
+        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except OSError as e:
+        raise _file_error(path, e) from None
+
+
+def _check_file(source: str | Path) -> Path:
+    """The input's path, or InputError saying why it is no file to read (missing, a folder, a link loop…)."""
     path = Path(source)
     try:
-        if path.is_dir():
-            raise InputError(f"{path}: is a directory, not an input file")
-        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            raise InputError(f"{shown(path)}: is a directory, not an input file")
     except OSError as e:
-        raise InputError(f"{path}: cannot be read ({e.strerror or e})") from None
+        raise _file_error(path, e) from None
+    return path
+
+
+def _file_error(path: Path, e: OSError) -> InputError:
+    """An input file that cannot be opened, in plain words."""
+    if e.errno == errno.ELOOP:
+        return InputError(f"{shown(path)}: is a symbolic link loop, not a file")
+    if e.errno == errno.ENOENT:
+        broken = " (a symbolic link to a missing file)" if os.path.islink(path) else ""
+        return InputError(f"{shown(path)}: no such file{broken}")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return InputError(f"{shown(path)}: permission denied")
+    return InputError(f"{shown(path)}: cannot be read ({e.strerror or e})")
 
 
 def _jsonl_rows(source: str | Path) -> Iterator[tuple[int, dict | str, bytes]]:
@@ -199,7 +218,9 @@ def _decode(raw: bytes) -> dict | str:
     except UnicodeDecodeError as e:
         return f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte offset {e.start})"
     try:
-        row = json.loads(line.rstrip("\r\n"))
+        row = json.loads(line.rstrip("\r\n"), parse_constant=_reject_constant)
+    except _NonFiniteLiteral as e:
+        return f"not valid JSON ({e} is not a JSON value: non-finite numbers have no JSON form)"
     except json.JSONDecodeError as e:
         return f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
     except RecursionError:
@@ -207,12 +228,21 @@ def _decode(raw: bytes) -> dict | str:
     return row if isinstance(row, dict) else f"expected a JSON object, got {_json_type(row)}"
 
 
+class _NonFiniteLiteral(ValueError):
+    """A `NaN`, `Infinity` or `-Infinity` literal, which Python's json accepts and JSON does not."""
+
+
+def _reject_constant(literal: str) -> float:
+    """Refuse the non-standard literals Python's json module would otherwise turn into floats."""
+    raise _NonFiniteLiteral(literal)
+
+
 def _lines(f: BinaryIO, name: str) -> Iterator[bytes]:
     """Iterate the lines of a binary stream, turning read failures (bad gzip, I/O) into InputError."""
     try:
         yield from f
     except (OSError, EOFError, zlib.error) as e:
-        raise InputError(f"{name}: cannot be read ({e})") from None
+        raise InputError(f"{shown(name)}: cannot be read ({e})") from None
 
 
 def _parquet_rows(source: str | Path, fields: Fields) -> Iterator[tuple[int, dict, None]]:
@@ -220,20 +250,18 @@ def _parquet_rows(source: str | Path, fields: Fields) -> Iterator[tuple[int, dic
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(source)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
+    path = _check_file(source)
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        raise InputError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
+        raise InputError(f"{shown(path)}: not a readable Parquet file ({first_line(e)})") from None
     schema = pf.schema_arrow
     for name in fields.required:
         if name not in schema.names:
-            raise InputError(f"{path}: no column '{name}' (columns: {', '.join(schema.names)})")
+            raise InputError(f"{shown(path)}: no column '{name}' (columns: {', '.join(schema.names)})")
         column_type = schema.field(name).type
-        if name != fields.messages and not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
-            raise InputError(f"{path}: column '{name}' has type {column_type}, expected string")
+        if name != fields.messages and not _is_text_type(column_type):
+            raise InputError(f"{shown(path)}: column '{name}' has type {column_type}, expected string")
     columns = list(dict.fromkeys(fields.required + ([fields.id] if fields.id in schema.names else [])))
     number = 0
     try:
@@ -243,7 +271,16 @@ def _parquet_rows(source: str | Path, fields: Fields) -> Iterator[tuple[int, dic
                 number += 1
                 yield number, {c: values[c][i] for c in columns}, None
     except (pa.ArrowException, OSError) as e:
-        raise InputError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
+        raise InputError(f"{shown(path)}: not a readable Parquet file ({first_line(e)})") from None
+
+
+def _is_text_type(column_type: object) -> bool:
+    """Whether a Parquet column holds strings: plain, large, or dictionary-encoded (pandas Categorical)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column_type):
+        column_type = column_type.value_type
+    return pa.types.is_string(column_type) or pa.types.is_large_string(column_type)
 
 
 def _text(row: dict, field: str, where: str) -> str:
@@ -283,11 +320,11 @@ def _id(row: dict, field: str | None, where: str) -> str | None:
     if not field or row.get(field) is None:
         return None
     value = row[field]
-    if isinstance(value, bool):
-        return "true" if value else "false"
     if isinstance(value, str):
         return _checked_unicode(value, field, where)
-    if isinstance(value, (int, float)):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{where}: field '{field}' must be a string or a finite number, got {value}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return json.dumps(value)
     raise InputError(f"{where}: field '{field}' must be a string or a number, got {_json_type(value)}")
 

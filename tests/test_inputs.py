@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scorecli.errors import InputError
-from scorecli.inputs import Record, count_records, read_records
+from scorecli.inputs import Fields, Record, count_records, read_records
 
 
 def _write(tmp_path, content: bytes, name="in.jsonl"):
@@ -57,6 +57,11 @@ def test_reads_the_parquet_sample():
         (b'{"text": "a", "id": {"x": 1}}\n', "in.jsonl: line 1: field 'id' must be a string or a number"),
         (b'{"text": "a\\ud800b"}\n', "in.jsonl: line 1: field 'text' is not valid Unicode (lone surrogate"),
         (b'{"text": "a", "id": "\\udfff"}\n', "in.jsonl: line 1: field 'id' is not valid Unicode"),
+        (b'{"text": "a", "x": NaN}\n', "in.jsonl: line 1: not valid JSON (NaN is not a JSON value"),
+        (b'{"text": "a"}\n{"text": "b", "x": Infinity}\n', "in.jsonl: line 2: not valid JSON (Infinity is not"),
+        (b'{"text": "a", "x": [-Infinity]}\n', "in.jsonl: line 1: not valid JSON (-Infinity is not a JSON value"),
+        (b'{"text": "a", "id": true}\n', "in.jsonl: line 1: field 'id' must be a string or a number, got a boolean"),
+        (b'{"text": "a", "id": false}\n', "in.jsonl: line 1: field 'id' must be a string or a number, got a boolean"),
         (b"", "in.jsonl: no records to score"),
         (b"\n  \n", "in.jsonl: no records to score"),
     ],
@@ -159,3 +164,53 @@ def test_messages_are_validated(tmp_path):
         "field 'm': message 1 needs a string 'content', got missing",
         "field 'm' must be a non-empty array of messages, got a string",
     ]
+
+
+def test_parquet_dictionary_and_large_string_columns_are_read_as_strings(tmp_path):
+    import pandas as pd
+
+    texts, ids = ["one text", "another", "one text"], ["a", "b", "c"]
+    expected = [Record(i, t, d) for i, (t, d) in enumerate(zip(texts, ids))]
+    categorical = tmp_path / "cat.parquet"
+    pd.DataFrame({"text": pd.Categorical(texts), "id": pd.Categorical(ids)}).to_parquet(categorical)
+    assert pa.types.is_dictionary(pq.read_schema(categorical).field("text").type)
+    large = tmp_path / "large.parquet"
+    pq.write_table(pa.table({c: pa.array(v, pa.large_string()) for c, v in (("text", texts), ("id", ids))}), large)
+    pairs = tmp_path / "pairs.parquet"
+    prompts = pa.array(["Q1 ", "Q2 ", "Q1 "]).dictionary_encode()
+    pq.write_table(pa.table({"p": prompts, "r": pa.array(texts, pa.large_string())}), pairs)
+    for path in (categorical, large):
+        assert list(read_records(path)) == expected
+    [first, *_] = read_records(pairs, fields=Fields(prompt="p", response="r"))
+    assert first.text == "Q1 one text" and first.spans == ((3, 11),)
+    # A dictionary of something else than strings is still not a text column.
+    ints = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"text": pa.array([1, 2, 1]).dictionary_encode()}), ints)
+    assert "expected string" in _error(ints)
+
+
+def test_parquet_boolean_and_non_finite_ids_are_rejected(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": ["x"], "id": [True]}), path)
+    assert _error(path) == f"{path}: row 1: field 'id' must be a string or a number, got a boolean"
+    pq.write_table(pa.table({"text": ["x", "y"], "id": [1.5, float("nan")]}), path)
+    assert _error(path) == f"{path}: row 2: field 'id' must be a string or a finite number, got nan"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_symbolic_link_loops_and_broken_links_say_what_they_are(tmp_path, suffix):
+    loop = tmp_path / f"loop{suffix}"
+    loop.symlink_to(loop)
+    assert _error(loop) == f"{loop}: is a symbolic link loop, not a file"
+    broken = tmp_path / f"broken{suffix}"
+    broken.symlink_to(tmp_path / f"gone{suffix}")
+    assert _error(broken) == f"{broken}: no such file (a symbolic link to a missing file)"
+
+
+def test_odd_file_names_are_quoted_in_messages(tmp_path):
+    odd = _write(tmp_path, b'{"text": 1}\n', "two\nlines.jsonl")
+    assert _error(odd) == f"{str(odd)!r}: line 1: field 'text' must be a string, got a number"
+    plain = _write(tmp_path, b'{"text": 1}\n', "données ok.jsonl")
+    assert _error(plain) == f"{plain}: line 1: field 'text' must be a string, got a number"
+    tab = tmp_path / "tab\there.parquet"
+    assert _error(tab) == f"{str(tab)!r}: no such file"
