@@ -1,6 +1,7 @@
-"""Peak memory of `scorecli score` as the corpus grows: it must stay flat, each run in a fresh process.
+"""Peak memory of `scorecli score` as the corpus grows (it must stay flat), and on one huge line (it must stay
+bounded), each run in a fresh process.
 
-    python benchmarks/bench_memory.py [--sizes 10000,100000] [--keep]
+    python benchmarks/bench_memory.py [--sizes 10000,100000] [--long-line-mb 50] [--keep]
 
 Generates, in a temporary folder and deterministically (seeded, from made-up syllables, no download),
 a JSONL corpus of short texts (5-40 words, fields `id` and `text`) for each size, and a tiny random GPT-2
@@ -9,6 +10,16 @@ a JSONL corpus of short texts (5-40 words, fields `id` and `text`) for each size
 Wall time is the whole process (start-up, model load, scoring, writing); peak RSS is the process's own.
 The tiny model makes scoring cheap, so what grows with the corpus (buffers, writers, summaries) shows.
 Exits non-zero when the peak RSS of the largest corpus exceeds that of the smallest by more than 1.25x.
+
+With `--long-line-mb N` (0 to skip), it also writes a JSONL file of one record whose text is a single line
+of N MB (the same made-up prose, no line break), and measures two things in fresh processes:
+- `scorecli score LINE --truncate --max-length 64` from start to end (whole CLI run); limit 1 GB;
+- scoring it in windows (no --truncate): scoring all of its millions of tokens would take hours on a CPU,
+  so this measures, through the library as the CLI calls it, reading the record, tokenising the whole
+  text (in pieces), cutting all its windows, packing their batches and scoring the first
+  FIRST_BATCHES batches, then stops; limit 1.5 GB. It is not the peak of a complete run: a document's
+  rows are assembled whole once all its windows are scored, which for a 50 MB text is itself several
+  hundred MB more.
 """
 
 from __future__ import annotations
@@ -26,6 +37,9 @@ from pathlib import Path
 from bench_score import timed  # the sibling script: run as benchmarks/bench_memory.py
 
 RSS_RATIO_LIMIT = 1.25
+LONG_LINE_TRUNCATE_LIMIT_MB = 1024
+LONG_LINE_WINDOWS_LIMIT_MB = 1536
+FIRST_BATCHES = 8
 SEED = 0
 # Made-up syllables: words that no real tokenizer or model knows, and that need no download.
 SYLLABLES = [
@@ -84,6 +98,70 @@ def build_model(folder: Path, training_texts: int = 2000) -> Path:
     return folder
 
 
+def write_long_line(path: Path, megabytes: int) -> int:
+    """Write one JSONL record whose text is a single line of about `megabytes` MB; return its characters."""
+    parts, size = [], 0
+    for text in make_texts(10**9, seed=SEED + 2):
+        parts.append(text)
+        size += len(text) + 1
+        if size >= megabytes * 1_000_000:
+            break
+    text = " ".join(parts)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "line", "text": text}) + "\n")
+    return len(text)
+
+
+class _Enough(Exception):
+    """Raised from the progress callback to stop scoring after the first batches."""
+
+
+def first_batches(corpus: str, model: str, batches: int) -> None:
+    """Read, tokenise and cut into windows the corpus's first buffer, score `batches` batches, and stop."""
+    import time
+
+    from scorecli import Scorer, load_model, read_records
+
+    loaded = load_model(model, device="cpu", dtype="float32")
+    scorer = Scorer(loaded.model, loaded.tokenizer)
+    reports = []
+    started = time.perf_counter()
+
+    def progress(state: object) -> None:
+        # The first report comes once the buffer is tokenised and cut; one more after each batch.
+        reports.append((time.perf_counter() - started, state.tokens_planned, state.tokens_done))
+        if len(reports) > batches:
+            raise _Enough
+
+    try:
+        for _ in scorer.score_buffers(read_records(corpus), progress=progress):
+            break
+    except _Enough:
+        pass
+    encoded_s, planned, _ = reports[0]
+    print(
+        f"  tokenised and cut {planned:,} tokens into windows of {scorer.max_length} in {encoded_s:.1f} s; "
+        f"scored {reports[-1][2]:,} tokens in {len(reports) - 1} batches",
+        file=sys.stderr,
+    )
+
+
+def long_line(tmp: Path, model: Path, scorecli: str, megabytes: int) -> list[tuple[str, float, float, float]]:
+    """Measure a single huge line, truncated (a whole CLI run) and in windows (the first batches)."""
+    line = tmp / "line.jsonl"
+    chars = write_long_line(line, megabytes)
+    print(f"one line of {chars:,} characters", file=sys.stderr)
+    rows = []
+    cmd = [scorecli, "score", str(line), "--model", str(model), "--out", str(tmp / "line-scores"), "-q"]
+    wall, rss = timed([*cmd, "--overwrite", "--truncate", "--max-length", "64"])
+    rows.append(("whole run, --truncate --max-length 64", wall, rss, LONG_LINE_TRUNCATE_LIMIT_MB))
+    print(f"  --truncate: {wall:.1f} s, {rss:.0f} MB", file=sys.stderr)
+    wall, rss = timed([sys.executable, __file__, "--first-batches", str(line), str(model), str(FIRST_BATCHES)])
+    rows.append((f"windows: read, tokenise, cut, first {FIRST_BATCHES} batches", wall, rss, LONG_LINE_WINDOWS_LIMIT_MB))
+    print(f"  windows: {wall:.1f} s, {rss:.0f} MB", file=sys.stderr)
+    return rows
+
+
 def scored_tokens(out_dir: Path, n_texts: int) -> int:
     """Check that sequences.parquet has a row per text; return the sum of its n_tokens."""
     import pyarrow.compute as pc
@@ -99,8 +177,13 @@ def main() -> None:
     """Generate the corpora and the model, score each corpus in a fresh process and print a table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated corpus sizes, in texts")
+    parser.add_argument("--long-line-mb", type=int, default=50, help="size of the single-line test, 0 to skip")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print its path")
+    parser.add_argument("--first-batches", nargs=3, metavar=("CORPUS", "MODEL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.first_batches:
+        first_batches(args.first_batches[0], args.first_batches[1], int(args.first_batches[2]))
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     # The scorecli of this interpreter's environment, not whichever one is first on PATH.
     scorecli = str(Path(sys.executable).parent / "scorecli")
@@ -119,6 +202,7 @@ def main() -> None:
             tokens = scored_tokens(out_dir, n)
             print(f"  {n:,} texts: {wall:.1f} s, {rss:.0f} MB", file=sys.stderr)
             rows.append((n, tokens, wall, rss))
+        line_rows = long_line(tmp, model, scorecli, args.long_line_mb) if args.long_line_mb else []
     finally:
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)
@@ -133,7 +217,15 @@ def main() -> None:
     ratio = large_rss / small_rss
     verdict = "within" if ratio <= RSS_RATIO_LIMIT else "OVER"
     print(f"\npeak RSS ratio {large:,}/{small:,} texts: {ratio:.2f}x ({verdict} the {RSS_RATIO_LIMIT}x limit)")
-    if ratio > RSS_RATIO_LIMIT:
+    failed = ratio > RSS_RATIO_LIMIT
+    if line_rows:
+        print(f"\none line of {args.long_line_mb} MB:\n")
+        print("| what is measured | wall s | peak RSS MB | limit MB |")
+        print("|---|---:|---:|---:|")
+        for what, wall, rss, limit in line_rows:
+            print(f"| {what} | {wall:.1f} | {rss:.0f} | {limit} |")
+            failed |= rss > limit
+    if failed:
         sys.exit(1)
 
 

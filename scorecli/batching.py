@@ -11,6 +11,10 @@ import torch
 from scorecli.errors import ModelError, UsageError
 from scorecli.inputs import Spans
 
+# Texts longer than this many characters are tokenised in pieces of about this size (see Encoder._pieces),
+# so that tokenising a huge text never holds more than a piece's worth of the tokenizer's own structures.
+PIECE_CHARS = 1 << 16
+
 
 @dataclass
 class Encoded:
@@ -20,7 +24,7 @@ class Encoded:
     does); `targets` marks, for each position of `ids`, whether its token gets a log-probability.
     """
 
-    ids: list[int]
+    ids: np.ndarray
     offsets: np.ndarray
     n_prefix: int
     truncated: bool
@@ -130,9 +134,14 @@ class Encoder:
         max_length: int | None = None,
         truncate: bool = False,
         all_tokens: bool = False,
+        piece_chars: int = PIECE_CHARS,
     ) -> None:
-        """Prepare to encode with `tokenizer`; `max_length` bounds the fed sequence, BOS included."""
+        """Prepare to encode with `tokenizer`; `max_length` bounds the fed sequence, BOS included.
+
+        Texts longer than `piece_chars` characters are tokenised in pieces, to the very same tokens.
+        """
         self.tokenizer = tokenizer
+        self.piece_chars = piece_chars
         self.bos_id = bos_token_id(tokenizer) if bos else None
         self.max_length = max_length
         self.truncate = truncate
@@ -145,26 +154,74 @@ class Encoder:
 
         Plain texts are tokenised as plain text, rendered chats with their control tokens.
         """
+        tokens: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(texts)
+        short = [i for i, text in enumerate(texts) if len(text) <= self.piece_chars]
+        if short:
+            tokenised = self._tokenise([texts[i] for i in short], chat)
+            for i, ids, offsets in zip(short, tokenised["input_ids"], tokenised["offset_mapping"]):
+                tokens[i] = np.asarray(ids, dtype=np.int64), np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        # Truncation needs only the tokens that fit, and one more to tell that the text was cut.
+        need = self.max_length + 1 if self.truncate and self.max_length is not None else None
+        for i, text in enumerate(texts):
+            if tokens[i] is None:
+                tokens[i] = self._pieces(text, chat, need)
+        rows = zip(tokens, spans or [None] * len(texts))
+        return [self._sequence(ids, offsets, text_spans) for (ids, offsets), text_spans in rows]
+
+    def _tokenise(self, texts: list[str], chat: bool) -> dict:
+        """The tokenizer's ids and character offsets of each text, special tokens as the text kind wants."""
         # split_special_tokens: a plain text that contains "<s>" or "<|im_start|>" is scored as the characters
         # it holds, never as the special token (which would double the BOS or smuggle in control tokens). A
         # rendered chat is the opposite: its template's markers are the control tokens the model was tuned on.
-        enc = self.tokenizer(
-            list(texts),
+        return self.tokenizer(
+            texts,
             add_special_tokens=False,
             split_special_tokens=not chat,
             return_offsets_mapping=True,
             return_attention_mask=False,
         )
-        rows = zip(enc["input_ids"], enc["offset_mapping"], spans or [None] * len(texts))
-        return [self._sequence(list(ids), offsets, text_spans) for ids, offsets, text_spans in rows]
 
-    def _sequence(self, ids: list[int], offsets: list, spans: Spans | None) -> Encoded:
+    def _piece(self, text: str, start: int, size: int, chat: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and offsets (in `text`) of the tokens of text[start : start + size], tokenised on its own."""
+        tokenised = self._tokenise([text[start : start + size]], chat)
+        offsets = np.asarray(tokenised["offset_mapping"][0], dtype=np.int64).reshape(-1, 2) + start
+        return np.asarray(tokenised["input_ids"][0], dtype=np.int64), offsets
+
+    def _pieces(self, text: str, chat: bool, need: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens of a long text, the same as tokenising it whole, from pieces of about `piece_chars`.
+
+        Only tokens well inside a piece are kept, and only where the next piece, started at a token
+        boundary, tokenises the overlap between them the same way: so tokens kept never depend on where a
+        piece was cut. Where no boundary agrees, the piece grows (at worst to the rest of the text, which
+        is then tokenised whole). With `need`, stops once that many tokens are known.
+        """
+        kept_ids: list[np.ndarray] = []
+        kept_offsets: list[np.ndarray] = []
+        start, size, kept = 0, self.piece_chars, 0
+        piece = self._piece(text, start, size, chat)
+        while start + size < len(text):
+            if need is not None and kept >= need:
+                return np.concatenate(kept_ids), np.concatenate(kept_offsets)
+            cut = _boundary(piece[1], start + size // 2)
+            at = int(piece[1][cut - 1, 1]) if cut is not None else start
+            if at > start:
+                following = self._piece(text, at, size, chat)
+                if _same_tokens(piece, cut, following, start + size - size // 4):
+                    kept_ids.append(piece[0][:cut])
+                    kept_offsets.append(piece[1][:cut])
+                    kept += cut
+                    start, piece = at, following
+                    continue
+            size *= 2
+            piece = self._piece(text, start, size, chat)
+        return np.concatenate([*kept_ids, piece[0]]), np.concatenate([*kept_offsets, piece[1]])
+
+    def _sequence(self, ids: np.ndarray, offsets: np.ndarray, spans: Spans | None) -> Encoded:
         """One text's sequence: BOS prepended unless it already starts with it, truncated where asked."""
-        prefix = [] if self.bos_id is None or ids[:1] == [self.bos_id] else [self.bos_id]
+        prefix = [] if self.bos_id is None or (len(ids) and ids[0] == self.bos_id) else [self.bos_id]
         truncated = self.truncate and self.max_length is not None and len(prefix) + len(ids) > self.max_length
         if truncated:
             ids, offsets = ids[: self.max_length - len(prefix)], offsets[: self.max_length - len(prefix)]
-        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
         # The tokenizer's own offsets decide what is response: a token that holds any byte of a response
         # character counts, even where its partitioned span is empty.
         response = response_mask(offsets, spans)
@@ -172,7 +229,34 @@ class Encoder:
         targets = np.zeros(len(prefix) + len(ids), dtype=bool)
         targets[len(prefix) :] = True if self.all_tokens else response
         targets[:1] = False  # the first token of the sequence has no context to be predicted from
-        return Encoded(prefix + ids, offsets, len(prefix), truncated, response, targets)
+        return Encoded(
+            np.concatenate([np.asarray(prefix, np.int64), ids]), offsets, len(prefix), truncated, response, targets
+        )
+
+
+def _boundary(offsets: np.ndarray, after: int) -> int | None:
+    """The first token index k, starting at or after `after`, where no character is shared with token k-1."""
+    starts, ends = offsets[1:, 0], offsets[:-1, 1]
+    # A character split across byte-level tokens gives both tokens its span: a cut there would repeat it.
+    clean = np.flatnonzero((starts >= after) & (starts >= ends))
+    return int(clean[0]) + 1 if len(clean) else None
+
+
+def _same_tokens(piece: tuple[np.ndarray, np.ndarray], cut: int, following: tuple, until: int) -> bool:
+    """Whether `piece` from token `cut` and `following` agree on all tokens that end by `until`."""
+    ids, offsets = piece[0][cut:], piece[1][cut:]
+    n = _ending_by(offsets, until)
+    return (
+        n > 0
+        and n == _ending_by(following[1], until)
+        and (np.array_equal(ids[:n], following[0][:n]) and np.array_equal(offsets[:n], following[1][:n]))
+    )
+
+
+def _ending_by(offsets: np.ndarray, until: int) -> int:
+    """How many leading tokens end at or before `until`."""
+    late = np.flatnonzero(offsets[:, 1] > until)
+    return int(late[0]) if len(late) else len(offsets)
 
 
 class TokenTexts:

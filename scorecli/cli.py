@@ -249,7 +249,8 @@ def score(
             skip=state.records_done if state else 0,
             limit=limit,
         )
-        records = run.peek(records)  # reads and validates the first record before any model work
+        selected = _Selected(records, fields, role_names)
+        records = run.peek(iter(selected))  # reads and validates the first record before any model work
         interrupts.checkpoint("model")
         with console.status("loading model…") as status:
             loaded = load_model(
@@ -288,7 +289,13 @@ def score(
             check_resume(state, metadata)
         run.start(metadata, words, state)
         total = count_records(input)
-        run.score(scorer, records, min(total, limit) if total and limit else total, skip_bad=on_error is OnError.skip)
+        run.score(
+            scorer,
+            records,
+            min(total, limit) if total and limit else total,
+            skip_bad=on_error is OnError.skip,
+            nothing=selected.why_none,
+        )
         console.print(render(run.summary.as_dict(), metadata))
         for path in run.written:
             console.print(f"wrote {path}")
@@ -360,8 +367,18 @@ class _Run:
         for rejected in self._early_rejects:
             self.reject(rejected)
 
-    def score(self, scorer: Scorer, records: Iterable[Record], docs_total: int | None, skip_bad: bool) -> None:
-        """Score the records, saving each finished buffer; on Ctrl-C or SIGTERM say how to resume."""
+    def score(
+        self,
+        scorer: Scorer,
+        records: Iterable[Record],
+        docs_total: int | None,
+        skip_bad: bool,
+        nothing: Callable[[], UsageError | None] = lambda: None,
+    ) -> None:
+        """Score the records, saving each finished buffer; on Ctrl-C or SIGTERM say how to resume.
+
+        Where no token at all was scored, `nothing` says whether the options are to blame (a UsageError).
+        """
         from scorecli.bootstrap import add_sequence_batches, corpus_intervals
         from scorecli.tables import sequence_table
 
@@ -379,6 +396,11 @@ class _Run:
                     self.summary.seconds = seconds + time.perf_counter() - started
                     self.writer.save(docs, docs[-1].doc + 1, self.summary.state())
                     self.saved_docs = self.summary.n_docs
+            if self.summary.n_docs and not self.summary.n_tokens and (error := nothing()):
+                if self._to_folder:
+                    self.writer.discard()  # a run the options made empty is not worth resuming
+                self.saved_docs = 0
+                raise error
             self.summary.n_rejected = self.writer.rejected
             self.summary.intervals = corpus_intervals(self._doc_sums())
             self.written = self.writer.finish(self.records_seen, self.summary.as_dict(), errors_file=skip_bad)
@@ -433,6 +455,43 @@ class _Run:
             return f"{saved}; the input is not a regular file, so the run cannot be resumed"
         args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
         return f"{saved}; resume with:\n  {shlex.join(['scorecli', *args, '--resume'])}"
+
+
+class _Selected:
+    """The records as read, noting what the options select in them, to explain a run that scores nothing."""
+
+    def __init__(self, records: Iterator[Record], fields: Fields, roles: list[str]) -> None:
+        """Watch `records`, read with `fields`, for turns of `roles` and non-empty responses."""
+        self.records, self.fields, self.roles = records, fields, set(roles)
+        self.roles_seen: set[str] = set()
+        self.selected = False
+
+    def __iter__(self) -> Iterator[Record]:
+        """The records, unchanged."""
+        for record in self.records:
+            if record.messages is not None:
+                self.roles_seen.update(role for role, _ in record.messages)
+                self.selected |= any(role in self.roles and content for role, content in record.messages)
+            elif record.spans is not None:
+                self.selected |= any(end > start for start, end in record.spans)
+            yield record
+
+    def why_none(self) -> UsageError | None:
+        """Where the options, not the data, left nothing to score: why, as a usage error."""
+        if self.selected:
+            return None
+        if self.fields.messages:
+            roles = ", ".join(sorted(self.roles))
+            seen = ", ".join(sorted(self.roles_seen)) or "none"
+            return UsageError(
+                f"--roles {roles}: no conversation has a turn with these roles, so nothing was scored "
+                f"(roles in the data: {seen})"
+            )
+        if self.fields.prompt:
+            return UsageError(
+                f"--response-field {self.fields.response}: the response is empty in every record, so nothing was scored"
+            )
+        return None
 
 
 class _Terminated(KeyboardInterrupt):

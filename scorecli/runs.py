@@ -210,6 +210,10 @@ class RunWriter:
         """The saved part files of one kind (`SEQUENCES_FILE`…), in order."""
         return [self._part_file(kind, name) for name in self._part_names()]
 
+    def discard(self) -> None:
+        """Remove everything the run saved: for a run that turned out to be pointless, not interrupted."""
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+
     def _part_names(self) -> list[str]:
         """The saved parts' names, in order."""
         return [p.stem for p in _manifests(self.parts_dir)]

@@ -119,7 +119,7 @@ def test_bos_is_scored_context_and_never_doubled(llama_dir):
     assert loaded.tokenizer("hello")["input_ids"][0] == loaded.tokenizer.bos_token_id  # the tokenizer adds one itself
     scorer = Scorer(loaded.model, loaded.tokenizer)
     [enc] = scorer.encoder.encode(["hello world"])
-    assert enc.ids.count(loaded.tokenizer.bos_token_id) == 1 and enc.ids[0] == loaded.tokenizer.bos_token_id
+    assert list(enc.ids).count(loaded.tokenizer.bos_token_id) == 1 and enc.ids[0] == loaded.tokenizer.bos_token_id
     [score] = scorer.score_texts(["hello world"])
     assert score.positions[0] == 0 and score.token_ids[0] != loaded.tokenizer.bos_token_id
     assert score.n_tokens == len(enc.ids) - 1

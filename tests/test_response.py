@@ -147,3 +147,52 @@ def test_a_reply_found_in_the_template_text_is_still_the_reply(smollm):
     # "a" appears in "<|im_start|>assistant" before the reply: a search for the content would land there
     text, [(start, end)] = render_chat(smollm.tokenizer, (("user", "Hi"), ("assistant", "a")))
     assert text[start:end] == "a" and text[start - len("assistant\n") : start] == "assistant\n"
+
+
+TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+
+
+def _with_chat_template(folder, target):
+    """A copy of a tiny model folder whose tokenizer has a simple chat template."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(folder, target)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    tokenizer.chat_template = TEMPLATE
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def test_roles_that_no_turn_has_are_a_usage_error(gpt2_dir, tmp_path):
+    model = _with_chat_template(gpt2_dir, tmp_path / "model")
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": CHAT}) + "\n" for _ in range(3)))
+    base = ["score", str(data), "-m", str(model), "--messages-field", "messages", "-q"]
+    result = CliRunner().invoke(app, [*base, "--roles", "user", "-o", str(tmp_path / "ok")])
+    assert result.exit_code == 0, result.output
+    assert pd.read_parquet(tmp_path / "ok" / "sequences.parquet")["n_tokens"].min() > 0
+    result = CliRunner().invoke(app, [*base, "--roles", "wizard,bard", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    roles = ", ".join(sorted({m["role"] for m in CHAT}))
+    assert result.stderr == (
+        "scorecli: error: --roles bard, wizard: no conversation has a turn with these roles, so nothing was "
+        f"scored (roles in the data: {roles})\n"
+    )
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_responses_empty_in_every_record_are_a_usage_error(gpt2_dir, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    base = ["score", str(data), "-m", str(gpt2_dir), "--prompt-field", "q", "--response-field", "a", "-q"]
+    data.write_text("".join(json.dumps({"q": p, "a": ""}) + "\n" for p, _ in PAIRS))
+    result = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "--response-field a: the response is empty in every record" in result.stderr
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    # One non-empty response is enough: the empty ones are scored as documents without tokens.
+    data.write_text("".join(json.dumps({"q": p, "a": "" if i else " yes"}) + "\n" for i, (p, _) in enumerate(PAIRS)))
+    result = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "one")])
+    assert result.exit_code == 0, result.output
+    assert pd.read_parquet(tmp_path / "one" / "sequences.parquet")["n_tokens"].tolist()[1:] == [0] * 3
