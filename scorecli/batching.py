@@ -14,6 +14,9 @@ from scorecli.inputs import Spans
 # Texts longer than this many characters are tokenised in pieces of about this size (see Encoder._pieces),
 # so that tokenising a huge text never holds more than a piece's worth of the tokenizer's own structures.
 PIECE_CHARS = 1 << 16
+# Tokens are kept only where at least this much of the piece follows them (half a piece, if less): far more
+# than any special token or ordinary word, and the overlap check below catches the rest.
+LOOKAHEAD_CHARS = 4096
 
 
 @dataclass
@@ -159,7 +162,7 @@ class Encoder:
         if short:
             tokenised = self._tokenise([texts[i] for i in short], chat)
             for i, ids, offsets in zip(short, tokenised["input_ids"], tokenised["offset_mapping"]):
-                tokens[i] = np.asarray(ids, dtype=np.int64), np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+                tokens[i] = np.asarray(ids, dtype=np.int32), np.asarray(offsets, dtype=np.int32).reshape(-1, 2)
         # Truncation needs only the tokens that fit, and one more to tell that the text was cut.
         need = self.max_length + 1 if self.truncate and self.max_length is not None else None
         for i, text in enumerate(texts):
@@ -184,16 +187,17 @@ class Encoder:
     def _piece(self, text: str, start: int, size: int, chat: bool) -> tuple[np.ndarray, np.ndarray]:
         """Ids and offsets (in `text`) of the tokens of text[start : start + size], tokenised on its own."""
         tokenised = self._tokenise([text[start : start + size]], chat)
-        offsets = np.asarray(tokenised["offset_mapping"][0], dtype=np.int64).reshape(-1, 2) + start
-        return np.asarray(tokenised["input_ids"][0], dtype=np.int64), offsets
+        # int32 (ids and character offsets both fit): a huge text's tokens take half the memory of int64.
+        offsets = np.asarray(tokenised["offset_mapping"][0], dtype=np.int32).reshape(-1, 2) + start
+        return np.asarray(tokenised["input_ids"][0], dtype=np.int32), offsets
 
     def _pieces(self, text: str, chat: bool, need: int | None) -> tuple[np.ndarray, np.ndarray]:
         """The tokens of a long text, the same as tokenising it whole, from pieces of about `piece_chars`.
 
-        Only tokens well inside a piece are kept, and only where the next piece, started at a token
-        boundary, tokenises the overlap between them the same way: so tokens kept never depend on where a
-        piece was cut. Where no boundary agrees, the piece grows (at worst to the rest of the text, which
-        is then tokenised whole). With `need`, stops once that many tokens are known.
+        Only tokens followed by at least a lookahead's worth of the piece are kept, and only where the next
+        piece, begun at a token boundary there, tokenises the overlap between them the same way: so tokens
+        kept never depend on where a piece was cut. Where no boundary agrees, the piece grows (at worst to
+        the rest of the text, which is then tokenised whole). With `need`, stops once that many are known.
         """
         kept_ids: list[np.ndarray] = []
         kept_offsets: list[np.ndarray] = []
@@ -202,11 +206,12 @@ class Encoder:
         while start + size < len(text):
             if need is not None and kept >= need:
                 return np.concatenate(kept_ids), np.concatenate(kept_offsets)
-            cut = _boundary(piece[1], start + size // 2)
+            lookahead = min(size // 2, LOOKAHEAD_CHARS)
+            cut = _boundary(piece[1], start + size - lookahead)
             at = int(piece[1][cut - 1, 1]) if cut is not None else start
             if at > start:
                 following = self._piece(text, at, size, chat)
-                if _same_tokens(piece, cut, following, start + size - size // 4):
+                if _same_tokens(piece, cut, following, start + size - lookahead // 2):
                     kept_ids.append(piece[0][:cut])
                     kept_offsets.append(piece[1][:cut])
                     kept += cut
@@ -230,7 +235,7 @@ class Encoder:
         targets[len(prefix) :] = True if self.all_tokens else response
         targets[:1] = False  # the first token of the sequence has no context to be predicted from
         return Encoded(
-            np.concatenate([np.asarray(prefix, np.int64), ids]), offsets, len(prefix), truncated, response, targets
+            np.concatenate([np.asarray(prefix, ids.dtype), ids]), offsets, len(prefix), truncated, response, targets
         )
 
 

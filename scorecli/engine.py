@@ -347,11 +347,16 @@ class Scorer:
             is_response=is_response,
             n_bytes=_scored_bytes(record, enc),
             truncated=enc.truncated,
-            words=assign_words(word_spans(record.text, record.spans), counted),
+            words=assign_words(word_spans(record.text, record.spans, _reach(enc)), counted),
         )
 
 
 _EMPTY = np.zeros(0, np.float32)
+
+
+def _reach(enc: Encoded) -> int | None:
+    """Where a truncated text's tokens end (None where the text is whole)."""
+    return int(enc.offsets[-1, 1]) if enc.truncated and len(enc.offsets) else None
 
 
 def _scored_bytes(record: Record, enc: Encoded) -> int:

@@ -22,11 +22,22 @@ class Words:
         return len(self.starts)
 
 
-def word_spans(text: str, spans: tuple[tuple[int, int], ...] | None = None) -> np.ndarray:
-    """Character spans [n, 2] of the whitespace-separated words of `text` (within `spans` where given)."""
+def word_spans(text: str, spans: tuple[tuple[int, int], ...] | None = None, reach: int | None = None) -> np.ndarray:
+    """Character spans [n, 2] of the whitespace-separated words of `text` (within `spans` where given).
+
+    With `reach` (where the scored tokens end, in a truncated text), only the words up to the one that
+    holds or follows that position: no later word can get a token.
+    """
     regions = [(0, len(text))] if spans is None else spans
-    found = [(m.start(), m.end()) for start, end in regions for m in _WORD.finditer(text, start, end)]
-    return np.asarray(found, dtype=np.int64).reshape(-1, 2)
+    if reach is not None:
+        after = _WORD.search(text, reach)
+        limit = after.end() if after else len(text)
+        regions = [(start, min(end, limit)) for start, end in regions if start < limit]
+    # Straight into an array: a list of (start, end) tuples costs about 15 times as much for a huge text.
+    found = np.fromiter(
+        (i for start, end in regions for m in _WORD.finditer(text, start, end) for i in m.span()), dtype=np.int64
+    )
+    return found.reshape(-1, 2)
 
 
 def assign_words(spans: np.ndarray, token_offsets: np.ndarray) -> Words:

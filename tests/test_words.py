@@ -94,3 +94,18 @@ def test_whitespace_only_texts_have_no_words_and_do_not_skew_word_perplexity(gpt
     assert words["text"].tolist() == ["hello", "there"]
     summary = __import__("json").loads((tmp_path / "o" / "summary.json").read_text())["summary"]
     assert summary["word_perplexity"] == pytest.approx(seqs["word_perplexity"].iloc[0])
+
+
+def test_words_of_a_truncated_text_need_only_its_scored_part(tiny):
+    # A truncated text's word rows come from the words up to where its tokens reach, not from the whole text.
+
+    text = "  Some words, then   more\nwords and a last one that is never reached " * 20
+    enc = tiny.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64)
+    for k in range(1, 60):
+        whole = assign_words(word_spans(text), offsets[:k])
+        reach = assign_words(word_spans(text, reach=int(offsets[k - 1, 1])), offsets[:k])
+        for a, b in zip((whole.starts, whole.ends, whole.token_word), (reach.starts, reach.ends, reach.token_word)):
+            assert np.array_equal(a, b)
+    assert word_spans(text, reach=10).tolist() == [[2, 6], [7, 13]]  # "Some", and "words," that holds it
+    assert word_spans(text, reach=13).tolist() == [[2, 6], [7, 13], [14, 18]]  # a word ended: the next one
