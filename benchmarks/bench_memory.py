@@ -120,8 +120,11 @@ def first_batches(corpus: str, model: str, batches: int) -> None:
     """Read, tokenise and cut into windows the corpus's first buffer, score `batches` batches, and stop."""
     import time
 
+    from transformers.utils import logging as hf_logging
+
     from scorecli import Scorer, load_model, read_records
 
+    hf_logging.disable_progress_bar()  # its bar would clutter the table on stdout
     loaded = load_model(model, device="cpu", dtype="float32")
     scorer = Scorer(loaded.model, loaded.tokenizer)
     reports = []
