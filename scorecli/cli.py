@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -23,7 +23,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from scorecli import __version__, interrupts
-from scorecli.errors import ScorecliError, UsageError, one_line, shown
+from scorecli.errors import InputError, OutputError, ScorecliError, UsageError, one_line, shown
 from scorecli.inputs import STDIN, Fields, Record, Rejected, count_records, display_name, read_records
 from scorecli.summary import Summary, render
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from scorecli.engine import DocScore, ScoreProgress, Scorer
     from scorecli.models import LoadStep
     from scorecli.outputs import JsonlOutput
-    from scorecli.runs import RunState, RunWriter
+    from scorecli.runs import RunFolder, RunState, RunWriter
 
 
 class _OneLineErrors(TyperGroup):
@@ -139,8 +139,11 @@ Exit codes:
 
 @app.command(epilog=SCORE_EPILOG)
 def score(
-    input: str = typer.Argument(
-        ..., metavar="INPUT", help="A .jsonl (or .jsonl.gz) or .parquet file, or - for JSONL on stdin."
+    ctx: typer.Context,
+    input: Optional[str] = typer.Argument(
+        None,
+        metavar="INPUT",
+        help="A .jsonl (or .jsonl.gz) or .parquet file, or - for JSONL on stdin. Optional with --resume.",
     ),
     model: Optional[str] = typer.Option(
         None,
@@ -199,7 +202,9 @@ def score(
     on_error: OnError = typer.Option(
         OnError.stop, "--on-error", help="stop at the first bad record, or skip bad records into errors.jsonl."
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the interrupted run in --out, with its saved INPUT and options."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results in a non-empty output folder."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N records (a quick look)."),
     threads: Optional[int] = typer.Option(
@@ -221,27 +226,40 @@ def score(
 ) -> None:
     """Score every token of every text in INPUT and write per-token and per-sequence scores."""
     console = Console(stderr=True, quiet=quiet)
-    with _reported_errors():
+    options = {name: value for name, value in locals().items() if name in _SAVED_OPTIONS}
+    with _reported_errors(), ExitStack() as cleanup:
         with interrupts.deferred("imports"):
             from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (their native parts too)
 
-            from scorecli.batching import check_limits
             from scorecli.engine import Scorer
             from scorecli.models import load_model, resolve_device, resolve_dtype
-            from scorecli.runs import check_resume, prepare_out_dir
+            from scorecli.runs import check_resume
         # Options, input and output folder are all checked before the model is loaded, so mistakes fail fast.
-        check_limits(batch_tokens, max_length, stride, truncate)
-        _check_at_least_one(limit=limit, threads=threads)
-        fields = _fields(text_field, id_field, prompt_field, response_field, messages_field)
-        role_names = [r.strip() for r in roles.split(",") if r.strip()]
-        if not role_names:
-            raise UsageError(f"--roles must name at least one chat role, not {roles!r}")
+        fields, role_names = _checked_options(options)
+        if input is None and not resume:
+            raise UsageError("Missing argument 'INPUT'.")
+        if input is None and out is None:
+            raise UsageError("--resume without INPUT needs --out DIR, the folder of the run to resume")
         out = out or (STDIN if input == STDIN else _default_out(input))
         _check_run_options(input, out, resume, overwrite, words, rows)
-        state = None if out == STDIN else prepare_out_dir(Path(out), overwrite=overwrite, resume=resume)
+        run = _Run(input, out, console, (rows or Rows.sequences).value)
+        cleanup.callback(run.release)
+        state = run.claim(overwrite=overwrite, resume=resume)
+        if state is not None:
+            # Options not given are those the run was started with; those given must agree (check_resume).
+            options = _resumed_options(ctx, options, state.options)
+            (input, model, text_field, id_field, prompt_field, response_field, messages_field, roles) = (
+                options[k] for k in _SAVED_OPTIONS[:8]
+            )
+            (all_tokens, words, batch_tokens, max_length, stride, truncate, bos, device, dtype, on_error) = (
+                options[k] for k in _SAVED_OPTIONS[8:18]
+            )
+            (limit, threads, revision, trust_remote_code) = (options[k] for k in _SAVED_OPTIONS[18:])
+            fields, role_names = _checked_options(options)
+            _check_run_options(input, out, resume, overwrite, words, rows)
+            run.source = input
         resolve_dtype(dtype, resolve_device(device))
 
-        run = _Run(input, out, console, (rows or Rows.sequences).value)
         records = read_records(
             input,
             fields=fields,
@@ -286,8 +304,9 @@ def score(
             "scorecli_version": __version__,
         }
         if state is not None:
+            _check_resumed_input(state, metadata, input, model)
             check_resume(state, metadata)
-        run.start(metadata, words, state)
+        run.start(metadata, words, state, _saved_options(options, input, model))
         total = count_records(input)
         run.score(
             scorer,
@@ -319,6 +338,7 @@ class _Run:
     def __init__(self, source: str, out: str, console: Console, rows: str = "sequences") -> None:
         """Prepare a run of `source` into `out` (a folder, or - for stdout, where it writes `rows`)."""
         self.source, self.out, self.console, self.rows = source, out, console, rows
+        self.folder: RunFolder | None = None
         self.writer: RunWriter | JsonlOutput | None = None
         self.summary = Summary()
         from scorecli.bootstrap import CORPUS_COLUMNS, DocSums
@@ -326,10 +346,25 @@ class _Run:
         self.streamed = DocSums(len(CORPUS_COLUMNS))  # stdout output: the bootstrap's sums, gathered as scored
         self.records_seen = 0
         self.resumed_from = 0
-        self.saved_docs = 0
+        self.in_flight_saved = 0
         self.done: dict[int, DocScore] = {}
         self.written: list[Path] = []
         self._early_rejects: list[Rejected] = []
+
+    def claim(self, overwrite: bool, resume: bool) -> RunState | None:
+        """Lock the output folder for the whole run, before any model work; return the run to resume in it."""
+        if self.out == STDIN:
+            return None
+        from scorecli.runs import claim_out_dir
+
+        command = shlex.join(["scorecli", *sys.argv[1:]])
+        self.folder = claim_out_dir(Path(self.out), overwrite=overwrite, resume=resume, command=command)
+        return self.folder.state
+
+    def release(self) -> None:
+        """Unlock the output folder (removing it if this run created it and wrote nothing)."""
+        if self.folder is not None:
+            self.folder.release()
 
     def peek(self, records: Iterator[Record]) -> Iterator[Record]:
         """Read the first record now, so a bad input fails before the model loads."""
@@ -350,20 +385,20 @@ class _Run:
             where = f"{shown(rejected.source)}: line {rejected.line}"
             typer.echo(f"scorecli: skipped {where}: {one_line(rejected.reason)}", err=True)
 
-    def start(self, metadata: dict[str, str], words: bool, state: RunState | None) -> None:
-        """Open the output: a new run, or the one `state` describes."""
+    def start(self, metadata: dict[str, str], words: bool, state: RunState | None, options: dict) -> None:
+        """Open the output: a new run (saving its `options` for --resume), or the one `state` describes."""
         from scorecli.outputs import JsonlOutput
         from scorecli.runs import RunWriter
 
         if self.out == STDIN:
             self.writer = JsonlOutput(sys.stdout, self.rows)
         else:
-            self.writer = RunWriter(Path(self.out), metadata, words, state)
+            self.writer = RunWriter(self.folder, metadata, words, options)
             if state is not None:
                 self.done, self.resumed_from = state.in_flight, state.records_done
                 if state.summary is not None:
                     self.summary = Summary.from_state(state.summary)
-                    self.saved_docs = self.summary.n_docs
+                    self.summary.next_session()
         for rejected in self._early_rejects:
             self.reject(rejected)
 
@@ -384,36 +419,55 @@ class _Run:
 
         progress, advance = _progress_bar(self.console, docs_total, done=self.resumed_from)
         started, seconds = time.perf_counter(), self.summary.seconds
+
+        def clock() -> None:
+            """Count this session's seconds, and add them to those of the sessions before it."""
+            self.summary.session_seconds = time.perf_counter() - started
+            self.summary.seconds = seconds + self.summary.session_seconds
+
         on_chat_error = self._chat_reject if skip_bad else None
         try:
-            with progress, _sigterm_as_interrupt():
-                for docs in scorer.score_buffers(records, progress=advance, on_error=on_chat_error, done=self.done):
-                    for doc in docs:
-                        self.summary.add(doc)
-                    if not self._to_folder:
-                        add_sequence_batches(self.streamed, sequence_table(docs).to_batches())
-                    self.records_seen = max(self.records_seen, docs[-1].doc + 1)
-                    self.summary.seconds = seconds + time.perf_counter() - started
-                    self.writer.save(docs, docs[-1].doc + 1, self.summary.state())
-                    self.saved_docs = self.summary.n_docs
-            if self.summary.n_docs and not self.summary.n_tokens and (error := nothing()):
-                if self._to_folder:
-                    self.writer.discard()  # a run the options made empty is not worth resuming
-                self.saved_docs = 0
-                raise error
-            self.summary.n_rejected = self.writer.rejected
-            self.summary.intervals = corpus_intervals(self._doc_sums())
-            self.written = self.writer.finish(self.records_seen, self.summary.as_dict(), errors_file=skip_bad)
+            with _sigterm_as_interrupt():
+                with progress:
+                    for docs in scorer.score_buffers(records, progress=advance, on_error=on_chat_error, done=self.done):
+                        for doc in docs:
+                            self.summary.add(doc)
+                            if doc.doc not in self.done:  # documents an interrupted session finished are its tokens
+                                self.summary.session_tokens += doc.n_tokens
+                        if not self._to_folder:
+                            add_sequence_batches(self.streamed, sequence_table(docs).to_batches())
+                        self.records_seen = max(self.records_seen, docs[-1].doc + 1)
+                        clock()
+                        self.writer.save(docs, docs[-1].doc + 1, self.summary.state())
+                if self.summary.n_docs and not self.summary.n_tokens and (error := nothing()):
+                    if self._to_folder:
+                        self.writer.discard()  # a run the options made empty is not worth resuming
+                    raise error
+                self.summary.n_rejected = self.writer.rejected
+                self.summary.intervals = corpus_intervals(self._doc_sums())
+                self.written = self.writer.finish(self.records_seen, self.summary.as_dict(), errors_file=skip_bad)
         except KeyboardInterrupt as e:
+            code = EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
+            if getattr(self.writer, "finished", False):  # the finish holds signals until it is done
+                typer.echo(
+                    f"scorecli: interrupted as the run finished; its results are complete in {self.out}", err=True
+                )
+                raise typer.Exit(code) from None
             finished = getattr(e, "finished_docs", [])
-            if finished and self._to_folder:
-                self.writer.save_in_flight(finished)
-                self.saved_docs += len(finished)
+            if self._to_folder and (finished or self.writer.parts):
+                clock()  # the time up to the interrupt counts in the resumed run's wall time
+                self.writer.save_in_flight(finished, self.summary.state())
+                self.in_flight_saved = len(finished)
             self.writer.abort()
             typer.echo(f"scorecli: {self._stopped('interrupted')}", err=True)
-            raise typer.Exit(EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED) from None
+            raise typer.Exit(code) from None
         except ScorecliError as e:
             self.writer.abort()
+            if isinstance(e, InputError) and self._saved_docs() and os.path.isfile(self.source):
+                # A bad record: the same command with --on-error skip resumes past it.
+                command = self._resume_command("--on-error", "skip")
+                saved = f" ({self._saved_docs():,} documents before it are saved in {self.out}; resume with: {command})"
+                raise e.extended(saved) from None
             raise e.extended(self._saved_note()) from None
         except BaseException:
             self.writer.abort()
@@ -438,23 +492,32 @@ class _Run:
         raw = json.dumps([{"role": r, "content": c} for r, c in record.messages or ()], ensure_ascii=False)
         self.reject(Rejected(record.doc, display_name(self.source), record.line, reason, raw))
 
+    def _saved_docs(self) -> int:
+        """How many finished documents the output folder holds for a resumed run."""
+        if not self._to_folder or not self.writer.parts_dir.is_dir():
+            return 0
+        return self.writer.docs_saved + self.in_flight_saved
+
     def _saved_note(self) -> str:
         """Where the documents finished before a failure are, if anywhere."""
-        if not self._to_folder or self.saved_docs == 0:
+        if not self._saved_docs():
             return ""
-        return f" ({self.saved_docs:,} documents scored before it are saved in {self.out}; see --resume)"
+        return f" ({self._saved_docs():,} documents scored before it are saved in {self.out}; see --resume)"
 
     def _stopped(self, how: str) -> str:
         """The message for a run stopped by a signal: what is saved and the command that resumes it."""
         if not self._to_folder:
             return how
-        if self.saved_docs == 0:
+        if not self._saved_docs():
             return f"{how} before the first documents were saved; nothing to resume"
-        saved = f"{how} after {self.saved_docs:,} documents, saved in {self.out}"
+        saved = f"{how} after {self._saved_docs():,} documents, saved in {self.out}"
         if not os.path.isfile(self.source):
             return f"{saved}; the input is not a regular file, so the run cannot be resumed"
-        args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
-        return f"{saved}; resume with:\n  {shlex.join(['scorecli', *args, '--resume'])}"
+        return f"{saved}; resume with:\n  {self._resume_command()}"
+
+    def _resume_command(self, *extra: str) -> str:
+        """The command line that resumes this run (its input and options are saved in its folder)."""
+        return shlex.join(["scorecli", "score", "-o", self.out, "--resume", *extra])
 
 
 class _Selected:
@@ -514,6 +577,85 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# The options a run saves in its output folder, so that `score --resume -o DIR` needs no other.
+_SAVED_OPTIONS = (
+    "input",
+    "model",
+    "text_field",
+    "id_field",
+    "prompt_field",
+    "response_field",
+    "messages_field",
+    "roles",
+    "all_tokens",
+    "words",
+    "batch_tokens",
+    "max_length",
+    "stride",
+    "truncate",
+    "bos",
+    "device",
+    "dtype",
+    "on_error",
+    "limit",
+    "threads",
+    "revision",
+    "trust_remote_code",
+)
+
+
+def _checked_options(options: dict) -> tuple[Fields, list[str]]:
+    """Check the option values and combinations that need no model; return the fields and chat roles."""
+    from scorecli.batching import check_limits
+
+    check_limits(options["batch_tokens"], options["max_length"], options["stride"], options["truncate"])
+    _check_at_least_one(limit=options["limit"], threads=options["threads"])
+    fields = _fields(
+        *(options[k] for k in ("text_field", "id_field", "prompt_field", "response_field")), options["messages_field"]
+    )
+    role_names = [r.strip() for r in options["roles"].split(",") if r.strip()]
+    if not role_names:
+        raise UsageError(f"--roles must name at least one chat role, not {options['roles']!r}")
+    return fields, role_names
+
+
+def _resolved(path: str | None) -> str | None:
+    """A local path as an absolute one (a hub id or stdin as it is), to compare paths typed from anywhere."""
+    if path is None or path == STDIN or not os.path.exists(path):
+        return path
+    return str(Path(path).resolve())
+
+
+def _saved_options(options: dict, input: str, model: str | None) -> dict:
+    """The options to save in a run's folder, as JSON values, with local paths resolved."""
+    saved = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items()}
+    return {**saved, "input": _resolved(input), "model": _resolved(model)}
+
+
+def _resumed_options(ctx: typer.Context, given: dict, saved: dict) -> dict:
+    """The options of a resumed run: those given on the command line, else those the run was started with."""
+    options = {}
+    for name, value in given.items():
+        source = ctx.get_parameter_source(name)
+        explicit = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+        options[name] = value if explicit or name not in saved else saved[name]
+    options["on_error"] = OnError(options["on_error"])
+    return options
+
+
+def _check_resumed_input(state: RunState, metadata: dict[str, str], input: str, model: str | None) -> None:
+    """Compare the input and model paths of a resumed run as absolute paths, however they were typed.
+
+    Where they agree, the metadata names them as the first session did, so the rest of it must match exactly.
+    """
+    was = state.options.get("input")
+    if was is not None and was != _resolved(input):
+        raise OutputError(f": the run was started with input {was!r}, not {_resolved(input)!r}", arg="resume")
+    for key, now in (("input", input), ("model", model)):
+        if key in state.metadata and state.options.get(key, now) == _resolved(now):
+            metadata[key] = state.metadata[key]
 
 
 def _fields(text: str | None, id_: str, prompt: str | None, response: str | None, messages: str | None) -> Fields:

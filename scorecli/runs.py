@@ -1,10 +1,29 @@
-"""The run folder protocol: parts saved as a run goes, their manifests, resume, and the final join."""
+"""The run folder protocol: a lock, parts with chained manifests, verified resume, a committed finish.
+
+A run locks its folder, saves parts as it goes with manifests that chain, verifies them on resume, and
+makes the final files appear in one committed step:
+
+DIR/.scorecli.lock          held (flock) by the run that owns the folder; says who that is
+DIR/parts/run.json          the run's metadata and options
+DIR/parts/NNNNNN.json       the manifest of part NNNNNN: its predecessor, the records it covers, its files
+DIR/parts/KIND/NNNNNN.parquet   the part's rows (KIND: tokens, sequences, words)
+DIR/parts/final/            the final files while they are written; DIR/parts/finished.json commits them
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import shlex
 import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +33,7 @@ import pyarrow.parquet as pq
 
 from scorecli.errors import OutputError, first_line
 from scorecli.inputs import Rejected
-from scorecli.outputs import _PARTIAL, _atomic_write, _finite
+from scorecli.outputs import _finite
 from scorecli.scores import DocScore
 from scorecli.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA, WORD_SCHEMA, sequence_table, token_table, word_table
 from scorecli.words import Words
@@ -27,83 +46,366 @@ SUMMARY_FILE = "summary.json"
 PARTS_DIR = "parts"
 RUN_FILE = "run.json"
 IN_FLIGHT_FILE = "in-flight.json"
+LOCK_FILE = ".scorecli.lock"
+STAGED_DIR = "final"
+FINISHED_FILE = "finished.json"
 RESULT_FILES = (TOKENS_FILE, SEQUENCES_FILE, WORDS_FILE, ERRORS_FILE, SUMMARY_FILE)
 ROW_GROUP_ROWS = 1 << 16
+TEMP_SUFFIX = ".partial"
+# The stages of the finish, in order, where tests inject signals (see `stage`); "part-written" is another.
+FINISH_STAGES = ("finishing", "joining", "joined", "committed", "moving", "moved", "finished")
+SIGNAL_AT_ENV = "SCORECLI_TEST_SIGNAL_AT"
 _RAW_CHARS = 1000  # of a rejected record kept in errors.jsonl: enough to find it, not a copy of the corpus
+_HASH_BLOCK = 1 << 20
+_OVERWRITE = "pass `overwrite` to start the run again"
+
+
+def stage(name: str) -> None:
+    """Mark a named point of the protocol; SCORECLI_TEST_SIGNAL_AT=NAME[:SIGNAL] signals the process there, once."""
+    wanted, _, sig = os.environ.get(SIGNAL_AT_ENV, "").partition(":")
+    if wanted == name:
+        del os.environ[SIGNAL_AT_ENV]
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig or 'INT'}"))
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is done, then deliver them: the block is never cut short."""
+    caught: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    try:
+        previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread, where signals are not delivered anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
 
 
 @dataclass
 class RunState:
-    """What an output folder holds of an unfinished run: its settings and the parts already saved."""
+    """What an output folder holds of an unfinished run: its settings and the verified parts already saved."""
 
     metadata: dict[str, str]
+    options: dict = field(default_factory=dict)
     records_done: int = 0
     parts: int = 0
+    docs_saved: int = 0
     rejected: int = 0
     summary: dict | None = None
+    files: list[dict] = field(default_factory=list)
     in_flight: dict[int, DocScore] = field(default_factory=dict)
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool = False, resume: bool = False) -> RunState | None:
-    """Create the output folder for a new run, or read the state of the run to resume in it.
+class RunFolder:
+    """An output folder claimed by this process: locked against other runs until `release`."""
 
-    A folder that already holds files is refused for a new run unless `overwrite`, which removes the old
-    results and parts.
+    def __init__(self, out_dir: Path, lock_fd: int, created: list[Path], state: RunState | None) -> None:
+        """A claimed folder; `created` are the folders the claim made, `state` the unfinished run to resume."""
+        self.out_dir, self.state = out_dir, state
+        self._lock_fd: int | None = lock_fd
+        self._created = created
+
+    def release(self) -> None:
+        """Give the folder up; one this run created and left empty is removed."""
+        if self._lock_fd is None:
+            return
+        # Removed while still locked: a run waiting on this file's lock sees it is gone and takes a new one.
+        with contextlib.suppress(OSError):
+            (self.out_dir / LOCK_FILE).unlink()
+        os.close(self._lock_fd)
+        self._lock_fd = None
+        _remove_empty(self._created)
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def claim_out_dir(
+    out_dir: Path, overwrite: bool = False, resume: bool = False, command: str | None = None
+) -> RunFolder:
+    """Lock the output folder for this run (creating it), then check it holds what the run expects.
+
+    A new run needs an empty folder unless `overwrite`, which removes the old results and parts; a resumed
+    run needs an unfinished run, whose saved parts are verified. `command` is recorded in the lock, to say
+    which run holds the folder.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: exists and is not a folder", arg="out_dir")
-    if resume:
-        return _run_state(out_dir)
+    if resume and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: nothing to resume (there is no such folder)", arg="out_dir")
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
     try:
-        if out_dir.is_dir() and any(out_dir.iterdir()):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _remove_empty(created)
+        raise OutputError(f"{out_dir}: cannot create the folder ({e.strerror or e})", arg="out_dir") from None
+    try:
+        fd = _lock(out_dir, command)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    folder = RunFolder(out_dir, fd, created, None)
+    try:
+        folder.state = _run_state(out_dir) if resume else _prepare_new(out_dir, overwrite)
+    except BaseException:
+        folder.release()
+        raise
+    return folder
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a claim created, innermost first, where nothing was written into them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _lock(out_dir: Path, command: str | None) -> int:
+    """Take the folder's lock, or say which run holds it; return the lock file's descriptor."""
+    path = out_dir / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if not os.access(out_dir, os.W_OK):
+                raise OutputError(f"{out_dir}: the folder is not writable", arg="out_dir") from None
+            raise OutputError(f"{out_dir}: cannot lock the folder ({e.strerror or e})", arg="out_dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise OutputError(
+                f"{out_dir}: the folder is in use by another run ({holder}); wait for it to end, or stop it",
+                arg="out_dir",
+            ) from None
+        except OSError as e:
+            os.close(fd)
+            raise OutputError(f"{out_dir}: cannot lock the folder ({e.strerror or e})", arg="out_dir") from None
+        # The run that held the lock removes the file as it lets go: lock the file that is there now.
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "command": command or shlex.join(sys.argv),
+    }
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(info).encode())
+    return fd
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock, from what its holder wrote into the lock file."""
+    try:
+        info = json.loads(os.pread(fd, 1 << 16, 0).decode())
+        command = str(info["command"]).replace("\n", "\\n")
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}: {command}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a run that is just starting"
+
+
+def _prepare_new(out_dir: Path, overwrite: bool) -> None:
+    """Check that a new run may write into the locked folder, removing old results if `overwrite`."""
+    try:
+        if any(p.name != LOCK_FILE for p in out_dir.iterdir()):
             if not overwrite:
-                hint = " or `resume` to continue it" if (out_dir / PARTS_DIR / RUN_FILE).exists() else ""
+                _complete_finish(out_dir)  # a finish that was committed but cut short
+                unfinished = (out_dir / PARTS_DIR / RUN_FILE).exists()
+                hint = " or `resume` to continue it" if unfinished else ""
                 raise OutputError(
                     f"{out_dir}: the folder is not empty; pass `overwrite` to replace its results{hint}", arg="out_dir"
                 )
+            if (out_dir / PARTS_DIR).exists():
+                shutil.rmtree(out_dir / PARTS_DIR)
             for name in RESULT_FILES:
                 # An old result must not survive next to a new run that fails.
                 (out_dir / name).unlink(missing_ok=True)
-            if (out_dir / PARTS_DIR).exists():
-                shutil.rmtree(out_dir / PARTS_DIR)
-        out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"{out_dir}: cannot prepare the folder ({e.strerror or e})", arg="out_dir") from None
     if not os.access(out_dir, os.W_OK):
         raise OutputError(f"{out_dir}: the folder is not writable", arg="out_dir")
-    return None
 
 
 def _run_state(out_dir: Path) -> RunState:
-    """The state of the unfinished run in `out_dir`, from its run file and its saved parts."""
+    """The state of the unfinished run in `out_dir`, its saved parts verified against their manifests."""
     parts = out_dir / PARTS_DIR
-    run_file = parts / RUN_FILE
-    if not run_file.exists():
-        done = (out_dir / SEQUENCES_FILE).exists()
-        why = "its run is finished" if done else "there is no unfinished run in it"
-        raise OutputError(f"{out_dir}: nothing to resume ({why})", arg="out_dir")
     try:
-        state = RunState(json.loads(run_file.read_text(encoding="utf-8"))["metadata"])
-        for manifest in _manifests(parts):
-            part = json.loads(manifest.read_text(encoding="utf-8"))
-            state.parts += 1
-            state.records_done = part["records_done"]
-            state.rejected += len(part["rejected"])
-            state.summary = part["summary"]
+        _complete_finish(out_dir)  # a finish that was committed but cut short
+    except OSError as e:
+        raise OutputError(f"{out_dir}: cannot complete the finished run ({e.strerror or e})", arg="out_dir") from None
+    if (out_dir / SUMMARY_FILE).exists():
+        raise OutputError(f"{out_dir}: nothing to resume (its run is finished)", arg="out_dir")
+    if not (parts / RUN_FILE).exists():
+        raise OutputError(f"{out_dir}: nothing to resume (there is no unfinished run in it)", arg="out_dir")
+    try:
+        run = json.loads((parts / RUN_FILE).read_text(encoding="utf-8"))
+        state = RunState(dict(run["metadata"]), dict(run.get("options", {})))
+        kinds = list(run["kinds"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _damaged(out_dir, f"{PARTS_DIR}/{RUN_FILE} cannot be read ({first_line(e)})") from None
+    try:
+        _verify_parts(out_dir, state, kinds)
         in_flight = parts / IN_FLIGHT_FILE
         if in_flight.exists():
-            docs = (_doc_from_json(d) for d in json.loads(in_flight.read_text(encoding="utf-8")))
+            saved = json.loads(in_flight.read_text(encoding="utf-8"))
+            docs = (_doc_from_json(d) for d in saved["docs"])
             # Documents a part saved after them already hold are left out.
             state.in_flight = {d.doc: d for d in docs if d.doc >= state.records_done}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise OutputError(f"{out_dir}: the saved run cannot be read ({first_line(e)})", arg="out_dir") from None
+            state.summary = saved["summary"]  # newer than the last part's: it counts the time up to the interrupt
+    except OSError as e:
+        raise OutputError(f"{out_dir}: the saved run cannot be read ({e.strerror or e})", arg="out_dir") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise _damaged(out_dir, f"{PARTS_DIR}/{IN_FLIGHT_FILE} cannot be read ({first_line(e)})") from None
     return state
 
 
-def _manifests(parts_dir: Path) -> list[Path]:
-    """The manifests of a run's saved parts, in order (a part without one was cut short)."""
-    return sorted(parts_dir.glob("[0-9]*.json"))
+def _damaged(out_dir: Path, what: str) -> OutputError:
+    """The error for a saved run that does not hold what its manifests say."""
+    return OutputError(f"{out_dir}: the saved run is damaged: {what}; {_OVERWRITE}", arg="out_dir")
+
+
+def _verify_parts(out_dir: Path, state: RunState, kinds: list[str]) -> None:
+    """Verify the saved parts (manifests chained over contiguous records, files as described); count them.
+
+    What a cut-short save left is removed.
+    """
+    parts = out_dir / PARTS_DIR
+    numbered: dict[int, Path] = {}
+    for path in parts.glob("*.json"):
+        if path.name in (RUN_FILE, IN_FLIGHT_FILE, FINISHED_FILE):
+            continue
+        if not (len(path.stem) == 6 and path.stem.isdigit()):
+            raise _damaged(out_dir, f"{_rel(out_dir, path)} is not a manifest of this run")
+        numbered[int(path.stem)] = path
+    count = max(numbered) + 1 if numbered else 0
+    for number in range(count):
+        name = f"{number:06d}"
+        if number not in numbered:
+            raise _damaged(out_dir, f"part {name}: its manifest {PARTS_DIR}/{name}.json is missing")
+        path = numbered[number]
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            said, previous, (start, end) = manifest["part"], manifest["previous"], manifest["records"]
+            files, docs, rejected = manifest["files"], int(manifest["documents"]), len(manifest["rejected"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise _damaged(out_dir, f"part {name}: {_rel(out_dir, path)} cannot be read ({first_line(e)})") from None
+        if said != number or previous != (number - 1 if number else None):
+            raise _damaged(out_dir, f"part {name}: {_rel(out_dir, path)} is the manifest of another part ({said})")
+        if start != state.records_done or end < start:
+            before = f"part {number - 1:06d} ends at record {state.records_done}" if number else "the run starts at 0"
+            how = "records are missing" if start > state.records_done else "it overlaps what is before it"
+            raise _damaged(out_dir, f"part {name} covers records {start}–{end}, but {before}: {how}")
+        for kind in kinds:
+            part_file = parts / _kind_dir(kind) / f"{name}.parquet"
+            problem = _file_problem(part_file, files.get(_kind_dir(kind)) if isinstance(files, dict) else None)
+            if problem:
+                raise _damaged(out_dir, f"part {name}: {_rel(out_dir, part_file)} {problem}")
+        state.parts, state.records_done = number + 1, end
+        state.docs_saved += docs
+        state.rejected += rejected
+        state.summary = manifest["summary"]
+        state.files.append(files)
+    _remove_cut_short(out_dir, kinds, count)
+
+
+def _remove_cut_short(out_dir: Path, kinds: list[str], count: int) -> None:
+    """Remove what a save or finish cut short left: temporary files and the files of a part with no manifest.
+
+    Saves are one at a time and the manifest goes last, so only the part after the last manifest can be
+    cut short; files of a later part mean that manifests were lost.
+    """
+    parts = out_dir / PARTS_DIR
+    shutil.rmtree(parts / STAGED_DIR, ignore_errors=True)  # a finish cut short before it was committed
+    for temp in parts.glob(f".*{TEMP_SUFFIX}"):
+        temp.unlink(missing_ok=True)
+    for kind in kinds:
+        folder = parts / _kind_dir(kind)
+        for path in folder.iterdir() if folder.is_dir() else ():
+            number = int(path.stem) if len(path.stem) == 6 and path.stem.isdigit() else None
+            if path.name.startswith("."):
+                path.unlink(missing_ok=True)
+            elif number is None or number > count:
+                what = "is not a part of this run" if number is None else f"has no manifest ({number:06d}.json)"
+                raise _damaged(out_dir, f"{_rel(out_dir, path)} {what}")
+            elif number == count:
+                path.unlink(missing_ok=True)
+
+
+def _file_problem(path: Path, info: object) -> str | None:
+    """What is wrong with a part file, compared with what its manifest says of it, if anything."""
+    if not isinstance(info, dict) or not {"bytes", "sha256", "rows"} <= info.keys():
+        return "is not described by its manifest"
+    try:
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            return f"has {size:,} bytes, not the {info['bytes']:,} its manifest says (truncated or replaced)"
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(_HASH_BLOCK):
+                digest.update(block)
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if digest.hexdigest() != info["sha256"]:
+        return "does not match its manifest's checksum (it was changed or garbled)"
+    return None
+
+
+def _rel(out_dir: Path, path: Path) -> str:
+    """A path inside the output folder, as messages show it."""
+    return str(path.relative_to(out_dir))
+
+
+def _kind_dir(kind: str) -> str:
+    """The parts folder of a kind of file (tokens.parquet → tokens)."""
+    return kind.removesuffix(".parquet")
+
+
+def _complete_finish(out_dir: Path) -> list[Path]:
+    """Move a committed finish's final files into place and remove the parts; return the final files.
+
+    Idempotent, so that a finish cut short after it was committed is completed by the next run.
+    """
+    parts = out_dir / PARTS_DIR
+    marker = parts / FINISHED_FILE
+    if not marker.exists():
+        return []
+    try:
+        names = [str(name) for name in json.loads(marker.read_text(encoding="utf-8"))["files"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise _damaged(out_dir, f"{_rel(out_dir, marker)} cannot be read ({first_line(e)})") from None
+    for i, name in enumerate(names):
+        staged = parts / STAGED_DIR / name
+        if staged.exists():
+            os.replace(staged, out_dir / name)
+        if i == 0:
+            stage("moving")
+    stage("moved")
+    shutil.rmtree(parts)
+    stage("finished")
+    return [out_dir / name for name in names]
 
 
 def check_resume(state: RunState, metadata: dict[str, str]) -> None:
@@ -115,29 +417,36 @@ def check_resume(state: RunState, metadata: dict[str, str]) -> None:
 
 
 class RunWriter:
-    """Save a run as numbered parts as it goes, then join them into the final files in one step.
+    """Save a run as numbered parts as it goes, then join them into the final files in one committed step.
 
     Each part holds the documents of whole read-ahead buffers and the records rejected among them, with
-    a manifest saying how far into the input it reaches; a crash leaves every saved part readable and a
-    resumed run starts after the last one. The final files appear, complete, only when the run finishes.
+    a manifest that names the part before it, the records it covers and its files' rows, size and SHA-256;
+    a crash leaves every saved part readable and a resumed run starts after the last one. The final files
+    appear, complete, only when the run finishes, and nothing removes or rewrites them after that.
     """
 
-    def __init__(self, out_dir: Path, metadata: dict[str, str], words: bool, state: RunState | None = None) -> None:
-        """Start a run in a prepared folder, or continue the one `state` describes."""
-        self.out_dir = Path(out_dir)
+    def __init__(self, folder: RunFolder, metadata: dict[str, str], words: bool, options: dict | None = None) -> None:
+        """Start a run in a claimed folder, or continue the one it holds; `options` are saved for --resume."""
+        state = folder.state
+        self.out_dir = folder.out_dir
         self.parts_dir = self.out_dir / PARTS_DIR
         self.metadata = metadata
         self.words = words
         self.parts = state.parts if state else 0
         self.records_done = state.records_done if state else 0
+        self.docs_saved = state.docs_saved if state else 0
         self.rejected = state.rejected if state else 0
+        self.finished = False
+        self.written: list[Path] = []
+        self._files: list[dict] = list(state.files) if state else []
         self._pending_rejects: list[Rejected] = []
         if state is None:
+            run = {"metadata": metadata, "options": options or {}, "kinds": [kind for kind, _ in self.kinds]}
             try:
                 self.parts_dir.mkdir(exist_ok=True)
-                _atomic_write(self.parts_dir / RUN_FILE, json.dumps({"metadata": metadata}, indent=2))
+                _write_file(self.parts_dir / RUN_FILE, json.dumps(run, indent=2).encode())
             except OSError as e:
-                raise OutputError(f"{out_dir}: cannot write ({e.strerror or e})", arg="out_dir") from None
+                raise self._write_error(e) from None
 
     @property
     def kinds(self) -> list[tuple[str, pa.Schema]]:
@@ -147,7 +456,19 @@ class RunWriter:
 
     def _part_file(self, kind: str, name: str) -> Path:
         """Where part `name` of a kind of file is: one folder per kind, readable as one dataset."""
-        return self.parts_dir / kind.removesuffix(".parquet") / f"{name}.parquet"
+        return self.parts_dir / _kind_dir(kind) / f"{name}.parquet"
+
+    def _write_error(self, e: OSError, what: str = "") -> OutputError:
+        """The error for a failed write, saying so plainly where the folder itself was removed."""
+        if not self.out_dir.is_dir():
+            return OutputError(
+                f"{self.out_dir}: the output folder was removed while the run was writing to it", "out_dir"
+            )
+        if not self.parts_dir.is_dir():
+            return OutputError(
+                f"{self.out_dir}: its {PARTS_DIR} folder was removed while the run was writing", "out_dir"
+            )
+        return OutputError(f"{self.out_dir}: cannot write{what} ({e.strerror or e})", arg="out_dir")
 
     def reject(self, rejected: Rejected) -> None:
         """Note a record that could not be scored; it is saved with the part that reaches past it."""
@@ -156,78 +477,124 @@ class RunWriter:
     def save(self, docs: list[DocScore], records_done: int, summary: dict) -> None:
         """Save the documents of finished buffers as a part; the input is done up to `records_done`."""
         name = f"{self.parts:06d}"
+        manifest_path = self.parts_dir / f"{name}.json"
         rejects = [r for r in self._pending_rejects if r.doc < records_done]
-        self._pending_rejects = [r for r in self._pending_rejects if r.doc >= records_done]
         tables = {TOKENS_FILE: token_table, SEQUENCES_FILE: sequence_table, WORDS_FILE: word_table}
-        try:
-            for kind, _ in self.kinds:
-                path = self._part_file(kind, name)
-                path.parent.mkdir(exist_ok=True)
-                # A leading dot keeps a part being written out of readers of the folder.
-                hidden = path.with_name(f".{path.name}")
-                pq.write_table(tables[kind](docs), hidden)
-                os.replace(hidden, path)
-            # The manifest goes last: a part without one was cut short and does not count.
-            manifest = {"records_done": records_done, "rejected": [_reject_row(r) for r in rejects], "summary": summary}
-            _atomic_write(self.parts_dir / f"{name}.json", json.dumps(manifest, ensure_ascii=False))
-        except OSError as e:
-            raise OutputError(f"{self.out_dir}: cannot write ({e.strerror or e})", arg="out_dir") from None
-        self.parts += 1
-        self.records_done = records_done
-        self.rejected += len(rejects)
-        (self.parts_dir / IN_FLIGHT_FILE).unlink(missing_ok=True)  # a saved part holds its documents now
+        written: list[Path] = []
+        with deferred_signals():  # a part is saved whole, or not at all
+            try:
+                if manifest_path.exists():
+                    raise OutputError(f"{self.out_dir}: part {name} exists already; {_OVERWRITE}", arg="out_dir")
+                files = {}
+                for kind, _ in self.kinds:
+                    sink = pa.BufferOutputStream()
+                    table = tables[kind](docs)
+                    pq.write_table(table, sink)
+                    data = sink.getvalue()
+                    path = self._part_file(kind, name)
+                    path.parent.mkdir(exist_ok=True)
+                    written.append(path)
+                    _write_file(path, data)
+                    sha = hashlib.sha256(data).hexdigest()
+                    files[_kind_dir(kind)] = {"rows": table.num_rows, "bytes": data.size, "sha256": sha}
+                stage("part-written")
+                # The manifest goes last: a part without one was cut short and does not count.
+                manifest = {
+                    "part": self.parts,
+                    "previous": self.parts - 1 if self.parts else None,
+                    "records": [self.records_done, records_done],
+                    "documents": len(docs),
+                    "files": files,
+                    "rejected": [_reject_row(r) for r in rejects],
+                    "summary": summary,
+                }
+                _write_file(manifest_path, json.dumps(manifest, ensure_ascii=False).encode())
+            except OSError as e:
+                for path in written:
+                    with contextlib.suppress(OSError):
+                        path.unlink(missing_ok=True)
+                raise self._write_error(e) from None
+            self._pending_rejects = [r for r in self._pending_rejects if r.doc >= records_done]
+            self._files.append(files)
+            self.parts += 1
+            self.records_done = records_done
+            self.docs_saved += len(docs)
+            self.rejected += len(rejects)
+            with contextlib.suppress(OSError):
+                (self.parts_dir / IN_FLIGHT_FILE).unlink(missing_ok=True)  # a saved part holds its documents now
 
-    def save_in_flight(self, docs: list[DocScore]) -> None:
-        """Keep the finished documents of an interrupted buffer, so that a resumed run need not score them."""
+    def save_in_flight(self, docs: list[DocScore], summary: dict) -> None:
+        """Keep an interrupted buffer's finished documents (not scored again on resume) and the summary so far."""
+        saved = {"docs": [_doc_to_json(d) for d in docs], "summary": summary}
         try:
-            _atomic_write(self.parts_dir / IN_FLIGHT_FILE, json.dumps([_doc_to_json(d) for d in docs]))
+            _write_file(self.parts_dir / IN_FLIGHT_FILE, json.dumps(saved).encode())
         except OSError as e:
-            raise OutputError(f"{self.out_dir}: cannot write ({e.strerror or e})", arg="out_dir") from None
+            raise self._write_error(e) from None
 
     def finish(self, records_read: int, summary: dict, errors_file: bool) -> list[Path]:
-        """Save what is left, join the parts into the final files, write summary.json and remove the parts."""
-        if self._pending_rejects or self.parts == 0:
-            self.save([], max(records_read, self.records_done), summary)
-        try:
-            written = [self._join(kind, schema) for kind, schema in self.kinds]
-            # Rejects saved by an earlier session that skipped them are written even if this one stops on them.
-            if errors_file or self.rejected:
-                written.append(self._join_errors())
-            written.append(write_summary(self.out_dir, summary, self.metadata))
-            shutil.rmtree(self.parts_dir)
-        except OSError as e:
-            raise OutputError(
-                f"{self.out_dir}: cannot write the final files ({e.strerror or e})", arg="out_dir"
-            ) from None
-        return written
+        """Save what is left, join the parts into the final files and commit them; return the final files.
+
+        SIGINT and SIGTERM wait until the finish is done. The final files are written under parts/final,
+        then parts/finished.json commits them, then they are moved into place and the parts removed; a
+        finish cut short after the commit is completed by the next run in the folder, never redone.
+        """
+        with deferred_signals():
+            stage("finishing")
+            if self._pending_rejects or self.parts == 0:
+                self.save([], max(records_read, self.records_done), summary)
+            stage("joining")
+            staged = self.parts_dir / STAGED_DIR
+            try:
+                shutil.rmtree(staged, ignore_errors=True)
+                staged.mkdir()
+                names = [self._join(kind, schema, staged) for kind, schema in self.kinds]
+                # Rejects saved by an earlier session that skipped them are written even if this one stops on them.
+                if errors_file or self.rejected:
+                    names.append(self._join_errors(staged))
+                text = json.dumps(
+                    {"summary": _finite(summary), "metadata": self.metadata}, indent=2, ensure_ascii=False
+                )
+                _write_file(staged / SUMMARY_FILE, (text + "\n").encode())
+                names.append(SUMMARY_FILE)  # last: a summary.json in the folder means the run is finished
+                stage("joined")
+                _write_file(self.parts_dir / FINISHED_FILE, json.dumps({"files": names}).encode())
+            except OSError as e:
+                shutil.rmtree(staged, ignore_errors=True)
+                raise self._write_error(e, " the final files") from None
+            except BaseException:
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
+            stage("committed")
+            self.finished = True
+            try:
+                self.written = _complete_finish(self.out_dir)
+            except OSError as e:
+                raise self._write_error(e, " the final files") from None
+        return self.written
 
     def abort(self) -> None:
         """After a failure: keep the saved parts for --resume, or leave no trace where there are none."""
-        if not self._part_names() and not (self.parts_dir / IN_FLIGHT_FILE).exists():
+        if self.finished or not self.parts_dir.is_dir():
+            return
+        if not self.parts and not (self.parts_dir / IN_FLIGHT_FILE).exists():
             shutil.rmtree(self.parts_dir, ignore_errors=True)
 
     def part_files(self, kind: str) -> list[Path]:
         """The saved part files of one kind (`SEQUENCES_FILE`…), in order."""
-        return [self._part_file(kind, name) for name in self._part_names()]
+        return [self._part_file(kind, f"{n:06d}") for n in range(self.parts)]
 
     def discard(self) -> None:
         """Remove everything the run saved: for a run that turned out to be pointless, not interrupted."""
         shutil.rmtree(self.parts_dir, ignore_errors=True)
 
-    def _part_names(self) -> list[str]:
-        """The saved parts' names, in order."""
-        return [p.stem for p in _manifests(self.parts_dir)]
-
-    def _join(self, kind: str, schema: pa.Schema) -> Path:
-        """Join one kind of part file into its final file, in row groups of a fixed size."""
+    def _join(self, kind: str, schema: pa.Schema, staged: Path) -> str:
+        """Join one kind of part file into its final file in `staged`, in row groups of a fixed size."""
         meta = {k.encode(): str(v).encode() for k, v in self.metadata.items()}
-        target = self.out_dir / kind
-        partial = target.with_name(target.name + _PARTIAL)
         # Fixed-size row groups make a resumed run's files the same as an uninterrupted run's.
-        with pq.ParquetWriter(partial, schema.with_metadata(meta)) as writer:
+        with pq.ParquetWriter(staged / kind, schema.with_metadata(meta)) as writer:
             pending, rows = [], 0
-            for name in self._part_names():
-                table = pq.read_table(self._part_file(kind, name), schema=schema)
+            for number, files in enumerate(self._files):
+                table = self._read_part(kind, f"{number:06d}", files.get(_kind_dir(kind)), schema)
                 pending.append(table)
                 rows += table.num_rows
                 while rows >= ROW_GROUP_ROWS:
@@ -236,18 +603,60 @@ class RunWriter:
                     pending, rows = [joined.slice(ROW_GROUP_ROWS)], rows - ROW_GROUP_ROWS
             if rows:
                 writer.write_table(pa.concat_tables(pending))
-        os.replace(partial, target)
-        return target
+        _fsync(staged / kind)
+        return kind
 
-    def _join_errors(self) -> Path:
+    def _read_part(self, kind: str, name: str, info: dict | None, schema: pa.Schema) -> pa.Table:
+        """A part file's rows, checked against its manifest: a damaged part is an error naming it."""
+        path = self._part_file(kind, name)
+        data = path.read_bytes()
+        where = f"part {name}: {_rel(self.out_dir, path)}"
+        if info is None or len(data) != info["bytes"] or hashlib.sha256(data).hexdigest() != info["sha256"]:
+            raise _damaged(self.out_dir, f"{where} does not match its manifest (it was changed or garbled)")
+        try:
+            table = pq.read_table(pa.BufferReader(data), schema=schema)
+        except (pa.ArrowException, ValueError) as e:
+            raise _damaged(self.out_dir, f"{where} cannot be read ({first_line(e)})") from None
+        if table.num_rows != info["rows"]:
+            raise _damaged(self.out_dir, f"{where} has {table.num_rows} rows, not {info['rows']}")
+        return table
+
+    def _join_errors(self, staged: Path) -> str:
         """Gather the rejected records of all parts into errors.jsonl."""
         lines = []
-        for name in self._part_names():
-            part = json.loads((self.parts_dir / f"{name}.json").read_text(encoding="utf-8"))
-            lines += [json.dumps(r, ensure_ascii=False) + "\n" for r in part["rejected"]]
-        path = self.out_dir / ERRORS_FILE
-        _atomic_write(path, "".join(lines))
-        return path
+        for number in range(self.parts):
+            path = self.parts_dir / f"{number:06d}.json"
+            try:
+                rejected = json.loads(path.read_text(encoding="utf-8"))["rejected"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise _damaged(self.out_dir, f"{_rel(self.out_dir, path)} cannot be read ({first_line(e)})") from None
+            lines += [json.dumps(r, ensure_ascii=False) + "\n" for r in rejected]
+        _write_file(staged / ERRORS_FILE, "".join(lines).encode())
+        return ERRORS_FILE
+
+
+def _write_file(path: Path, data: bytes | pa.Buffer) -> None:
+    """Write a file under a temporary name, then give it its name: readers see all of it or nothing."""
+    temp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    """Make a written file's contents durable before it is committed."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _DOC_ARRAYS = ("token_ids", "positions", "starts", "ends", "logprobs", "entropies", "is_response")
@@ -292,14 +701,3 @@ def read_summary(out_dir: Path) -> tuple[dict, dict[str, str]]:
         return saved["summary"], saved["metadata"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise OutputError(f"{path}: cannot be read ({first_line(e)})", arg="out_dir") from None
-
-
-def write_summary(out_dir: Path, figures: dict, metadata: dict[str, str]) -> Path:
-    """Write the run's headline figures and metadata as summary.json, for scripts; return its path."""
-    path = Path(out_dir) / SUMMARY_FILE
-    text = json.dumps({"summary": _finite(figures), "metadata": metadata}, indent=2, ensure_ascii=False)
-    try:
-        _atomic_write(path, text)
-    except OSError as e:
-        raise OutputError(f"{out_dir}: cannot write {SUMMARY_FILE} ({e.strerror or e})", arg="out_dir") from None
-    return path

@@ -37,6 +37,9 @@ class Summary:
     seconds: float = 0.0
     # Bootstrap intervals (scorecli.bootstrap.corpus_intervals), set once the run's documents are all in.
     intervals: dict = field(default_factory=dict)
+    sessions: int = 1
+    session_tokens: int = 0
+    session_seconds: float = 0.0
     _highest: list = field(default_factory=list)
     _lowest: list = field(default_factory=list)
 
@@ -106,8 +109,18 @@ class Summary:
 
     @property
     def tokens_per_second(self) -> float | None:
-        """Scored tokens per second of scoring."""
+        """Scored tokens per second of scoring, over all the sessions of a resumed run."""
         return self.n_tokens / self.seconds if self.seconds > 0 else None
+
+    @property
+    def session_tokens_per_second(self) -> float | None:
+        """Tokens this session scored itself per second of its scoring."""
+        return self.session_tokens / self.session_seconds if self.session_seconds > 0 else None
+
+    def next_session(self) -> None:
+        """Start counting a resumed run's new session (its totals carry on)."""
+        self.sessions += 1
+        self.session_tokens, self.session_seconds = 0, 0.0
 
     def highest(self) -> list[tuple]:
         """The documents with the highest perplexity: (perplexity, doc, id, n_tokens, preview), highest first."""
@@ -130,6 +143,9 @@ class Summary:
             "mean_entropy": self.mean_entropy,
             "tokens_per_second": self.tokens_per_second,
             "seconds": self.seconds,
+            "sessions": self.sessions,
+            "session_tokens_per_second": self.session_tokens_per_second,
+            "session_seconds": self.session_seconds,
             "truncated": self.n_truncated,
             "unscored": self.n_unscored,
             "rejected": self.n_rejected,
@@ -165,6 +181,15 @@ def render(figures: dict, metadata: dict[str, str]) -> Group:
         ("tokens/s", _num(figures.get("tokens_per_second"), 1)),
         ("wall time", f"{figures.get('seconds') or 0:.1f} s"),
     ]
+    if figures.get("sessions", 1) > 1:
+        # A resumed run: say which sessions each figure covers.
+        every = f"(all {figures['sessions']} sessions)"
+        pairs[-2:] = [
+            (f"tokens/s {every}", _num(figures.get("tokens_per_second"), 1)),
+            (f"wall time {every}", f"{figures.get('seconds') or 0:.1f} s"),
+            ("tokens/s (this session)", _num(figures.get("session_tokens_per_second"), 1)),
+            ("wall time (this session)", f"{figures.get('session_seconds') or 0:.1f} s"),
+        ]
     settings = [f"{key} {metadata[key]}" for key in _SETTINGS if key in metadata]
     parts = [Text("scorecli summary", style="italic"), _Figures(pairs), _Settings(settings)]
     if figures.get("truncated"):

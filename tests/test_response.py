@@ -128,7 +128,8 @@ def test_cli_prompt_response_and_all_tokens(gpt2_dir, tmp_path):
 def test_cli_chat_needs_a_template(gpt2_dir, tmp_path):
     data = tmp_path / "chat.jsonl"
     data.write_text(json.dumps({"messages": CHAT}) + "\n")
-    result = CliRunner().invoke(app, ["score", str(data), "-m", str(gpt2_dir), "--messages-field", "messages"])
+    args = ["score", str(data), "-m", str(gpt2_dir), "--messages-field", "messages", "-o", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 4 and "chat template" in result.stderr
 
 

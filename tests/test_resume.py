@@ -32,7 +32,7 @@ def _assert_same_results(a, b, files=RESULTS):
         assert left.equals(right), name  # values, row order and schema
         assert read_metadata(a / name) == read_metadata(b / name)
     sa, sb = (json.loads((d / "summary.json").read_text())["summary"] for d in (a, b))
-    for timing in ("seconds", "tokens_per_second"):
+    for timing in ("seconds", "tokens_per_second", "sessions", "session_seconds", "session_tokens_per_second"):
         sa.pop(timing), sb.pop(timing)
     assert sa == sb
 
@@ -148,17 +148,18 @@ def test_resume_checks_the_run_and_refuses_what_does_not_match(gpt2_dir, corpus,
 
 def test_rejects_saved_by_a_skipping_session_reach_errors_jsonl_whatever_the_resumed_one_says(tmp_path):
     from scorecli.inputs import Rejected
-    from scorecli.runs import RunWriter, prepare_out_dir
+    from scorecli.runs import RunWriter, claim_out_dir
 
     out = tmp_path / "o"
-    prepare_out_dir(out)
-    first = RunWriter(out, {"model": "m"}, words=False)
-    first.reject(Rejected(3, "in.jsonl", 4, "field 'text' is null", '{"text": null}'))
-    first.save([], records_done=10, summary={})
-    state = prepare_out_dir(out, resume=True)
-    assert (state.records_done, state.parts, state.rejected) == (10, 1, 1)
-    second = RunWriter(out, {"model": "m"}, words=False, state=state)
-    second.finish(records_read=10, summary={}, errors_file=False)
+    with claim_out_dir(out) as folder:
+        first = RunWriter(folder, {"model": "m"}, words=False)
+        first.reject(Rejected(3, "in.jsonl", 4, "field 'text' is null", '{"text": null}'))
+        first.save([], records_done=10, summary={})
+    with claim_out_dir(out, resume=True) as folder:
+        state = folder.state
+        assert (state.records_done, state.parts, state.rejected) == (10, 1, 1)
+        second = RunWriter(folder, {"model": "m"}, words=False)
+        second.finish(records_read=10, summary={}, errors_file=False)
     [line] = (out / "errors.jsonl").read_text().splitlines()
     assert json.loads(line) == {
         "doc": 3,
