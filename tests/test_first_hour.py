@@ -343,10 +343,10 @@ def test_a_library_error_names_the_argument_and_the_cli_the_flag(tmp_path, monke
 
 
 def test_out_dir_not_empty_names_the_argument_in_the_library(tmp_path):
-    from scorecli.runs import prepare_out_dir
+    from scorecli.runs import claim_out_dir
 
     (tmp_path / "x").write_text("x")
     with pytest.raises(OutputError) as e:
-        prepare_out_dir(tmp_path)
+        claim_out_dir(tmp_path)
     assert str(e.value) == f"out_dir {tmp_path}: the folder is not empty; pass `overwrite` to replace its results"
     assert e.value.for_cli({"out_dir": "--out", "overwrite": "--overwrite"}).startswith(f"--out {tmp_path}: the")
