@@ -224,3 +224,33 @@ def test_limit_counts_records_across_files(tmp_path, limit):
     assert got == [(i, doc_id, text) for i, (doc_id, text) in enumerate(expected)][:limit]
     [joined] = read_corpus(sources, Fields(), join=" ", limit=limit)
     assert joined.text == " ".join(text for _, text in expected[:limit])
+
+
+def test_a_stopped_corpus_run_resumes_from_its_folder_alone(gpt2_dir, tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    texts = [f"{i}: {row['text']}" for i, row in enumerate(_rows() * 40)]
+    half = len(texts) // 2
+    for name, part in (("a.jsonl", texts[:half]), ("b.jsonl", texts[half:])):
+        lines = [json.dumps({"text": t}) for t in part]
+        (folder / name).write_text("\n".join(lines) + "\n")
+    lines = (folder / "b.jsonl").read_text().splitlines()
+    lines[-3] = '{"text": 12}'  # near the end of the second file: parts of both files are saved before it
+    (folder / "b.jsonl").write_text("\n".join(lines) + "\n")
+    args = ["-m", str(gpt2_dir), "--batch-tokens", "64"]
+
+    stopped = runner.invoke(app, ["score", str(folder), *args, "-o", str(tmp_path / "o")])
+    assert stopped.exit_code == 3 and "saved in" in stopped.stderr
+    saved = pd.read_parquet(tmp_path / "o" / "parts" / "sequences")
+    assert half < len(saved) < len(texts)
+    # No INPUT: the folder's saved INPUT list and options are used.
+    resumed = runner.invoke(app, ["score", "-o", str(tmp_path / "o"), "--resume", "--on-error", "skip"])
+    assert resumed.exit_code == 0, resumed.output
+    straight = runner.invoke(app, ["score", str(folder), *args, "-o", str(tmp_path / "s"), "--on-error", "skip"])
+    assert straight.exit_code == 0, straight.output
+    for name in ("tokens.parquet", "sequences.parquet"):
+        assert pq.read_table(tmp_path / "o" / name).equals(pq.read_table(tmp_path / "s" / name))
+    assert read_metadata(tmp_path / "o" / "sequences.parquet") == read_metadata(tmp_path / "s" / "sequences.parquet")
+    skipped = len(texts) - 3  # the bad record, skipped by the resumed session
+    docs = pd.read_parquet(tmp_path / "o" / "sequences.parquet")["doc"].tolist()
+    assert docs == [d for d in range(len(texts)) if d != skipped]
