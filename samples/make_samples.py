@@ -95,7 +95,7 @@ def generated_document(rng: random.Random, n_sentences: int) -> str:
 
 
 def main() -> None:
-    """Write the .jsonl samples (mixed, edge_cases, long, book, bad, pairs, chats, stimuli) and mixed.parquet."""
+    """Write the samples: mixed, edge_cases, long, book, bad, pairs, chats, stimuli (.jsonl), mixed.parquet, corpus/."""
     with open(HERE / "mixed.jsonl", "w", encoding="utf-8") as f:
         for i, text in enumerate(TEXTS):
             f.write(json.dumps({"id": f"m{i:02d}", "text": text}, ensure_ascii=False) + "\n")
@@ -141,6 +141,13 @@ def main() -> None:
             f.write(json.dumps({"id": f"s{i}", "text": text}, ensure_ascii=False) + "\n")
     table = pa.table({"id": [f"p{i:02d}" for i in range(len(TEXTS))], "text": TEXTS})
     pq.write_table(table, HERE / "mixed.parquet")
+    corpus = HERE / "corpus"
+    corpus.mkdir(exist_ok=True)
+    with open(corpus / "part-0.jsonl", "w", encoding="utf-8") as f:
+        for i, text in enumerate(TEXTS[:5]):
+            f.write(json.dumps({"id": f"k{i:02d}", "text": text}, ensure_ascii=False) + "\n")
+    pq.write_table(pa.table({"id": [f"k{i:02d}" for i in range(5, 9)], "text": TEXTS[5:9]}), corpus / "part-1.parquet")
+    (corpus / "story.txt").write_text(generated_document(random.Random(1), 6) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

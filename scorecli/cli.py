@@ -23,8 +23,9 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from scorecli import __version__, interrupts
+from scorecli.corpus import corpus_metadata, count_corpus, decode_separator, expand_inputs, is_pattern, read_corpus
 from scorecli.errors import InputError, OutputError, ScorecliError, UsageError, one_line, shown
-from scorecli.inputs import STDIN, Fields, Record, Rejected, count_records, display_name, read_records
+from scorecli.inputs import STDIN, Fields, Record, Rejected, display_name
 from scorecli.summary import Summary, render
 
 # torch, transformers and pyarrow load inside the command, after Ctrl-C is deferred (see interrupts.py), so
@@ -91,6 +92,11 @@ FLAGS = {
     "by": "--by",
     "out": "--out",
     "rows": "--rows",
+    "join": "--join",
+    "scores": "--scores",
+    "max_perplexity": "--max-perplexity",
+    "min_perplexity": "--min-perplexity",
+    "buckets": "--buckets",
 }
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -140,10 +146,11 @@ Exit codes:
 @app.command(epilog=SCORE_EPILOG)
 def score(
     ctx: typer.Context,
-    input: Optional[str] = typer.Argument(
+    input: Optional[list[str]] = typer.Argument(
         None,
         metavar="INPUT",
-        help="A .jsonl (or .jsonl.gz) or .parquet file, or - for JSONL on stdin. Optional with --resume.",
+        help="Files (.jsonl, .jsonl.gz, .parquet, .txt), globs, folders or fsspec URLs, read as one corpus; "
+        "or - for JSONL on stdin. Optional with --resume.",
     ),
     model: Optional[str] = typer.Option(
         None,
@@ -216,6 +223,9 @@ def score(
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="Run the model's own code from the hub (only for models you trust)."
     ),
+    join: Optional[str] = typer.Option(
+        None, "--join", help="Score the whole input as one document, its texts joined by this (escapes decoded)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
     rows: Optional[Rows] = typer.Option(
         None,
@@ -236,13 +246,16 @@ def score(
             from scorecli.runs import check_resume
         # Options, input and output folder are all checked before the model is loaded, so mistakes fail fast.
         fields, role_names = _checked_options(options)
+        input = input or None  # no INPUT: the resumed run's own
         if input is None and not resume:
             raise UsageError("Missing argument 'INPUT'.")
         if input is None and out is None:
             raise UsageError("--resume without INPUT needs --out DIR, the folder of the run to resume")
-        out = out or (STDIN if input == STDIN else _default_out(input))
-        _check_run_options(input, out, resume, overwrite, words, rows)
-        run = _Run(input, out, console, (rows or Rows.sequences).value)
+        sources = expand_inputs(input) if input is not None else []
+        source = sources[0] if len(sources) == 1 else ""  # "": a corpus of several files
+        out = out or (STDIN if source == STDIN else _default_out(input))
+        _check_run_options(source, out, resume, overwrite, words, rows)
+        run = _Run(sources[0] if sources else "", out, console, (rows or Rows.sequences).value)
         cleanup.callback(run.release)
         state = run.claim(overwrite=overwrite, resume=resume)
         if state is not None:
@@ -254,18 +267,23 @@ def score(
             (all_tokens, words, batch_tokens, max_length, stride, truncate, bos, device, dtype, on_error) = (
                 options[k] for k in _SAVED_OPTIONS[8:18]
             )
-            (limit, threads, revision, trust_remote_code) = (options[k] for k in _SAVED_OPTIONS[18:])
+            (limit, threads, revision, trust_remote_code, join) = (options[k] for k in _SAVED_OPTIONS[18:])
             fields, role_names = _checked_options(options)
-            _check_run_options(input, out, resume, overwrite, words, rows)
-            run.source = input
+            input = [input] if isinstance(input, str) else input  # a run saved before INPUT became a list
+            sources = expand_inputs(input)
+            source = sources[0] if len(sources) == 1 else ""
+            _check_run_options(source, out, resume, overwrite, words, rows)
+            run.source = sources[0]
+        separator = _join_separator(join, fields, on_error)
         resolve_dtype(dtype, resolve_device(device))
 
-        records = read_records(
-            input,
-            fields=fields,
+        records = read_corpus(
+            sources,
+            fields,
             on_error=run.reject if on_error is OnError.skip else None,
             skip=state.records_done if state else 0,
             limit=limit,
+            join=separator,
         )
         selected = _Selected(records, fields, role_names)
         records = run.peek(iter(selected))  # reads and validates the first record before any model work
@@ -297,7 +315,7 @@ def score(
         metadata = {
             **loaded.info,
             **scorer.metadata,
-            **_input_metadata(input, fields),
+            **_input_metadata(sources, fields, separator),
             "scored": _scored(fields, scorer.roles, all_tokens),
             **({"limit": str(limit)} if limit else {}),
             "words": str(words).lower(),
@@ -307,7 +325,7 @@ def score(
             _check_resumed_input(state, metadata, input, model)
             check_resume(state, metadata)
         run.start(metadata, words, state, _saved_options(options, input, model))
-        total = count_records(input)
+        total = 1 if separator is not None else count_corpus(sources)
         run.score(
             scorer,
             records,
@@ -330,6 +348,41 @@ def summary(
 
         figures, metadata = read_summary(Path(out_dir))
         Console().print(render(figures, metadata))
+
+
+@app.command("filter")
+def filter_command(
+    input: list[str] = typer.Argument(
+        ..., metavar="INPUT", help="The input the scores were made from, as given to score."
+    ),
+    scores: str = typer.Option(..., "--scores", help="The output folder of a finished `scorecli score` run of INPUT."),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Output file (same format as INPUT), or with --buckets a folder for head/middle/tail."
+    ),
+    max_perplexity: Optional[float] = typer.Option(None, "--max-perplexity", help="Keep documents at or below this."),
+    min_perplexity: Optional[float] = typer.Option(None, "--min-perplexity", help="Keep documents at or above this."),
+    buckets: Optional[str] = typer.Option(
+        None, "--buckets", help="Two percentiles (30,60): head, middle and tail files split at the run's perplexities."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary."),
+) -> None:
+    """Copy the original records of INPUT whose perplexity in a finished run passes a threshold or bucket."""
+    console = Console(stderr=True, quiet=quiet)
+    with _reported_errors():
+        from scorecli.filter import describe, filter_corpus, parse_buckets
+
+        result = filter_corpus(
+            expand_inputs(input),
+            scores,
+            out,
+            max_perplexity=max_perplexity,
+            min_perplexity=min_perplexity,
+            buckets=parse_buckets(buckets) if buckets is not None else None,
+            overwrite=overwrite,
+        )
+        for line in describe(result):
+            console.print(line, highlight=False)
 
 
 class _Run:
@@ -603,6 +656,7 @@ _SAVED_OPTIONS = (
     "threads",
     "revision",
     "trust_remote_code",
+    "join",
 )
 
 
@@ -628,10 +682,15 @@ def _resolved(path: str | None) -> str | None:
     return str(Path(path).resolve())
 
 
-def _saved_options(options: dict, input: str, model: str | None) -> dict:
+def _saved_options(options: dict, input: list[str], model: str | None) -> dict:
     """The options to save in a run's folder, as JSON values, with local paths resolved."""
     saved = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items()}
-    return {**saved, "input": _resolved(input), "model": _resolved(model)}
+    return {**saved, "input": _resolved_inputs(input), "model": _resolved(model)}
+
+
+def _resolved_inputs(input: list[str] | str) -> list[str]:
+    """The INPUT arguments with local paths resolved (a run saved before INPUT became a list names one)."""
+    return [_resolved(arg) for arg in ([input] if isinstance(input, str) else input)]
 
 
 def _resumed_options(ctx: typer.Context, given: dict, saved: dict) -> dict:
@@ -645,17 +704,20 @@ def _resumed_options(ctx: typer.Context, given: dict, saved: dict) -> dict:
     return options
 
 
-def _check_resumed_input(state: RunState, metadata: dict[str, str], input: str, model: str | None) -> None:
+def _check_resumed_input(state: RunState, metadata: dict[str, str], input: list[str], model: str | None) -> None:
     """Compare the input and model paths of a resumed run as absolute paths, however they were typed.
 
     Where they agree, the metadata names them as the first session did, so the rest of it must match exactly.
     """
     was = state.options.get("input")
-    if was is not None and was != _resolved(input):
-        raise OutputError(f": the run was started with input {was!r}, not {_resolved(input)!r}", arg="resume")
-    for key, now in (("input", input), ("model", model)):
-        if key in state.metadata and state.options.get(key, now) == _resolved(now):
-            metadata[key] = state.metadata[key]
+    now = _resolved_inputs(input)
+    if was is not None and _resolved_inputs(was) != now:
+        shown_was, shown_now = (v[0] if len(v) == 1 else v for v in (_resolved_inputs(was), now))
+        raise OutputError(f": the run was started with input {shown_was!r}, not {shown_now!r}", arg="resume")
+    if "input" in state.metadata and was is not None:
+        metadata["input"] = state.metadata["input"]
+    if "model" in state.metadata and state.options.get("model", model) == _resolved(model):
+        metadata["model"] = state.metadata["model"]
 
 
 def _fields(text: str | None, id_: str, prompt: str | None, response: str | None, messages: str | None) -> Fields:
@@ -684,13 +746,11 @@ def _check_run_options(source: str, out: str, resume: bool, overwrite: bool, wor
         raise UsageError("--resume needs an input file: standard input cannot be checked or skipped through")
 
 
-def _input_metadata(source: str, fields: Fields) -> dict[str, str]:
-    """The input and the fields read from it, as metadata; a file's size and time identify it on resume."""
-    meta = {"input": display_name(source)}
-    if source != STDIN:
-        info = os.stat(source)
-        meta["input_size"] = str(info.st_size)
-        meta["input_mtime_ns"] = str(info.st_mtime_ns)
+def _input_metadata(sources: list[str], fields: Fields, join: str | None) -> dict[str, str]:
+    """The inputs and the fields read from them, as metadata; files' sizes and times identify them on resume."""
+    meta = corpus_metadata(sources)
+    if join is not None:
+        meta["join"] = json.dumps(join, ensure_ascii=False)
     meta["id_field"] = str(fields.id)
     if fields.messages:
         meta["messages_field"] = fields.messages
@@ -759,9 +819,22 @@ def _reported_errors(flags: dict[str, str] = FLAGS) -> Iterator[None]:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _default_out(source: str) -> str:
+def _join_separator(join: str | None, fields: Fields, on_error: OnError) -> str | None:
+    """The decoded --join separator, checking that the other options allow one joined document."""
+    if join is None:
+        return None
+    if fields.prompt or fields.messages:
+        raise UsageError("--join joins plain texts: it cannot be combined with --prompt-field or --messages-field")
+    if on_error is OnError.skip:
+        raise UsageError("--join scores the input as one document: --on-error skip cannot leave records out of it")
+    return decode_separator(join)
+
+
+def _default_out(args: list[str]) -> str:
     """The default output folder: the input's name without its suffixes, plus .scores."""
-    name = Path(source).name
+    if len(args) > 1 or is_pattern(args[0]):
+        raise UsageError("--out is needed where INPUT names several files")
+    name = Path(args[0].rstrip("/")).name
     for suffix in (".gz", ".jsonl", ".json", ".ndjson", ".parquet", ".pq"):
         name = name.removesuffix(suffix)
     return f"{name}.scores"

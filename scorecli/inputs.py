@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from scorecli.errors import InputError, UsageError, first_line, shown
+from scorecli.remote import is_url, open_url
 
 STDIN = "-"
 PARQUET_SUFFIXES = {".parquet", ".pq"}
@@ -166,6 +167,8 @@ def _open_binary(source: str | Path) -> BinaryIO:
     """Open a JSONL input for binary reading, with a clear error when that fails."""
     if str(source) == STDIN:
         return sys.stdin.buffer
+    if is_url(source):
+        return open_url(str(source), compression="gzip" if str(source).endswith(".gz") else None)
     path = _check_file(source)
     try:
         return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
@@ -250,9 +253,9 @@ def _parquet_rows(source: str | Path, fields: Fields) -> Iterator[tuple[int, dic
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = _check_file(source)
+    path = str(source) if is_url(source) else _check_file(source)
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(open_url(path) if is_url(source) else path)
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{shown(path)}: not a readable Parquet file ({first_line(e)})") from None
     schema = pf.schema_arrow
