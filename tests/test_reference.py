@@ -307,15 +307,18 @@ def test_cli_resume_with_a_reference(gpt2_dir, gpt2_ref_dir, llama_dir, tmp_path
         "skip",
     )
     assert other.exit_code == 5 and "the run was started with ref_model" in other.stderr
-    resumed = _score(*args, "-o", tmp_path / "o", "--resume", "--on-error", "skip")
+    # The run's folder keeps its options: the reference and --top-k too.
+    resumed = _score("--resume", "-o", tmp_path / "o", "--on-error", "skip")
     assert resumed.exit_code == 0, resumed.output
     assert _score(*args, "-o", tmp_path / "straight", "--on-error", "skip").exit_code == 0
     for name in ("tokens.parquet", "sequences.parquet"):
         assert pq.read_table(tmp_path / "o" / name).equals(pq.read_table(tmp_path / "straight" / name)), name
     a, b = (json.loads((tmp_path / d / "summary.json").read_text())["summary"] for d in ("o", "straight"))
-    for timing in ("seconds", "tokens_per_second"):
-        a.pop(timing), b.pop(timing)
+    for timing in ("seconds", "tokens_per_second", "sessions", "session_seconds", "session_tokens_per_second"):
+        a.pop(timing, None), b.pop(timing, None)
     assert a.pop("highest") == b.pop("highest") and a.pop("lowest") == b.pop("lowest")
+    for interval in ("perplexity_ci", "bits_per_byte_ci"):
+        assert a.pop(interval) == pytest.approx(b.pop(interval))
     assert a == pytest.approx(b) and "kl_p99" in a
 
 
