@@ -9,13 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from scorecli.summary import perplexity
 from scorecli.words import Words, word_stats
-
-
-def perplexity(mean_logprob: float) -> float:
-    """exp(-mean log-prob), infinite where that overflows a float."""
-    return math.exp(-mean_logprob) if -mean_logprob < 709.0 else math.inf
-
 
 # Per-token statistics, in their order in tokens.parquet (between `end` and `is_response`). A statistic's
 # values flow from its block function in stats.py to this column under the same name; those present in a

@@ -6,6 +6,7 @@ import heapq
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich import box
@@ -13,7 +14,15 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from scorecli.scores import DocScore, perplexity
+# DocScore only as a type: the CLI loads this module at start-up, before pyarrow, which scores.py needs.
+if TYPE_CHECKING:
+    from scorecli.scores import DocScore
+
+
+def perplexity(mean_logprob: float) -> float:
+    """exp(-mean log-prob), infinite where that overflows a float."""
+    return math.exp(-mean_logprob) if -mean_logprob < 709.0 else math.inf
+
 
 TOP_N = 3  # extreme documents each way: enough to spot outliers, few enough that the summary fits a screen
 _PREVIEW_CHARS = 200
