@@ -1,10 +1,12 @@
 """Throughput, peak memory and exactness of `scorecli score` against the plain reference, each run in a fresh process.
 
-    python benchmarks/bench_score.py [--corpus samples/long.jsonl] [--model PATH]
+    python benchmarks/bench_score.py [--corpus samples/long.jsonl] [--model PATH] [--ref-model PATH]
 
 Runs, on the same texts and the same (already converted, "warm") model, in float32 on the CPU:
   scorecli      the CLI: `scorecli score CORPUS -o DIR -q` (float32)
   scorecli-bf16 the same with --dtype bfloat16 (AMX matmuls on recent x86; not float32-exact)
+  scorecli-top5 the same with --top-k 5 (target: at most 1.1x the scorecli run's wall time)
+  scorecli-ref  the same with --ref-model REF (default: the model itself; target: at most 2.2x and 2.5 GB)
   ref-batch16   plain reference: batches of 16 texts in input order, right-padded, full log_softmax + gather
   ref-single    plain reference: one text at a time (no padding), full log_softmax + gather
 Wall time is the whole process (start-up, model load, scoring, writing); peak RSS is the process's own.
@@ -72,8 +74,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=str(ROOT / "samples" / "long.jsonl"))
     parser.add_argument("--model", default=None, help="model folder or .gguf (default: the embedded SmolLM2)")
+    parser.add_argument("--ref-model", default=None, help="scorecli-ref's --ref-model (default: the model itself)")
     parser.add_argument("--batch-tokens", type=int, default=None, help="scorecli's --batch-tokens")
-    parser.add_argument("--runs", default="scorecli,scorecli-bf16,ref-batch16,ref-single")
+    parser.add_argument("--runs", default="scorecli,scorecli-bf16,scorecli-top5,scorecli-ref,ref-batch16,ref-single")
     parser.add_argument("--reference", nargs=3, metavar=("FOLDER", "BATCH", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference:
@@ -93,6 +96,8 @@ def main() -> None:
                 cmd += ["--model", args.model] if args.model else []
                 cmd += ["--batch-tokens", str(args.batch_tokens)] if args.batch_tokens else []
                 cmd += ["--device", "cpu", "--dtype", dtype]
+                cmd += ["--top-k", "5"] if run == "scorecli-top5" else []
+                cmd += ["--ref-model", args.ref_model or folder] if run == "scorecli-ref" else []
             else:
                 batch = {"ref-batch16": 16, "ref-single": 1}[run]
                 cmd = [
@@ -114,7 +119,7 @@ def main() -> None:
         f"\ncorpus: {Path(args.corpus).name} ({n_tokens:,} scored tokens), model: {loaded.info['model']}, "
         f"CPU, {torch_threads()} threads, torch {__import__('torch').__version__}\n"
     )
-    columns = ["run", "wall s", "tokens/s", "vs ref-batch16", "vs ref-single", "peak RSS MB"]
+    columns = ["run", "wall s", "tokens/s", "vs scorecli", "vs ref-batch16", "vs ref-single", "peak RSS MB"]
     columns += ["max abs diff logprob", "max abs diff entropy"]
     print("| " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * (len(columns) - 1))
@@ -123,10 +128,12 @@ def main() -> None:
             f"{results[base]['wall'] / r['wall']:.2f}x" if base in results else "-"
             for base in ("ref-batch16", "ref-single")
         ]
+        # The cost of an option: this run's wall time over the plain run's (lower is better).
+        cost = f"{r['wall'] / results['scorecli']['wall']:.2f}x" if "scorecli" in results else "-"
         diffs = ["-", "-"]
         if reference is not None and r is not reference:
             diffs = [f"{np.abs(r['scores'][k] - reference['scores'][k]).max():.1e}" for k in ("logprob", "entropy")]
-        cells = [run, f"{r['wall']:.1f}", f"{n_tokens / r['wall']:.0f}", *speedups, f"{r['rss']:.0f}", *diffs]
+        cells = [run, f"{r['wall']:.1f}", f"{n_tokens / r['wall']:.0f}", cost, *speedups, f"{r['rss']:.0f}", *diffs]
         print("| " + " | ".join(cells) + " |")
 
 

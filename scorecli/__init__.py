@@ -13,6 +13,8 @@ _EXPORTS = {
     "DocScore": "scorecli.scores",
     "Scorer": "scorecli.engine",
     "get_response_log_probs": "scorecli.head",
+    "get_response_kl": "scorecli.head",
+    "ScoringInterrupted": "scorecli.engine",
     "Record": "scorecli.inputs",
     "Fields": "scorecli.inputs",
     "Rejected": "scorecli.inputs",

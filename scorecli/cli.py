@@ -87,6 +87,9 @@ FLAGS = {
     "stride": "--stride",
     "truncate": "--truncate",
     "resume": "--resume",
+    "top_k": "--top-k",
+    "ref_model": "--ref-model",
+    "ref_dtype": "--ref-dtype",
     "doc": "--doc",
     "doc_id": "--id",
     "by": "--by",
@@ -206,6 +209,17 @@ def score(
     dtype: str = typer.Option(
         "auto", "--dtype", help="auto (float32; bfloat16 on CUDA), float32, bfloat16 or float16."
     ),
+    top_k: int = typer.Option(
+        0,
+        "--top-k",
+        help="Also write the K most likely next tokens at each position (top_ids, top_logprobs, top_tokens).",
+    ),
+    ref_model: Optional[str] = typer.Option(
+        None,
+        "--ref-model",
+        help="A reference model (as --model, same tokenizer): adds ref_logprob, ref_entropy, kl and reverse_kl.",
+    ),
+    ref_dtype: Optional[str] = typer.Option(None, "--ref-dtype", help="The reference model's dtype. Default: --dtype."),
     on_error: OnError = typer.Option(
         OnError.stop, "--on-error", help="stop at the first bad record, or skip bad records into errors.jsonl."
     ),
@@ -267,7 +281,8 @@ def score(
             (all_tokens, words, batch_tokens, max_length, stride, truncate, bos, device, dtype, on_error) = (
                 options[k] for k in _SAVED_OPTIONS[8:18]
             )
-            (limit, threads, revision, trust_remote_code, join) = (options[k] for k in _SAVED_OPTIONS[18:])
+            (limit, threads, revision, trust_remote_code, join) = (options[k] for k in _SAVED_OPTIONS[18:23])
+            (top_k, ref_model, ref_dtype) = (options[k] for k in _SAVED_OPTIONS[23:])
             fields, role_names = _checked_options(options)
             input = [input] if isinstance(input, str) else input  # a run saved before INPUT became a list
             sources = expand_inputs(input)
@@ -275,7 +290,14 @@ def score(
             _check_run_options(source, out, resume, overwrite, words, rows)
             run.source = sources[0]
         separator = _join_separator(join, fields, on_error)
+        if top_k < 0:
+            raise UsageError(f"must be at least 0, not {top_k}", arg="top_k")
         resolve_dtype(dtype, resolve_device(device))
+        if ref_model is not None:
+            try:
+                resolve_dtype(ref_dtype or dtype, resolve_device(device))
+            except UsageError as e:
+                raise UsageError(e.message, arg="ref_dtype" if ref_dtype else e.arg) from None
 
         records = read_corpus(
             sources,
@@ -297,6 +319,17 @@ def score(
                 trust_remote_code=trust_remote_code,
                 progress=lambda step: _loading(console, status, step),
             )
+        ref = None
+        if ref_model is not None:
+            with console.status("loading reference model…") as status:
+                ref = load_model(
+                    ref_model,
+                    device=device,
+                    dtype=ref_dtype or dtype,
+                    trust_remote_code=trust_remote_code,
+                    progress=lambda step: _loading(console, status, step),
+                    arg="ref_model",
+                )
 
         scorer = Scorer(
             loaded.model,
@@ -309,11 +342,15 @@ def score(
             roles=role_names,
             batch_tokens=batch_tokens,
             threads=threads,
+            top_k=top_k,
+            ref_model=None if ref is None else ref.model,
+            ref_tokenizer=None if ref is None else ref.tokenizer,
             # On stdout, lines are wanted as soon as they exist; a folder run keeps fixed buffers for resume.
             grow_buffers=out == STDIN,
         )
         metadata = {
             **loaded.info,
+            **({} if ref is None else {f"ref_{k}": v for k, v in ref.info.items()}),
             **scorer.metadata,
             **_input_metadata(sources, fields, separator),
             "scored": _scored(fields, scorer.roles, all_tokens),
@@ -322,9 +359,9 @@ def score(
             "scorecli_version": __version__,
         }
         if state is not None:
-            _check_resumed_input(state, metadata, input, model)
+            _check_resumed_input(state, metadata, input, model, ref_model)
             check_resume(state, metadata)
-        run.start(metadata, words, state, _saved_options(options, input, model))
+        run.start(metadata, words, state, _saved_options(options, input, model), scorer.columns)
         total = 1 if separator is not None else count_corpus(sources)
         run.score(
             scorer,
@@ -438,20 +475,30 @@ class _Run:
             where = f"{shown(rejected.source)}: line {rejected.line}"
             typer.echo(f"scorecli: skipped {where}: {one_line(rejected.reason)}", err=True)
 
-    def start(self, metadata: dict[str, str], words: bool, state: RunState | None, options: dict) -> None:
-        """Open the output: a new run (saving its `options` for --resume), or the one `state` describes."""
+    def start(
+        self, metadata: dict[str, str], words: bool, state: RunState | None, options: dict, stats: tuple[str, ...]
+    ) -> None:
+        """Open the output: a new run (saving its `options` for --resume), or the one `state` describes.
+
+        `stats` are the run's token columns.
+        """
         from scorecli.outputs import JsonlOutput
         from scorecli.runs import RunWriter
 
         if self.out == STDIN:
-            self.writer = JsonlOutput(sys.stdout, self.rows)
+            self.writer = JsonlOutput(sys.stdout, self.rows, stats)
         else:
-            self.writer = RunWriter(self.folder, metadata, words, options)
+            self.writer = RunWriter(self.folder, metadata, words, options, stats)
             if state is not None:
                 self.done, self.resumed_from = state.in_flight, state.records_done
                 if state.summary is not None:
                     self.summary = Summary.from_state(state.summary)
                     self.summary.next_session()
+                if "kl" in stats:
+                    # The statistics against the reference need every token's values, not just totals.
+                    from scorecli.summary import Comparison
+
+                    self.summary.comparison.add(self.writer.saved_tokens(Comparison.COLUMNS))
         for rejected in self._early_rejects:
             self.reject(rejected)
 
@@ -500,13 +547,17 @@ class _Run:
                 self.summary.intervals = corpus_intervals(self._doc_sums())
                 self.written = self.writer.finish(self.records_seen, self.summary.as_dict(), errors_file=skip_bad)
         except KeyboardInterrupt as e:
+            from scorecli.engine import ScoringInterrupted
+
+            finished = []
+            if isinstance(e, ScoringInterrupted):  # it carries the finished documents of the buffer in flight
+                finished, e = e.finished, e.interrupt
             code = EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
             if getattr(self.writer, "finished", False):  # the finish holds signals until it is done
                 typer.echo(
                     f"scorecli: interrupted as the run finished; its results are complete in {self.out}", err=True
                 )
                 raise typer.Exit(code) from None
-            finished = getattr(e, "finished_docs", [])
             if self._to_folder and (finished or self.writer.parts):
                 clock()  # the time up to the interrupt counts in the resumed run's wall time
                 self.writer.save_in_flight(finished, self.summary.state())
@@ -657,6 +708,9 @@ _SAVED_OPTIONS = (
     "revision",
     "trust_remote_code",
     "join",
+    "top_k",
+    "ref_model",
+    "ref_dtype",
 )
 
 
@@ -685,7 +739,12 @@ def _resolved(path: str | None) -> str | None:
 def _saved_options(options: dict, input: list[str], model: str | None) -> dict:
     """The options to save in a run's folder, as JSON values, with local paths resolved."""
     saved = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items()}
-    return {**saved, "input": _resolved_inputs(input), "model": _resolved(model)}
+    return {
+        **saved,
+        "input": _resolved_inputs(input),
+        "model": _resolved(model),
+        "ref_model": _resolved(saved["ref_model"]),
+    }
 
 
 def _resolved_inputs(input: list[str] | str) -> list[str]:
@@ -704,7 +763,9 @@ def _resumed_options(ctx: typer.Context, given: dict, saved: dict) -> dict:
     return options
 
 
-def _check_resumed_input(state: RunState, metadata: dict[str, str], input: list[str], model: str | None) -> None:
+def _check_resumed_input(
+    state: RunState, metadata: dict[str, str], input: list[str], model: str | None, ref_model: str | None = None
+) -> None:
     """Compare the input and model paths of a resumed run as absolute paths, however they were typed.
 
     Where they agree, the metadata names them as the first session did, so the rest of it must match exactly.
@@ -716,8 +777,9 @@ def _check_resumed_input(state: RunState, metadata: dict[str, str], input: list[
         raise OutputError(f": the run was started with input {shown_was!r}, not {shown_now!r}", arg="resume")
     if "input" in state.metadata and was is not None:
         metadata["input"] = state.metadata["input"]
-    if "model" in state.metadata and state.options.get("model", model) == _resolved(model):
-        metadata["model"] = state.metadata["model"]
+    for key, path in (("model", model), ("ref_model", ref_model)):
+        if key in state.metadata and state.options.get(key, path) == _resolved(path):
+            metadata[key] = state.metadata[key]
 
 
 def _fields(text: str | None, id_: str, prompt: str | None, response: str | None, messages: str | None) -> Fields:

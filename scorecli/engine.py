@@ -12,14 +12,15 @@ import torch
 
 from scorecli.batching import Encoded, Encoder, TokenTexts, Window, check_limits, collate, default_stride, pack, windows
 from scorecli.chat import DEFAULT_ROLES, render_chats
-from scorecli.errors import UsageError
+from scorecli.errors import ModelError, UsageError
 from scorecli.head import get_response_log_probs, output_head
 from scorecli.inputs import Record
-from scorecli.models import context_length
+from scorecli.models import check_same_vocabulary, context_length
 from scorecli.scores import DocScore, perplexity
+from scorecli.stats import columns_of, concat
 from scorecli.words import assign_words, word_spans
 
-__all__ = ["DocScore", "ScoreProgress", "Scorer", "get_response_log_probs", "perplexity"]
+__all__ = ["DocScore", "ScoreProgress", "Scorer", "ScoringInterrupted", "get_response_log_probs", "perplexity"]
 
 
 # Measured on a 2-core AVX-512 CPU, a 1,024-token budget scores fastest (activations stay in cache);
@@ -48,6 +49,20 @@ class ScoreProgress:
         return self.tokens_planned + round(unread * self.tokens_planned / self.docs_planned)
 
 
+class ScoringInterrupted(KeyboardInterrupt):
+    """An interrupt while a buffer was being scored, carrying the documents of that buffer that were finished.
+
+    Given back to `Scorer.score_buffers` as `done`, they are not scored again. `interrupt` is the
+    KeyboardInterrupt (or subclass) that stopped the run.
+    """
+
+    def __init__(self, finished: list[DocScore], interrupt: KeyboardInterrupt) -> None:
+        """Wrap `interrupt`, keeping the `finished` documents."""
+        super().__init__()
+        self.finished = finished
+        self.interrupt = interrupt
+
+
 class Scorer:
     """Score streams of texts with one model: tokenise, cut windows, sort by length, pack, score, reorder."""
 
@@ -67,6 +82,9 @@ class Scorer:
         threads: int | None = None,
         buffer_docs: int = 4096,
         buffer_chars: int | None = None,
+        top_k: int = 0,
+        ref_model: torch.nn.Module | None = None,
+        ref_tokenizer: object | None = None,
         grow_buffers: bool = False,
     ) -> None:
         """Set the scoring policy; None picks the model's context length, half of it and the device's budget.
@@ -75,6 +93,9 @@ class Scorer:
         `all_tokens` also scores the prompt (context) tokens; `roles` are the chat turns that are scored.
         `threads` is the number of CPU threads scoring uses (default: torch's), shared among `workers`
         batches scored at once (default: one per thread on a CPU, up to 8).
+        `top_k` > 0 adds the K most likely tokens at each position; `ref_model` (with the same tokenizer)
+        adds its log-probs and entropies and the KL divergences between the two, from the same batches
+        (`ref_tokenizer`, where given, is checked to be the same vocabulary as `tokenizer`).
         Records are read ahead in buffers of `buffer_docs` documents or `buffer_chars` characters;
         `grow_buffers` starts them at about two batches and doubles them up to that size, so the first
         documents come out within a few batches (for output that streams), at the price of sorting fewer
@@ -83,6 +104,8 @@ class Scorer:
         """
         if threads is not None and threads < 1:
             raise UsageError(f"must be at least 1, not {threads}", arg="threads")
+        if top_k < 0:
+            raise UsageError(f"must be at least 0, not {top_k}", arg="top_k")
         self.device = next(model.parameters()).device
         if batch_tokens is None:
             batch_tokens = DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
@@ -115,6 +138,23 @@ class Scorer:
             else self.buffer_chars
         )
         self.head = output_head(model)
+        self.top_k = top_k
+        self.ref_model = ref_model
+        self.ref_head = None if ref_model is None else output_head(ref_model)
+        if ref_tokenizer is not None:
+            check_same_vocabulary(tokenizer, ref_tokenizer)
+        if self.ref_head is not None and self.ref_head.vocab_size != self.head.vocab_size:
+            raise ModelError(
+                f"has {self.ref_head.vocab_size:,} output logits, the model {self.head.vocab_size:,}", arg="ref_model"
+            )
+        self.statistics = (
+            "logprob",
+            "entropy",
+            "rank",
+            *(("top_k",) if top_k else ()),
+            *(("reference",) if ref_model is not None else ()),
+        )
+        self.columns = (*columns_of(self.statistics), *(("top_tokens",) if top_k else ()))
         self.token_texts = TokenTexts(tokenizer)
 
     @property
@@ -145,6 +185,15 @@ class Scorer:
             "device": str(self.device),
             # How a product is split across threads can change float rounding (never beyond 1e-4 nats).
             "threads": f"{self.threads} ({self.workers} batch{'es' if self.workers > 1 else ''} at a time)",
+            "top_k": str(self.top_k),
+            **(
+                {}
+                if self.ref_model is None
+                else {
+                    "ref_head": self.ref_head.mode,
+                    "ref_dtype": str(next(self.ref_model.parameters()).dtype).removeprefix("torch."),
+                }
+            ),
         }
 
     def score_texts(self, texts: Iterable[str]) -> list[DocScore]:
@@ -176,9 +225,9 @@ class Scorer:
 
         Buffers are cut by counts of records and characters only (fixed, unless `grow_buffers`), so a run
         resumed after a buffer's last record meets the very same buffers, batches and numbers as an
-        uninterrupted one. An interrupt
-        (KeyboardInterrupt) carries the documents of the buffer in flight that were finished, as its
-        `finished_docs`; given back as `done` (by input position), they are not scored again, and the
+        uninterrupted one. An interrupt (KeyboardInterrupt) is raised as ScoringInterrupted, carrying the
+        finished documents of the buffer in flight; given back as `done` (by input position), they are not
+        scored again, and the
         batches that hold anything else are the same as before, so the numbers are too.
         """
         state = ScoreProgress()
@@ -230,7 +279,7 @@ class Scorer:
         state.tokens_planned += sum(e.n_scored for e in encoded)
         state.docs_done += int((left == 0).sum())
         report(state)
-        results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(work)
+        results: list[dict[str, np.ndarray] | None] = [None] * len(work)
         # Batches are planned over the whole buffer, then those that hold only finished documents skipped.
         batches = [
             rows
@@ -253,12 +302,11 @@ class Scorer:
                         if records[doc].doc not in done:
                             left[doc] -= 1
                             state.docs_done += int(left[doc] == 0)
-                            state.tokens_done += len(score[0])
+                            state.tokens_done += len(score["logprob"])
                     report(state)
         except KeyboardInterrupt as e:
             finished = [i for i in range(len(records)) if left[i] == 0]
-            e.finished_docs = self._assemble(records, encoded, work, results, done, finished)
-            raise
+            raise ScoringInterrupted(self._assemble(records, encoded, work, results, done, finished), e) from e
         return self._assemble(records, encoded, work, results, done, range(len(records)))
 
     def _assemble(
@@ -266,12 +314,12 @@ class Scorer:
         records: list[Record],
         encoded: list[Encoded],
         work: list[Window],
-        results: list[tuple[np.ndarray, np.ndarray] | None],
+        results: list[dict[str, np.ndarray] | None],
         done: dict[int, DocScore],
         which: Iterable[int],
     ) -> list[DocScore]:
         """The DocScores of the buffer's documents `which` (in order), from their windows' results."""
-        per_doc: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in records]
+        per_doc: list[list[dict[str, np.ndarray]]] = [[] for _ in records]
         for w, score in zip(work, results):
             if score is not None:
                 per_doc[w.doc].append(score)
@@ -281,8 +329,8 @@ class Scorer:
             if record.doc in done:
                 docs.append(done[record.doc])
                 continue
-            log_probs, entropy = (np.concatenate(part) for part in zip(*scores)) if scores else (_EMPTY, _EMPTY)
-            docs.append(self._doc_score(record, encoded[i], log_probs, entropy))
+            stats = {c: np.concatenate([s[c] for s in scores]) for c in scores[0]} if scores else self._empty()
+            docs.append(self._doc_score(record, encoded[i], stats))
         return docs
 
     @contextmanager
@@ -308,8 +356,8 @@ class Scorer:
             pool.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(threads)
 
-    def _score_batch(self, batch: list[Window], encoded: list[Encoded]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Log-probs and entropies of the targets of each window of one padded batch."""
+    def _score_batch(self, batch: list[Window], encoded: list[Encoded]) -> list[dict[str, np.ndarray]]:
+        """The statistics of the targets of each window of one padded batch, as columns."""
         # Pads are never attended to nor scored; id 0 is simply an id every embedding table has.
         input_ids, labels = collate([encoded[w.doc].ids[w.begin : w.end] for w in batch], pad_id=0)
         select = torch.zeros(labels.shape, dtype=torch.bool)
@@ -322,11 +370,18 @@ class Scorer:
         # No attention mask: with right padding and causal attention no real token can see a pad, and
         # without a mask attention takes the fused causal kernel instead of materialising [B, heads, T, T].
         with torch.inference_mode():
-            log_probs, entropy = self.head.score(input_ids, labels, None, select=select)
+            stats = self.head.score(
+                input_ids, labels, None, select=select, statistics=self.statistics, top_k=self.top_k, ref=self.ref_head
+            )
         bounds = np.cumsum(select.sum(dim=1).tolist())[:-1]
-        return list(zip(np.split(log_probs.cpu().numpy(), bounds), np.split(entropy.cpu().numpy(), bounds)))
+        split = {c: np.split(v.cpu().numpy(), bounds) for c, v in stats.items()}
+        return [{c: parts[row] for c, parts in split.items()} for row in range(len(batch))]
 
-    def _doc_score(self, record: Record, enc: Encoded, log_probs: np.ndarray, entropy: np.ndarray) -> DocScore:
+    def _empty(self) -> dict[str, np.ndarray]:
+        """The statistics of a document without a scored token."""
+        return {c: v.numpy() for c, v in concat([], self.statistics, self.top_k).items()}
+
+    def _doc_score(self, record: Record, enc: Encoded, stats: dict[str, np.ndarray]) -> DocScore:
         """Assemble a document's token rows from its encoding and the scores of its targets."""
         positions = np.flatnonzero(enc.targets[enc.n_prefix :])
         token_ids = np.asarray(enc.ids[enc.n_prefix :], dtype=np.int64)[positions]
@@ -341,17 +396,22 @@ class Scorer:
             positions=positions.astype(np.int32),
             starts=offsets[:, 0].astype(np.int32),
             ends=offsets[:, 1].astype(np.int32),
-            logprobs=log_probs,
-            entropies=entropy,
             tokens=self.token_texts(token_ids.tolist()),
             is_response=is_response,
             n_bytes=_scored_bytes(record, enc),
             truncated=enc.truncated,
             words=assign_words(word_spans(record.text, record.spans, _reach(enc)), counted),
+            stats=self._with_top_tokens(stats),
         )
 
-
-_EMPTY = np.zeros(0, np.float32)
+    def _with_top_tokens(self, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The statistics, with the texts of the top-k token ids where there are some."""
+        if "top_ids" not in stats:
+            return stats
+        ids = stats["top_ids"]
+        texts = np.empty(ids.shape, dtype=object)
+        texts.reshape(-1)[:] = self.token_texts(ids.reshape(-1).tolist())
+        return {**stats, "top_tokens": texts}
 
 
 def _reach(enc: Encoded) -> int | None:

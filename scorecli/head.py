@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from scorecli.stats import _concat, token_stats
+from scorecli.stats import concat, token_stats
 
 HEAD_CHUNK_BYTES = 64 * 2**20  # float32 logits per head chunk: bounds peak memory whatever the vocabulary
 _PROBE_LENGTH = 8
@@ -24,11 +24,31 @@ def get_response_log_probs(
     attention_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Return log p(labels[b, t] | input_ids[b, :t+1]) as "log_probs" [B, T] (and "token_entropy"), unmasked."""
-    log_probs, entropy = output_head(model).score(input_ids, labels, attention_mask, entropy=return_token_entropy)
-    out = {"log_probs": log_probs.view(labels.shape)}
+    statistics = ("logprob", "entropy") if return_token_entropy else ("logprob",)
+    stats = output_head(model).score(input_ids, labels, attention_mask, statistics=statistics)
+    out = {"log_probs": stats["logprob"].view(labels.shape)}
     if return_token_entropy:
-        out["token_entropy"] = entropy.view(labels.shape)
+        out["token_entropy"] = stats["entropy"].view(labels.shape)
     return out
+
+
+def get_response_kl(
+    model: torch.nn.Module,
+    ref_model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Return "log_probs", "ref_log_probs", "kl" (KL(ref‖model)) and "reverse_kl" (KL(model‖ref)), each [B, T].
+
+    Exact over the whole vocabulary and unmasked, as get_response_log_probs; gradients flow through
+    `model` only (the reference is frozen), and no [B, T, V] tensor of either model is built.
+    """
+    stats = output_head(model).score(
+        input_ids, labels, attention_mask, statistics=("logprob", "reference"), ref=output_head(ref_model)
+    )
+    names = {"log_probs": "logprob", "ref_log_probs": "ref_logprob", "kl": "kl", "reverse_kl": "reverse_kl"}
+    return {key: stats[name].view(labels.shape) for key, name in names.items()}
 
 
 def output_head(model: torch.nn.Module) -> OutputHead:
@@ -104,32 +124,54 @@ class OutputHead:
         labels: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         select: torch.Tensor | None = None,
-        entropy: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probs and entropies, flat, for the positions `select` marks (all positions when None)."""
+        statistics: Sequence[str] = ("logprob", "entropy"),
+        top_k: int = 0,
+        ref: OutputHead | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The named statistics (stats.py), flat, for the positions `select` marks (all positions when None).
+
+        With `ref`, the reference model runs on the same input, and each chunk of positions goes through
+        both output heads in lock-step; the reference is frozen (no gradients flow into it).
+        """
         selected = labels.reshape(-1) if select is None else labels[select]
         if selected.numel() and (int(selected.min()) < 0 or int(selected.max()) >= self.vocab_size):
             raise ValueError(f"labels must be token ids in [0, {self.vocab_size}); mask positions after scoring")
-        if self.chunked:
-            states, stats = self._hidden(input_ids, attention_mask), self._stats_from_hidden
-        else:
-            states, stats = (
-                self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits,
-                token_stats,
-            )
-        states = states.reshape(-1, states.shape[-1]) if select is None else states[select]
-        rows = self.chunk_rows
-        chunks = range(0, selected.shape[0], rows)
-        parts = [self._chunk(stats, states[i : i + rows], selected[i : i + rows], entropy) for i in chunks]
-        return _concat(parts, entropy)
+        states = self._flat(self._states(input_ids, attention_mask), select)
+        ref_states = None
+        if ref is not None:
+            with torch.no_grad():
+                ref_states = ref._flat(ref._states(input_ids, attention_mask), select)
 
-    def _stats_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor, entropy: bool) -> tuple:
-        """Token statistics of one chunk of final hidden states."""
-        return token_stats(self._logits(hidden), labels, entropy)
+        def chunk_stats(states: torch.Tensor, ref_states: torch.Tensor | None, labels: torch.Tensor) -> dict:
+            """Statistics of one chunk of positions, from the final hidden states (or logits) of both models."""
+            ref_logits = None
+            if ref is not None:
+                with torch.no_grad():
+                    ref_logits = ref._chunk_logits(ref_states)
+            return token_stats(self._chunk_logits(states), labels, statistics, ref_logits, top_k)
+
+        parts = []
+        for i in range(0, selected.shape[0], self.chunk_rows):
+            rows = slice(i, i + self.chunk_rows)
+            args = (states[rows], None if ref_states is None else ref_states[rows], selected[rows])
+            if torch.is_grad_enabled() and states.requires_grad:
+                # Under autograd the chunk's logits are recomputed in backward, not kept.
+                parts.append(checkpoint(chunk_stats, *args, use_reentrant=False))
+            else:
+                parts.append(chunk_stats(*args))
+        return concat(parts, statistics, top_k)
+
+    def _states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """What the chunks are cut from: final hidden states, or the model's own logits where not chunked."""
+        if self.chunked:
+            return self._hidden(input_ids, attention_mask)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     @staticmethod
-    def _chunk(stats: Callable, states: torch.Tensor, labels: torch.Tensor, entropy: bool) -> tuple:
-        """Statistics of one chunk; under autograd the chunk's logits are recomputed in backward, not kept."""
-        if torch.is_grad_enabled() and states.requires_grad:
-            return checkpoint(stats, states, labels, entropy, use_reentrant=False)
-        return stats(states, labels, entropy)
+    def _flat(states: torch.Tensor, select: torch.Tensor | None) -> torch.Tensor:
+        """States [B, T, H] as rows [N, H]: the selected positions, or all of them."""
+        return states.reshape(-1, states.shape[-1]) if select is None else states[select]
+
+    def _chunk_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """The logits of a chunk of states (float32 where chunked; token_stats makes each block float32)."""
+        return self._logits(states) if self.chunked else states

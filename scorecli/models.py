@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
 import json
@@ -126,19 +127,28 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     progress: Callable[[LoadStep], None] | None = None,
+    arg: str = "model",
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer once per process: a hub id, a folder, a .gguf file, or the default.
 
     `revision` (a branch, tag or commit) and `trust_remote_code` go to transformers' `from_pretrained`;
-    `progress` is told each step of loading (converting a GGUF file takes a while, once).
+    `progress` is told each step of loading (converting a GGUF file takes a while, once). Errors name
+    `arg`, the argument that gave `spec` (a reference model's, say).
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     hub = HubOptions(revision, trust_remote_code)
     key = (spec or "", str(torch_device), str(torch_dtype), hub)
     if key not in _loaded:
-        with _quiet_loading():
-            _loaded[key] = _load(spec, torch_device, torch_dtype, hub, progress or (lambda _: None))
+        try:
+            with _quiet_loading():
+                _loaded[key] = _load(spec, torch_device, torch_dtype, hub, progress or (lambda _: None))
+        except ModelError as e:
+            raise ModelError(e.message, arg=arg if e.arg == "model" else e.arg) from None
+        except (MemoryError, torch.OutOfMemoryError) as e:
+            gc.collect()  # the half-loaded weights
+            what = "beside the models already loaded" if _loaded else "here"
+            raise ModelError(f"{spec}: does not fit in memory {what} ({first_line(e)})", arg=arg) from None
     return _loaded[key]
 
 
@@ -158,6 +168,22 @@ def _quiet_loading() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def check_same_vocabulary(tokenizer: object, ref_tokenizer: object) -> None:
+    """Raise ModelError, saying how, where a reference model's tokenizer differs from the model's."""
+    vocab, ref_vocab = tokenizer.get_vocab(), ref_tokenizer.get_vocab()
+    if vocab != ref_vocab:
+        if len(vocab) != len(ref_vocab):
+            how = f"has {len(ref_vocab):,} tokens, the model's {len(vocab):,}"
+        else:
+            token = min(set(vocab.items()) ^ set(ref_vocab.items()), key=lambda item: item[1])[0]
+            how = f"maps {token!r} to id {ref_vocab.get(token)}, the model's tokenizer to {vocab.get(token)}"
+        raise ModelError(f": the reference model's tokenizer differs from the model's: it {how}", arg="ref_model")
+    for name in ("bos_token_id", "eos_token_id"):
+        mine, ref = getattr(tokenizer, name, None), getattr(ref_tokenizer, name, None)
+        if mine != ref:
+            raise ModelError(f": the reference model's tokenizer has {name} {ref}, the model's {mine}", arg="ref_model")
 
 
 def _load(
@@ -216,7 +242,11 @@ def _from_pretrained(label: str, source: str, dtype: torch.dtype, local_only: bo
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only, **hub.kwargs())
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only, **hub.kwargs())
-    except (OSError, ValueError, KeyError) as e:
+    except (MemoryError, torch.OutOfMemoryError):
+        raise  # load_model says so in its own words
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # RuntimeError: weights that do not fit the config
+        if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):  # the CPU allocator's own words
+            raise MemoryError(first_line(e).split("DefaultCPUAllocator: ")[-1]) from None
         raise ModelError(f"{shown(label)}: cannot be loaded ({first_line(e)})", arg="model") from None
     return model, tokenizer
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -12,7 +14,7 @@ import pyarrow.parquet as pq
 
 from scorecli.errors import UsageError
 from scorecli.inputs import Rejected
-from scorecli.scores import DocScore
+from scorecli.scores import DEFAULT_STATS, DocScore
 from scorecli.tables import sequence_table, token_table, word_table
 
 _PARTIAL = ".partial"
@@ -33,15 +35,16 @@ class JsonlOutput:
     """Write rows of scores as one JSON object per line (non-finite numbers as null).
 
     `rows` is "sequences" (a line per document), "tokens" (per scored token) or "words" (per word), with
-    the columns of sequences.parquet, tokens.parquet or words.parquet.
+    the columns of sequences.parquet, tokens.parquet or words.parquet for a run that computes the token
+    columns `stats`.
     """
 
-    def __init__(self, stream: TextIO, rows: str = "sequences") -> None:
-        """Write `rows` to `stream`."""
+    def __init__(self, stream: TextIO, rows: str = "sequences", stats: Iterable[str] = DEFAULT_STATS) -> None:
+        """Write `rows` with the token columns `stats` to `stream`."""
         if rows not in ROW_TABLES:
             raise UsageError(f"must be one of {', '.join(ROW_TABLES)}, not {rows!r}", arg="rows")
         self.stream = stream
-        self.table = ROW_TABLES[rows]
+        self.table = ROW_TABLES[rows] if rows == "words" else partial(ROW_TABLES[rows], stats=tuple(stats))
         self.rejected = 0
 
     def reject(self, rejected: Rejected) -> None:

@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 from scorecli.errors import OutputError, first_line
 from scorecli.inputs import Rejected
 from scorecli.outputs import _finite
-from scorecli.scores import DocScore
-from scorecli.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA, WORD_SCHEMA, sequence_table, token_table, word_table
+from scorecli.scores import DEFAULT_STATS, DocScore, numpy_type
+from scorecli.tables import WORD_SCHEMA, sequence_schema, sequence_table, token_schema, token_table, word_table
 from scorecli.words import Words
 
 TOKENS_FILE = "tokens.parquet"
@@ -425,13 +425,24 @@ class RunWriter:
     appear, complete, only when the run finishes, and nothing removes or rewrites them after that.
     """
 
-    def __init__(self, folder: RunFolder, metadata: dict[str, str], words: bool, options: dict | None = None) -> None:
-        """Start a run in a claimed folder, or continue the one it holds; `options` are saved for --resume."""
+    def __init__(
+        self,
+        folder: RunFolder,
+        metadata: dict[str, str],
+        words: bool,
+        options: dict | None = None,
+        stats: tuple[str, ...] = DEFAULT_STATS,
+    ) -> None:
+        """Start a run in a claimed folder, or continue the one it holds; `options` are saved for --resume.
+
+        `stats` are the run's token columns.
+        """
         state = folder.state
         self.out_dir = folder.out_dir
         self.parts_dir = self.out_dir / PARTS_DIR
         self.metadata = metadata
         self.words = words
+        self.stats = stats
         self.parts = state.parts if state else 0
         self.records_done = state.records_done if state else 0
         self.docs_saved = state.docs_saved if state else 0
@@ -451,7 +462,7 @@ class RunWriter:
     @property
     def kinds(self) -> list[tuple[str, pa.Schema]]:
         """The Parquet files this run writes, with their schemas."""
-        kinds = [(TOKENS_FILE, TOKEN_SCHEMA), (SEQUENCES_FILE, SEQUENCE_SCHEMA)]
+        kinds = [(TOKENS_FILE, token_schema(self.stats)), (SEQUENCES_FILE, sequence_schema(self.stats))]
         return kinds + ([(WORDS_FILE, WORD_SCHEMA)] if self.words else [])
 
     def _part_file(self, kind: str, name: str) -> Path:
@@ -479,7 +490,11 @@ class RunWriter:
         name = f"{self.parts:06d}"
         manifest_path = self.parts_dir / f"{name}.json"
         rejects = [r for r in self._pending_rejects if r.doc < records_done]
-        tables = {TOKENS_FILE: token_table, SEQUENCES_FILE: sequence_table, WORDS_FILE: word_table}
+        tables = {
+            TOKENS_FILE: lambda docs: token_table(docs, self.stats),
+            SEQUENCES_FILE: lambda docs: sequence_table(docs, self.stats),
+            WORDS_FILE: word_table,
+        }
         written: list[Path] = []
         with deferred_signals():  # a part is saved whole, or not at all
             try:
@@ -522,6 +537,15 @@ class RunWriter:
             self.rejected += len(rejects)
             with contextlib.suppress(OSError):
                 (self.parts_dir / IN_FLIGHT_FILE).unlink(missing_ok=True)  # a saved part holds its documents now
+
+    def saved_tokens(self, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Columns of the response token rows of the parts saved so far."""
+        tables = [pq.read_table(path, columns=[*columns, "is_response"]) for path in self.part_files(TOKENS_FILE)]
+        if not tables:
+            return {c: np.zeros(0) for c in columns}
+        table = pa.concat_tables(tables)
+        table = table.filter(table["is_response"])
+        return {c: table[c].to_numpy() for c in columns}
 
     def save_in_flight(self, docs: list[DocScore], summary: dict) -> None:
         """Keep an interrupted buffer's finished documents (not scored again on resume) and the summary so far."""
@@ -659,24 +683,28 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-_DOC_ARRAYS = ("token_ids", "positions", "starts", "ends", "logprobs", "entropies", "is_response")
+_DOC_ARRAYS = ("token_ids", "positions", "starts", "ends", "is_response")
+_DOC_SCALARS = ("doc", "id", "text", "n_bytes", "truncated")
 
 
 def _doc_to_json(doc: DocScore) -> dict:
     """A DocScore as JSON values; float32 values survive the round trip exactly."""
     arrays = {name: getattr(doc, name).tolist() for name in _DOC_ARRAYS}
+    stats = {name: {"shape": list(v.shape), "values": v.tolist()} for name, v in doc.stats.items()}
     words = {name: getattr(doc.words, name).tolist() for name in ("starts", "ends", "token_word")}
-    scalars = {"doc": doc.doc, "id": doc.id, "text": doc.text, "n_bytes": doc.n_bytes, "truncated": doc.truncated}
-    return {**scalars, **arrays, "tokens": doc.tokens, "words": words}
+    scalars = {name: getattr(doc, name) for name in _DOC_SCALARS}
+    return {**scalars, **arrays, "tokens": doc.tokens, "words": words, "stats": stats}
 
 
 def _doc_from_json(row: dict) -> DocScore:
     """The DocScore _doc_to_json wrote."""
-    types = {"logprobs": np.float32, "entropies": np.float32, "is_response": bool}
-    arrays = {name: np.asarray(row[name], dtype=types.get(name, np.int32)) for name in _DOC_ARRAYS}
+    arrays = {name: np.asarray(row[name], dtype=bool if name == "is_response" else np.int32) for name in _DOC_ARRAYS}
+    stats = {
+        name: np.asarray(v["values"], dtype=numpy_type(name)).reshape(v["shape"]) for name, v in row["stats"].items()
+    }
     words = Words(*(np.asarray(row["words"][k], dtype=np.int64) for k in ("starts", "ends", "token_word")))
-    scalars = {k: row[k] for k in ("doc", "id", "text", "n_bytes", "truncated")}
-    return DocScore(**scalars, **arrays, tokens=row["tokens"], words=words)
+    scalars = {name: row[name] for name in _DOC_SCALARS}
+    return DocScore(**scalars, **arrays, tokens=row["tokens"], words=words, stats=stats)
 
 
 def _reject_row(r: Rejected) -> dict:

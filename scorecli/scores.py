@@ -1,24 +1,48 @@
-"""Document scores: a row per scored token and the document's totals. Needs numpy, not torch."""
+"""Document scores, and the columns of the token and sequence tables, each defined once. Needs numpy, not torch."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
+from scorecli.summary import perplexity
 from scorecli.words import Words, word_stats
 
+# Per-token statistics, in their order in tokens.parquet (between `end` and `is_response`). A statistic's
+# values flow from its block function in stats.py to this column under the same name; those present in a
+# run are the ones it computes. `top_tokens` is the text of `top_ids`, added by the Scorer.
+TOKEN_COLUMNS: dict[str, pa.DataType] = {
+    "logprob": pa.float32(),
+    "entropy": pa.float32(),
+    "rank": pa.int32(),
+    "top_ids": pa.list_(pa.int32()),
+    "top_logprobs": pa.list_(pa.float32()),
+    "top_tokens": pa.list_(pa.string()),
+    "ref_logprob": pa.float32(),
+    "ref_entropy": pa.float32(),
+    "kl": pa.float32(),
+    "reverse_kl": pa.float32(),
+    "same_top": pa.bool_(),
+}
+DEFAULT_STATS = ("logprob", "entropy", "rank")
 
-def perplexity(mean_logprob: float) -> float:
-    """exp(-mean log-prob), infinite where that overflows a float."""
-    return math.exp(-mean_logprob) if -mean_logprob < 709.0 else math.inf
+
+def numpy_type(column: str) -> type:
+    """The numpy dtype a token column's values are kept in (of the items, for list columns)."""
+    kind = TOKEN_COLUMNS[column]
+    kind = kind.value_type if pa.types.is_list(kind) else kind
+    return object if pa.types.is_string(kind) else kind.to_pandas_dtype()
 
 
 @dataclass
 class DocScore:
     """The scores of one document: a row per scored token, and the document's totals.
 
+    `stats` holds the per-token statistics as columns named as in TOKEN_COLUMNS ([n] or [n, K] arrays).
     Statistics count the response rows only (every row of a plain text is one); prompt rows are present
     only when asked for, as context that was scored but not counted.
     """
@@ -30,18 +54,27 @@ class DocScore:
     positions: np.ndarray
     starts: np.ndarray
     ends: np.ndarray
-    logprobs: np.ndarray
-    entropies: np.ndarray
     tokens: list[str]
     is_response: np.ndarray
     n_bytes: int
     truncated: bool
     words: Words
+    stats: dict[str, np.ndarray]
     sum_logprob: float = field(init=False)
 
     def __post_init__(self) -> None:
         """Total the response log-probs in float64."""
-        self.sum_logprob = float(self.logprobs[self.is_response].sum(dtype=np.float64))
+        self.sum_logprob = self.response_sum("logprob")
+
+    @property
+    def logprobs(self) -> np.ndarray:
+        """The log-probability of each row's token given the preceding tokens, in nats."""
+        return self.stats["logprob"]
+
+    @property
+    def entropies(self) -> np.ndarray:
+        """Entropy of the predictive distribution at each row, in nats."""
+        return self.stats["entropy"]
 
     @property
     def n_tokens(self) -> int:
@@ -51,31 +84,25 @@ class DocScore:
     @property
     def n_rows(self) -> int:
         """Number of token rows (response tokens, plus prompt tokens where asked for)."""
-        return len(self.logprobs)
+        return len(self.is_response)
 
     @property
     def sum_entropy(self) -> float:
         """Total entropy over the response tokens, in nats."""
-        return float(self.entropies[self.is_response].sum(dtype=np.float64))
+        return self.response_sum("entropy")
+
+    def response_sum(self, column: str) -> float:
+        """The sum of a per-token column over the response tokens, in float64."""
+        return float(self.stats[column][self.is_response].sum(dtype=np.float64))
+
+    def response_mean(self, column: str) -> float | None:
+        """The mean of a per-token column over the response tokens; None where there are none."""
+        n = self.n_tokens
+        return self.response_sum(column) / n if n else None
 
     def sequence_row(self) -> dict:
         """The document's row of sequences.parquet; statistics are None where no token was scored."""
-        n, n_words = self.n_tokens, len(self.words)
-        mean = self.sum_logprob / n if n else None
-        return {
-            "doc": self.doc,
-            "id": self.id,
-            "n_tokens": n,
-            "sum_logprob": self.sum_logprob if n else None,
-            "mean_logprob": mean,
-            "perplexity": perplexity(mean) if n else None,
-            "mean_entropy": self.sum_entropy / n if n else None,
-            "n_bytes": self.n_bytes,
-            "bits_per_byte": -self.sum_logprob / (self.n_bytes * math.log(2)) if n and self.n_bytes else None,
-            "n_words": n_words,
-            "word_perplexity": perplexity(self.sum_logprob / n_words) if n_words else None,
-            "truncated": self.truncated,
-        }
+        return {c.name: c.value(self) for c in SEQUENCE_COLUMNS if c.present(self.stats)}
 
     def word_rows(self) -> dict[str, np.ndarray | list]:
         """The document's rows of words.parquet, as columns."""
@@ -88,3 +115,55 @@ class DocScore:
             "end": self.words.ends,
             **stats,
         }
+
+
+@dataclass(frozen=True)
+class SequenceColumn:
+    """A column of sequences.parquet: its type, its value for a document, and the statistic it needs."""
+
+    name: str
+    type: pa.DataType
+    value: Callable[[DocScore], object]
+    needs: str | None = None  # the token column a run must have for this one to be present
+
+    def present(self, stats: Iterable[str]) -> bool:
+        """Whether a run with these token columns has this column."""
+        return self.needs is None or self.needs in stats
+
+
+def _scored(value: Callable[[DocScore], object]) -> Callable[[DocScore], object]:
+    """`value` where the document has a scored token, else None."""
+    return lambda d: value(d) if d.n_tokens else None
+
+
+def _bits_per_byte(d: DocScore) -> float | None:
+    """-Σ log-prob / ln 2 over the UTF-8 bytes of the scored text."""
+    return -d.sum_logprob / (d.n_bytes * math.log(2)) if d.n_tokens and d.n_bytes else None
+
+
+SEQUENCE_COLUMNS = (
+    SequenceColumn("doc", pa.int64(), lambda d: d.doc),
+    SequenceColumn("id", pa.string(), lambda d: d.id),
+    SequenceColumn("n_tokens", pa.int64(), lambda d: d.n_tokens),
+    SequenceColumn("sum_logprob", pa.float64(), _scored(lambda d: d.sum_logprob)),
+    SequenceColumn("mean_logprob", pa.float64(), lambda d: d.response_mean("logprob")),
+    SequenceColumn("perplexity", pa.float64(), _scored(lambda d: perplexity(d.response_mean("logprob")))),
+    SequenceColumn("mean_entropy", pa.float64(), lambda d: d.response_mean("entropy")),
+    SequenceColumn("n_bytes", pa.int64(), lambda d: d.n_bytes),
+    SequenceColumn("bits_per_byte", pa.float64(), _bits_per_byte),
+    SequenceColumn("n_words", pa.int64(), lambda d: len(d.words)),
+    SequenceColumn(
+        "word_perplexity", pa.float64(), lambda d: perplexity(d.sum_logprob / len(d.words)) if len(d.words) else None
+    ),
+    SequenceColumn("truncated", pa.bool_(), lambda d: d.truncated),
+    SequenceColumn(
+        "top1_rate", pa.float64(), _scored(lambda d: float(np.mean(d.stats["rank"][d.is_response] == 1))), "rank"
+    ),
+    SequenceColumn("ref_sum_logprob", pa.float64(), _scored(lambda d: d.response_sum("ref_logprob")), "ref_logprob"),
+    SequenceColumn(
+        "ref_perplexity", pa.float64(), _scored(lambda d: perplexity(d.response_mean("ref_logprob"))), "ref_logprob"
+    ),
+    SequenceColumn("mean_kl", pa.float64(), lambda d: d.response_mean("kl"), "kl"),
+    SequenceColumn("mean_reverse_kl", pa.float64(), lambda d: d.response_mean("reverse_kl"), "reverse_kl"),
+    SequenceColumn("top1_agreement", pa.float64(), lambda d: d.response_mean("same_top"), "same_top"),
+)

@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import numpy as np
 from rich import box
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from scorecli.scores import DocScore, perplexity
+# DocScore only as a type: the CLI loads this module at start-up, before pyarrow, which scores.py needs.
+if TYPE_CHECKING:
+    from scorecli.scores import DocScore
+
+
+def perplexity(mean_logprob: float) -> float:
+    """exp(-mean log-prob), infinite where that overflows a float."""
+    return math.exp(-mean_logprob) if -mean_logprob < 709.0 else math.inf
+
 
 TOP_N = 3  # extreme documents each way: enough to spot outliers, few enough that the summary fits a screen
 _PREVIEW_CHARS = 200
 _ID_WIDTH = 16
-_SETTINGS = ("model", "dtype", "device", "bos", "long_texts", "scored")
+_SETTINGS = ("model", "dtype", "ref_model", "ref_dtype", "device", "bos", "long_texts", "scored")
+KL_PERCENTILES = (100.0, 99.9, 99.0, 95.0, 90.0, 50.0)
+DELTA_P_PERCENTILES = (100.0, 99.9, 99.0, 95.0, 90.0, 75.0, 50.0, 25.0, 10.0, 5.0, 1.0, 0.1, 0.0)
 
 
 @dataclass
@@ -35,6 +48,7 @@ class Summary:
     n_rejected: int = 0
     sum_doc_perplexity: float = 0.0
     seconds: float = 0.0
+    n_top1: int = 0
     # Bootstrap intervals (scorecli.bootstrap.corpus_intervals), set once the run's documents are all in.
     intervals: dict = field(default_factory=dict)
     sessions: int = 1
@@ -42,6 +56,7 @@ class Summary:
     session_seconds: float = 0.0
     _highest: list = field(default_factory=list)
     _lowest: list = field(default_factory=list)
+    _comparison: Comparison | None = None  # against a reference model; rebuilt from the saved tokens on resume
 
     def add(self, score: DocScore) -> None:
         """Count one document."""
@@ -55,6 +70,10 @@ class Summary:
         self.sum_logprob += score.sum_logprob
         self.sum_entropy += score.sum_entropy
         self.n_bytes += score.n_bytes
+        if "rank" in score.stats:
+            self.n_top1 += int((score.stats["rank"][score.is_response] == 1).sum())
+        if "ref_logprob" in score.stats:
+            self.comparison.add({c: score.stats[c][score.is_response] for c in Comparison.COLUMNS})
         if row["n_words"]:  # texts of whitespace alone have tokens but no words
             self.n_words += row["n_words"]
             self.sum_word_surprisal -= score.sum_logprob
@@ -69,7 +88,14 @@ class Summary:
 
     def state(self) -> dict:
         """Everything the summary holds, as JSON-ready values, to carry it across a resumed run."""
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if k != "_comparison"}
+
+    @property
+    def comparison(self) -> Comparison:
+        """The token statistics of the model against a reference model (empty where there is none)."""
+        if self._comparison is None:
+            self._comparison = Comparison()
+        return self._comparison
 
     @classmethod
     def from_state(cls, state: dict) -> Summary:
@@ -108,6 +134,11 @@ class Summary:
         return self.sum_entropy / self.n_tokens if self.n_tokens else None
 
     @property
+    def top1_rate(self) -> float | None:
+        """Share of scored tokens that were the model's most likely next token."""
+        return self.n_top1 / self.n_tokens if self.n_tokens else None
+
+    @property
     def tokens_per_second(self) -> float | None:
         """Scored tokens per second of scoring, over all the sessions of a resumed run."""
         return self.n_tokens / self.seconds if self.seconds > 0 else None
@@ -141,6 +172,7 @@ class Summary:
             "word_perplexity": self.word_perplexity,
             "words": self.n_words,
             "mean_entropy": self.mean_entropy,
+            "top1_rate": self.top1_rate,
             "tokens_per_second": self.tokens_per_second,
             "seconds": self.seconds,
             "sessions": self.sessions,
@@ -151,8 +183,79 @@ class Summary:
             "rejected": self.n_rejected,
             "highest": [_doc_dict(entry) for entry in self.highest()],
             "lowest": [_doc_dict(entry) for entry in self.lowest()],
+            **(self._comparison.as_dict() if self._comparison is not None else {}),
             **self.intervals,
         }
+
+
+class Comparison:
+    """A model against a reference model over scored tokens: llama-perplexity --kl-divergence's statistics.
+
+    Each ± is the standard error of a mean over tokens, taken as independent (as llama.cpp does): for a mean
+    of x, sqrt(var(x) / (N - 1)); for PPL, PPL × that of the mean negative log-likelihood; for the RMS of
+    Δp, that of the mean of Δp² divided by 2·RMS; for the same-top share p, sqrt(p(1 - p) / (N - 1)).
+    Percentiles are numpy's (linear interpolation between order statistics).
+    """
+
+    COLUMNS = ("logprob", "ref_logprob", "kl", "reverse_kl", "same_top")
+
+    def __init__(self) -> None:
+        """No tokens yet."""
+        self._parts: dict[str, list[np.ndarray]] = {c: [] for c in self.COLUMNS}
+
+    def add(self, columns: dict[str, Iterable]) -> None:
+        """Add scored tokens' values of each of COLUMNS."""
+        for c in self.COLUMNS:
+            self._parts[c].append(np.asarray(columns[c]))
+
+    def _column(self, name: str) -> np.ndarray:
+        """All tokens' values of a column, in float64."""
+        parts = self._parts[name]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+    def as_dict(self) -> dict[str, float | None]:
+        """The figures, named for summary.json."""
+        lp, ref_lp, kl = self._column("logprob"), self._column("ref_logprob"), self._column("kl")
+        n = len(lp)
+        if n == 0:
+            return {}
+        nll, ref_nll = -lp.mean(), -ref_lp.mean()
+        dp = np.exp(lp) - np.exp(ref_lp)
+        rms = math.sqrt(float(np.mean(dp**2)))
+        same = float(self._column("same_top").mean())
+        figures = {
+            "ref_perplexity": perplexity(-ref_nll),
+            "perplexity_se": perplexity(-nll) * _se(-lp),
+            "ref_perplexity_se": perplexity(-ref_nll) * _se(-ref_lp),
+            "ln_ppl_ratio": nll - ref_nll,
+            "ln_ppl_ratio_se": _se(ref_lp - lp),
+            "mean_kl": float(kl.mean()),
+            "mean_kl_se": _se(kl),
+            **{f"kl_{_pct(q)}": float(v) for q, v in zip(KL_PERCENTILES, np.percentile(kl, KL_PERCENTILES))},
+            "mean_reverse_kl": float(self._column("reverse_kl").mean()),
+            "mean_reverse_kl_se": _se(self._column("reverse_kl")),
+            "delta_p_mean": float(dp.mean()),
+            "delta_p_mean_se": _se(dp),
+            "delta_p_rms": rms,
+            "delta_p_rms_se": _se(dp**2) / (2 * rms) if rms > 0 else 0.0,
+            **{
+                f"delta_p_{_pct(q)}": float(v)
+                for q, v in zip(DELTA_P_PERCENTILES, np.percentile(dp, DELTA_P_PERCENTILES))
+            },
+            "same_top": same,
+            "same_top_se": math.sqrt(same * (1 - same) / (n - 1)) if n > 1 else 0.0,
+        }
+        return {k: float(v) for k, v in figures.items()}
+
+
+def _se(x: np.ndarray) -> float:
+    """The standard error of the mean of x, tokens taken as independent (0 for a single value)."""
+    return float(math.sqrt(np.var(x) / (len(x) - 1))) if len(x) > 1 else 0.0
+
+
+def _pct(q: float) -> str:
+    """A percentile's name in summary.json: max, min, median or p99.9."""
+    return {100.0: "max", 0.0: "min", 50.0: "median"}.get(q, f"p{q:g}")
 
 
 def _doc_dict(entry: tuple) -> dict:
@@ -178,6 +281,7 @@ def render(figures: dict, metadata: dict[str, str]) -> Group:
         *_ci("bits/byte 95% CI", figures.get("bits_per_byte_ci")),
         ("word perplexity", _num(figures.get("word_perplexity"))),
         ("mean entropy (nats)", _num(figures.get("mean_entropy"))),
+        ("top-1 rate", _pct_text(figures.get("top1_rate"))),
         ("tokens/s", _num(figures.get("tokens_per_second"), 1)),
         ("wall time", f"{figures.get('seconds') or 0:.1f} s"),
     ]
@@ -191,7 +295,7 @@ def render(figures: dict, metadata: dict[str, str]) -> Group:
             ("wall time (this session)", f"{figures.get('session_seconds') or 0:.1f} s"),
         ]
     settings = [f"{key} {metadata[key]}" for key in _SETTINGS if key in metadata]
-    parts = [Text("scorecli summary", style="italic"), _Figures(pairs), _Settings(settings)]
+    parts = [Text("scorecli summary", style="italic"), _Figures(pairs), *_comparison(figures), _Settings(settings)]
     if figures.get("truncated"):
         parts.append(
             f"[yellow]warning:[/yellow] {figures['truncated']:,} document(s) were longer than --max-length "
@@ -254,6 +358,30 @@ class _Settings:
                 lines.append(pair)
         for line in lines:
             yield Text(line, style="dim")
+
+
+def _comparison(f: dict) -> list:
+    """The model against the reference model, as llama-perplexity --kl-divergence shows it (if there is one)."""
+    if "mean_kl" not in f:
+        return []
+    rows = [
+        ("PPL(model)", f"{_num(f.get('perplexity'))} ± {_num(f['perplexity_se'])}"),
+        ("PPL(ref)", f"{_num(f['ref_perplexity'])} ± {_num(f['ref_perplexity_se'])}"),
+        ("ln(PPL(model)/PPL(ref))", f"{_num(f['ln_ppl_ratio'], 5)} ± {_num(f['ln_ppl_ratio_se'], 5)}"),
+        ("mean KL(ref‖model)", f"{_num(f['mean_kl'], 6)} ± {_num(f['mean_kl_se'], 6)}"),
+        *((f"  KL {_pct(q)}", _num(f[f"kl_{_pct(q)}"], 6)) for q in KL_PERCENTILES),
+        ("mean KL(model‖ref)", f"{_num(f['mean_reverse_kl'], 6)} ± {_num(f['mean_reverse_kl_se'], 6)}"),
+        ("mean Δp", f"{_pct_text(f['delta_p_mean'])} ± {_pct_text(f['delta_p_mean_se'])}"),
+        ("RMS Δp", f"{_pct_text(f['delta_p_rms'])} ± {_pct_text(f['delta_p_rms_se'])}"),
+        *((f"  Δp {_pct(q)}", _pct_text(f[f"delta_p_{_pct(q)}"])) for q in DELTA_P_PERCENTILES),
+        ("same top token", f"{_pct_text(f['same_top'])} ± {_pct_text(f['same_top_se'])}"),
+    ]
+    return [Text(), Text("model vs reference (± standard errors)", style="italic"), _Figures(rows)]
+
+
+def _pct_text(value: float | None) -> str:
+    """A share as a percentage, or a dash where it is undefined."""
+    return "—" if value is None else f"{100 * value:.3f}%"
 
 
 def _preview_source(score: DocScore) -> str:

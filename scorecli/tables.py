@@ -2,41 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pyarrow as pa
 
-from scorecli.scores import DocScore
+from scorecli.scores import DEFAULT_STATS, SEQUENCE_COLUMNS, TOKEN_COLUMNS, DocScore
 
-TOKEN_SCHEMA = pa.schema(
-    [
-        ("doc", pa.int64()),
-        ("id", pa.string()),
-        ("position", pa.int32()),
-        ("token_id", pa.int32()),
-        ("token", pa.string()),
-        ("start", pa.int32()),
-        ("end", pa.int32()),
-        ("logprob", pa.float32()),
-        ("entropy", pa.float32()),
-        ("is_response", pa.bool_()),
-    ]
-)
-SEQUENCE_SCHEMA = pa.schema(
-    [
-        ("doc", pa.int64()),
-        ("id", pa.string()),
-        ("n_tokens", pa.int64()),
-        ("sum_logprob", pa.float64()),
-        ("mean_logprob", pa.float64()),
-        ("perplexity", pa.float64()),
-        ("mean_entropy", pa.float64()),
-        ("n_bytes", pa.int64()),
-        ("bits_per_byte", pa.float64()),
-        ("n_words", pa.int64()),
-        ("word_perplexity", pa.float64()),
-        ("truncated", pa.bool_()),
-    ]
-)
+# The token columns every run has, around its statistics (TOKEN_COLUMNS), which go before is_response.
+_TOKEN_FIELDS = [
+    ("doc", pa.int64()),
+    ("id", pa.string()),
+    ("position", pa.int32()),
+    ("token_id", pa.int32()),
+    ("token", pa.string()),
+    ("start", pa.int32()),
+    ("end", pa.int32()),
+]
+
+
+def token_schema(stats: Iterable[str] = DEFAULT_STATS) -> pa.Schema:
+    """The schema of tokens.parquet for a run that computes the token columns `stats`."""
+    stats = set(stats)
+    named = [(name, kind) for name, kind in TOKEN_COLUMNS.items() if name in stats]
+    return pa.schema([*_TOKEN_FIELDS, *named, ("is_response", pa.bool_())])
+
+
+def sequence_schema(stats: Iterable[str] = DEFAULT_STATS) -> pa.Schema:
+    """The schema of sequences.parquet for a run that computes the token columns `stats`."""
+    stats = set(stats)
+    return pa.schema([(c.name, c.type) for c in SEQUENCE_COLUMNS if c.present(stats)])
+
+
+TOKEN_SCHEMA = token_schema()
+SEQUENCE_SCHEMA = sequence_schema()
 WORD_SCHEMA = pa.schema(
     [
         ("doc", pa.int64()),
@@ -52,9 +51,9 @@ WORD_SCHEMA = pa.schema(
 )
 
 
-def sequence_table(scores: list[DocScore]) -> pa.Table:
+def sequence_table(scores: list[DocScore], stats: Iterable[str] = DEFAULT_STATS) -> pa.Table:
     """The sequence rows of several documents as one Arrow table."""
-    return pa.Table.from_pylist([s.sequence_row() for s in scores], SEQUENCE_SCHEMA)
+    return pa.Table.from_pylist([s.sequence_row() for s in scores], sequence_schema(stats))
 
 
 def word_table(scores: list[DocScore]) -> pa.Table:
@@ -77,24 +76,36 @@ def word_table(scores: list[DocScore]) -> pa.Table:
     )
 
 
-def token_table(scores: list[DocScore]) -> pa.Table:
+def token_table(scores: list[DocScore], stats: Iterable[str] = DEFAULT_STATS) -> pa.Table:
     """The token rows of several documents as one Arrow table."""
+    schema = token_schema(stats)
     counts = [s.n_rows for s in scores]
-    return pa.Table.from_arrays(
-        [
-            pa.array(np.repeat([s.doc for s in scores], counts).astype(np.int64)),
-            pa.array([s.id for s, n in zip(scores, counts) for _ in range(n)], pa.string()),
-            pa.array(_cat([s.positions for s in scores], np.int32)),
-            pa.array(_cat([s.token_ids for s in scores], np.int32)),
-            pa.array([t for s in scores for t in s.tokens], pa.string()),
-            pa.array(_cat([s.starts for s in scores], np.int32)),
-            pa.array(_cat([s.ends for s in scores], np.int32)),
-            pa.array(_cat([s.logprobs for s in scores], np.float32)),
-            pa.array(_cat([s.entropies for s in scores], np.float32)),
-            pa.array(_cat([s.is_response for s in scores], np.bool_)),
-        ],
-        schema=TOKEN_SCHEMA,
-    )
+    fixed = {
+        "doc": np.repeat([s.doc for s in scores], counts).astype(np.int64),
+        "id": [s.id for s, n in zip(scores, counts) for _ in range(n)],
+        "position": _cat([s.positions for s in scores], np.int32),
+        "token_id": _cat([s.token_ids for s in scores], np.int32),
+        "token": [t for s in scores for t in s.tokens],
+        "start": _cat([s.starts for s in scores], np.int32),
+        "end": _cat([s.ends for s in scores], np.int32),
+        "is_response": _cat([s.is_response for s in scores], np.bool_),
+    }
+    arrays = [
+        pa.array(fixed[f.name], f.type) if f.name in fixed else _column([s.stats[f.name] for s in scores], f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _column(arrays: list[np.ndarray], kind: pa.DataType) -> pa.Array:
+    """One token column of several documents: [n] arrays, or [n, K] arrays as a column of lists of K."""
+    if not pa.types.is_list(kind):
+        return pa.array(_cat(arrays, kind.to_pandas_dtype()), kind)
+    width = arrays[0].shape[1] if arrays else 0
+    items = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0)
+    rows = sum(len(a) for a in arrays)
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * width)
+    return pa.ListArray.from_arrays(offsets, pa.array(items, kind.value_type))
 
 
 def _cat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:

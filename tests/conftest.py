@@ -61,12 +61,16 @@ def _train_tokenizer(folder: Path, style: str) -> None:
     fast.save_pretrained(folder)
 
 
-def _build(folder: Path, style: str) -> Path:
+def _build(folder: Path, style: str, seed: int | None = None, tokenizer_from: Path | None = None) -> Path:
+    """A tiny model of `style`, with its own tokenizer, or with the one saved in `tokenizer_from`."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    _train_tokenizer(folder, style)
+    if tokenizer_from is None:
+        _train_tokenizer(folder, style)
+    else:
+        AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(folder)
     vocab = len(AutoTokenizer.from_pretrained(folder))
-    torch.manual_seed(0 if style == "gpt2" else 1)
+    torch.manual_seed((0 if style == "gpt2" else 1) if seed is None else seed)
     if style == "gpt2":
         config = GPT2Config(
             vocab_size=vocab, n_positions=512, n_embd=32, n_layer=2, n_head=2, eos_token_id=0, bos_token_id=0
@@ -101,6 +105,43 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def gpt2_ref_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_dir: Path) -> Path:
+    """A second tiny GPT-2: the same tokenizer as gpt2_dir, other weights (another seed)."""
+    return _build(tmp_path_factory.mktemp("tiny-gpt2-ref"), "gpt2", seed=10, tokenizer_from=gpt2_dir)
+
+
+@pytest.fixture(scope="session")
+def llama_ref_dir(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> Path:
+    """A second tiny Llama: the same tokenizer as llama_dir, other weights (another seed)."""
+    return _build(tmp_path_factory.mktemp("tiny-llama-ref"), "llama", seed=11, tokenizer_from=llama_dir)
+
+
+@pytest.fixture(scope="session", params=["gpt2", "llama"])
+def tiny_pair(request: pytest.FixtureRequest):
+    """A tiny model and a reference model of the same architecture and tokenizer, with other weights."""
+    from scorecli.models import load_model
+
+    folders = (request.getfixturevalue(f"{request.param}_dir"), request.getfixturevalue(f"{request.param}_ref_dir"))
+    return tuple(load_model(str(folder), device="cpu", dtype="float32") for folder in folders)
+
+
+@pytest.fixture(scope="session")
+def smollm_perturbed_dir(tmp_path_factory: pytest.TempPathFactory, smollm) -> Path:
+    """A copy of SmolLM2 with every weight perturbed by 2% noise: a stand-in for a quantised or tuned model."""
+    import copy
+
+    folder = tmp_path_factory.mktemp("smollm-perturbed")
+    model = copy.deepcopy(smollm.model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + 0.02 * torch.randn(p.shape, generator=generator))
+    model.save_pretrained(folder)
+    smollm.tokenizer.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session", params=["gpt2", "llama"])
@@ -145,3 +186,30 @@ def reference_sequence(model, seq: list[int]):
 
 def bos_id(tokenizer) -> int:
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def reference_pair(model, ref_model, seq: list[int], top_k: int = 5) -> dict[str, torch.Tensor]:
+    """The plain reference for two models on one token sequence: full log_softmax of both, for seq[1:].
+
+    Ranks count the strictly larger logits; top ids come from a stable sort of the whole vocabulary (ties
+    by the lower id first). KLs are computed in float64 from the float32 log-probabilities.
+    """
+    ids = torch.tensor([seq])
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1].float()
+        ref_logits = ref_model(ids).logits[0, :-1].float()
+    labels = torch.tensor(seq[1:])[:, None]
+    logp, ref_logp = torch.log_softmax(logits, -1), torch.log_softmax(ref_logits, -1)
+    order = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :top_k]
+    lp64, ref64 = logp.double(), ref_logp.double()
+    return {
+        "logprob": logp.gather(1, labels)[:, 0],
+        "rank": 1 + (logits > logits.gather(1, labels)).sum(-1),
+        "top_ids": order,
+        "top_logprobs": logp.gather(1, order),
+        "ref_logprob": ref_logp.gather(1, labels)[:, 0],
+        "ref_entropy": -(ref_logp.exp() * ref_logp).sum(-1),
+        "kl": (ref64.exp() * (ref64 - lp64)).sum(-1),
+        "reverse_kl": (lp64.exp() * (lp64 - ref64)).sum(-1),
+        "same_top": logits.argmax(-1) == ref_logits.argmax(-1),
+    }

@@ -71,7 +71,8 @@ def make_run(folder, extras=False, seed=0, texts=TEXTS):
         )
     meta = {"model": "hand-made", "dtype": "float32", "input": str(data), "input_size": str(data.stat().st_size)}
     meta.update({"id_field": "id", "text_field": "text", "bos": "prepended <s> (id 0)", "scored": "all tokens"})
-    token_schema = TOKEN_SCHEMA
+    # Without extras, a run as an older scorecli wrote it: not even the rank column.
+    token_schema = TOKEN_SCHEMA.remove(TOKEN_SCHEMA.get_field_index("rank"))
     if extras:
         for name, typ in (
             ("rank", pa.int32()), ("top_ids", pa.list_(pa.int32())), ("top_logprobs", pa.list_(pa.float32())),

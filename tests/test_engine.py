@@ -33,7 +33,8 @@ def _assert_matches_reference(loaded, scores, texts, bos=True, max_length=None):
 
 def test_token_stats_by_hand():
     logits = torch.tensor([[0.0, math.log(3.0)], [2.0, 2.0]])
-    logp, ent = token_stats(logits, torch.tensor([1, 0]))
+    stats = token_stats(logits, torch.tensor([1, 0]))
+    logp, ent = stats["logprob"], stats["entropy"]
     # p = (1/4, 3/4) and (1/2, 1/2)
     assert logp.tolist() == pytest.approx([math.log(0.75), math.log(0.5)], abs=1e-6)
     h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
@@ -42,7 +43,8 @@ def test_token_stats_by_hand():
 
 def test_token_stats_with_masked_vocabulary():
     logits = torch.tensor([[0.0, 0.0, float("-inf")]])
-    logp, ent = token_stats(logits, torch.tensor([0]))
+    stats = token_stats(logits, torch.tensor([0]))
+    logp, ent = stats["logprob"], stats["entropy"]
     assert logp.item() == pytest.approx(math.log(0.5))
     assert ent.item() == pytest.approx(math.log(2))
 

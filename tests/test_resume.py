@@ -172,7 +172,7 @@ def test_rejects_saved_by_a_skipping_session_reach_errors_jsonl_whatever_the_res
 
 
 def test_finished_documents_of_an_interrupted_buffer_are_kept_and_not_scored_again(tiny):
-    from scorecli.engine import Scorer
+    from scorecli.engine import Scorer, ScoringInterrupted
     from scorecli.inputs import Record
     from scorecli.runs import _doc_from_json, _doc_to_json
 
@@ -187,9 +187,9 @@ def test_finished_documents_of_an_interrupted_buffer_are_kept_and_not_scored_aga
         if len(reports) == 12:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt) as caught:
+    with pytest.raises(ScoringInterrupted) as caught:
         list(scorer.score_buffers(records, progress=interrupt_after_some_batches))
-    finished = caught.value.finished_docs
+    finished = caught.value.finished
     assert 0 < len(finished) < len(records)
     done = {d.doc: _doc_from_json(json.loads(json.dumps(_doc_to_json(d)))) for d in finished}
     scored = []
@@ -202,3 +202,4 @@ def test_finished_documents_of_an_interrupted_buffer_are_kept_and_not_scored_aga
     for a, b in zip(straight, resumed, strict=True):
         assert a.doc == b.doc and np.array_equal(a.logprobs, b.logprobs) and np.array_equal(a.entropies, b.entropies)
         assert a.sequence_row() == b.sequence_row() and a.tokens == b.tokens
+        assert a.stats.keys() == b.stats.keys() and all(np.array_equal(a.stats[c], b.stats[c]) for c in a.stats)

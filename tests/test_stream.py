@@ -47,6 +47,22 @@ def test_rows_equal_the_parquet_rows_of_the_same_run(gpt2_dir, tmp_path, rows, s
         assert line == row  # float32 columns compare exactly: JSON keeps every digit of the widened value
 
 
+@pytest.mark.parametrize("rows", ["sequences", "tokens"])
+def test_rows_have_the_columns_of_the_run_with_top_k_and_a_reference(gpt2_dir, gpt2_ref_dir, tmp_path, rows):
+    options = ["-m", str(gpt2_dir), "--top-k", "3", "--ref-model", str(gpt2_ref_dir), "--batch-tokens", "200"]
+    folder = runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), *options, "-o", str(tmp_path / "out")])
+    assert folder.exit_code == 0, folder.output
+    stdout = runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), *options, "-o", "-", "--rows", rows])
+    assert stdout.exit_code == 0, stdout.output
+    lines = [json.loads(line) for line in stdout.stdout.splitlines()]
+    table = pq.read_table(tmp_path / "out" / f"{rows}.parquet")
+    assert {"mean_kl", "kl", "top_tokens"} & set(table.schema.names)  # the run's own columns, beyond the defaults
+    expected = [{k: _json_value(v) for k, v in row.items()} for row in table.to_pylist()]
+    assert len(lines) == len(expected) > 0
+    for line, row in zip(lines, expected):
+        assert list(line) == list(row) and line == row
+
+
 def test_rows_needs_stdout_and_words_on_stdout_points_to_it(gpt2_dir, tmp_path):
     result = runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), "-o", str(tmp_path / "o"), "--rows", "tokens"])
     assert result.exit_code == 2 and "--rows is for --out -" in result.stderr

@@ -20,8 +20,11 @@ def _doc(doc, logprobs, text="some text", truncated=False, words=None):
         positions=np.arange(n, dtype=np.int32),
         starts=np.zeros(n, np.int32),
         ends=np.zeros(n, np.int32),
-        logprobs=np.array(logprobs, np.float32),
-        entropies=np.full(n, 2.0, np.float32),
+        stats={
+            "logprob": np.array(logprobs, np.float32),
+            "entropy": np.full(n, 2.0, np.float32),
+            "rank": np.ones(n, np.int32),
+        },
         tokens=["x"] * n,
         is_response=np.ones(n, bool),
         n_bytes=len(text.encode()) if n else 0,
