@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -33,6 +34,7 @@ from scorecli.summary import Summary, render
 if TYPE_CHECKING:
     from scorecli.bootstrap import DocSums
     from scorecli.engine import DocScore, ScoreProgress, Scorer
+    from scorecli.kept import KeptTypes
     from scorecli.models import LoadStep
     from scorecli.outputs import JsonlOutput
     from scorecli.runs import RunFolder, RunState, RunWriter
@@ -100,6 +102,7 @@ FLAGS = {
     "max_perplexity": "--max-perplexity",
     "min_perplexity": "--min-perplexity",
     "buckets": "--buckets",
+    "keep_fields": "--keep-fields",
 }
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -240,6 +243,11 @@ def score(
     join: Optional[str] = typer.Option(
         None, "--join", help="Score the whole input as one document, its texts joined by this (escapes decoded)."
     ),
+    keep_fields: Optional[str] = typer.Option(
+        None,
+        "--keep-fields",
+        help="Comma-separated input fields (columns) to copy into sequences.parquet and the JSON lines.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
     rows: Optional[Rows] = typer.Option(
         None,
@@ -256,6 +264,7 @@ def score(
             from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (their native parts too)
 
             from scorecli.engine import Scorer
+            from scorecli.kept import kept_types
             from scorecli.models import load_model, resolve_device, resolve_dtype
             from scorecli.runs import check_resume
         # Options, input and output folder are all checked before the model is loaded, so mistakes fail fast.
@@ -282,7 +291,7 @@ def score(
                 options[k] for k in _SAVED_OPTIONS[8:18]
             )
             (limit, threads, revision, trust_remote_code, join) = (options[k] for k in _SAVED_OPTIONS[18:23])
-            (top_k, ref_model, ref_dtype) = (options[k] for k in _SAVED_OPTIONS[23:])
+            (top_k, ref_model, ref_dtype, keep_fields) = (options[k] for k in _SAVED_OPTIONS[23:])
             fields, role_names = _checked_options(options)
             input = [input] if isinstance(input, str) else input  # a run saved before INPUT became a list
             sources = expand_inputs(input)
@@ -290,6 +299,9 @@ def score(
             _check_run_options(source, out, resume, overwrite, words, rows)
             run.source = sources[0]
         separator = _join_separator(join, fields, on_error)
+        if fields.keep and separator is not None:
+            raise UsageError("--keep-fields cannot be combined with --join, whose one document has no fields")
+        kept = kept_types(sources, fields.keep)
         if top_k < 0:
             raise UsageError(f"must be at least 0, not {top_k}", arg="top_k")
         resolve_dtype(dtype, resolve_device(device))
@@ -355,13 +367,14 @@ def score(
             **_input_metadata(sources, fields, separator),
             "scored": _scored(fields, scorer.roles, all_tokens),
             **({"limit": str(limit)} if limit else {}),
+            **({"keep_fields": json.dumps(fields.keep, ensure_ascii=False)} if fields.keep else {}),
             "words": str(words).lower(),
             "scorecli_version": __version__,
         }
         if state is not None:
             _check_resumed_input(state, metadata, input, model, ref_model)
             check_resume(state, metadata)
-        run.start(metadata, words, state, _saved_options(options, input, model), scorer.columns)
+        run.start(metadata, words, state, _saved_options(options, input, model), scorer.columns, kept)
         total = 1 if separator is not None else count_corpus(sources)
         run.score(
             scorer,
@@ -476,19 +489,25 @@ class _Run:
             typer.echo(f"scorecli: skipped {where}: {one_line(rejected.reason)}", err=True)
 
     def start(
-        self, metadata: dict[str, str], words: bool, state: RunState | None, options: dict, stats: tuple[str, ...]
+        self,
+        metadata: dict[str, str],
+        words: bool,
+        state: RunState | None,
+        options: dict,
+        stats: tuple[str, ...],
+        kept: KeptTypes | None = None,
     ) -> None:
         """Open the output: a new run (saving its `options` for --resume), or the one `state` describes.
 
-        `stats` are the run's token columns.
+        `stats` are the run's token columns, `kept` the input fields it copies into its sequence rows.
         """
         from scorecli.outputs import JsonlOutput
         from scorecli.runs import RunWriter
 
         if self.out == STDIN:
-            self.writer = JsonlOutput(sys.stdout, self.rows, stats)
+            self.writer = JsonlOutput(sys.stdout, self.rows, stats, keep=kept or ())
         else:
-            self.writer = RunWriter(self.folder, metadata, words, options, stats)
+            self.writer = RunWriter(self.folder, metadata, words, options, stats, kept)
             if state is not None:
                 self.done, self.resumed_from = state.in_flight, state.records_done
                 if state.summary is not None:
@@ -711,6 +730,7 @@ _SAVED_OPTIONS = (
     "top_k",
     "ref_model",
     "ref_dtype",
+    "keep_fields",
 )
 
 
@@ -723,6 +743,11 @@ def _checked_options(options: dict) -> tuple[Fields, list[str]]:
     fields = _fields(
         *(options[k] for k in ("text_field", "id_field", "prompt_field", "response_field")), options["messages_field"]
     )
+    from scorecli.kept import parse_keep_fields
+    from scorecli.scores import SEQUENCE_COLUMNS
+
+    keep = parse_keep_fields(options["keep_fields"], (c.name for c in SEQUENCE_COLUMNS))
+    fields = replace(fields, keep=keep)
     role_names = [r.strip() for r in options["roles"].split(",") if r.strip()]
     if not role_names:
         raise UsageError(f"--roles must name at least one chat role, not {options['roles']!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -327,7 +327,8 @@ class Scorer:
         for i in which:
             record, scores = records[i], per_doc[i]
             if record.doc in done:
-                docs.append(done[record.doc])
+                # An interrupted session's document, saved without its kept fields: they are the record's.
+                docs.append(replace(done[record.doc], kept=record.kept))
                 continue
             stats = {c: np.concatenate([s[c] for s in scores]) for c in scores[0]} if scores else self._empty()
             docs.append(self._doc_score(record, encoded[i], stats))
@@ -402,6 +403,7 @@ class Scorer:
             truncated=enc.truncated,
             words=assign_words(word_spans(record.text, record.spans, _reach(enc)), counted),
             stats=self._with_top_tokens(stats),
+            kept=record.kept,
         )
 
     def _with_top_tokens(self, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

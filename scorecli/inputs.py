@@ -33,7 +33,9 @@ class Record:
     """One input document: its 0-based position in the input, its text and optional id.
 
     `spans` are the character spans of `text` to score (None: all of it); `messages` is a conversation
-    still to be rendered into `text`, and `chat` marks a text that was rendered from one.
+    still to be rendered into `text`, and `chat` marks a text that was rendered from one. `kept` holds the
+    values of the fields to copy into the outputs (`Fields.keep`): JSON values, or one-row Arrow arrays
+    for Parquet columns; scoring never looks at them.
     """
 
     doc: int
@@ -44,6 +46,7 @@ class Record:
     chat: bool = False
     where: str = field(default="", compare=False)
     line: int = field(default=0, compare=False)
+    kept: dict[str, object] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -59,13 +62,17 @@ class Rejected:
 
 @dataclass(frozen=True)
 class Fields:
-    """Which fields of a record hold what: plain text, a prompt and a response, or a conversation."""
+    """Which fields of a record hold what: plain text, a prompt and a response, or a conversation.
+
+    `keep` names fields copied, untouched, into the outputs.
+    """
 
     text: str = "text"
     id: str | None = "id"
     prompt: str | None = None
     response: str | None = None
     messages: str | None = None
+    keep: tuple[str, ...] = ()
 
     @property
     def required(self) -> list[str]:
@@ -108,7 +115,7 @@ def read_records(
     name, shown_name = display_name(source), shown(display_name(source))
     unit = "row" if is_parquet(source) else "line"
     doc = 0
-    for number, row, raw in rows:
+    for number, row, raw, kept in rows:
         if doc == limit:
             break
         if doc >= skip:
@@ -116,7 +123,7 @@ def read_records(
             try:
                 if isinstance(row, str):
                     raise InputError(f"{where}: {row}")
-                yield _record(doc, row, fields, where, number)
+                yield _record(doc, row, fields, where, number, kept)
             except InputError as e:
                 if on_error is None:
                     raise
@@ -133,16 +140,23 @@ def _raw_text(row: dict | str, raw: bytes | None) -> str:
     return json.dumps(row, ensure_ascii=False, default=str)
 
 
-def _record(doc: int, row: dict, fields: Fields, where: str, line: int) -> Record:
-    """A validated Record from one decoded row, or InputError naming the place and the field."""
+def _record(doc: int, row: dict, fields: Fields, where: str, line: int, kept: dict | None = None) -> Record:
+    """A validated Record from one decoded row, or InputError naming the place and the field.
+
+    `kept` are the values of the kept fields where the reader took them itself (Parquet); else they come
+    from the row, a missing field as null.
+    """
     doc_id = _id(row, fields.id, where)
+    if kept is None and fields.keep:
+        kept = {name: _checked_json(row.get(name), name, where) for name in fields.keep}
     if fields.messages:
-        return Record(doc, "", doc_id, messages=_messages(row, fields.messages, where), where=where, line=line)
+        messages = _messages(row, fields.messages, where)
+        return Record(doc, "", doc_id, messages=messages, where=where, line=line, kept=kept)
     if fields.prompt:
         prompt, response = _text(row, fields.prompt, where), _text(row, fields.response, where)
         text = prompt + response
-        return Record(doc, text, doc_id, spans=((len(prompt), len(text)),), where=where, line=line)
-    return Record(doc, _text(row, fields.text, where), doc_id, where=where, line=line)
+        return Record(doc, text, doc_id, spans=((len(prompt), len(text)),), where=where, line=line, kept=kept)
+    return Record(doc, _text(row, fields.text, where), doc_id, where=where, line=line, kept=kept)
 
 
 def count_records(source: str | Path) -> int | None:
@@ -199,8 +213,8 @@ def _file_error(path: Path, e: OSError) -> InputError:
     return InputError(f"{shown(path)}: cannot be read ({e.strerror or e})")
 
 
-def _jsonl_rows(source: str | Path) -> Iterator[tuple[int, dict | str, bytes]]:
-    """Yield (line number, JSON object or why the line is not one, raw line) for each non-blank line."""
+def _jsonl_rows(source: str | Path) -> Iterator[tuple[int, dict | str, bytes, None]]:
+    """Yield (line number, JSON object or why the line is not one, raw line, None) for each non-blank line."""
     name = display_name(source)
     f = _open_binary(source)
     try:
@@ -208,7 +222,7 @@ def _jsonl_rows(source: str | Path) -> Iterator[tuple[int, dict | str, bytes]]:
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             if raw.strip():
-                yield number, _decode(raw), raw
+                yield number, _decode(raw), raw, None
     finally:
         if f is not sys.stdin.buffer:
             f.close()
@@ -248,8 +262,12 @@ def _lines(f: BinaryIO, name: str) -> Iterator[bytes]:
         raise InputError(f"{shown(name)}: cannot be read ({e})") from None
 
 
-def _parquet_rows(source: str | Path, fields: Fields) -> Iterator[tuple[int, dict, None]]:
-    """Yield (1-based row number, {column: value}, None) for the needed columns of a Parquet file."""
+def _parquet_rows(source: str | Path, fields: Fields) -> Iterator[tuple[int, dict, None, dict | None]]:
+    """Yield (1-based row number, {column: value}, None, kept values) for the needed columns of a Parquet file.
+
+    A kept column's value is a one-row slice of the column, so that it keeps its Arrow type exactly; a kept
+    field that is no column of this file is null.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -266,13 +284,16 @@ def _parquet_rows(source: str | Path, fields: Fields) -> Iterator[tuple[int, dic
         if name != fields.messages and not _is_text_type(column_type):
             raise InputError(f"{shown(path)}: column '{name}' has type {column_type}, expected string")
     columns = list(dict.fromkeys(fields.required + ([fields.id] if fields.id in schema.names else [])))
+    kept = [name for name in fields.keep if name in schema.names]
+    absent = dict.fromkeys(name for name in fields.keep if name not in schema.names)
     number = 0
     try:
-        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=columns):
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=list(dict.fromkeys(columns + kept))):
             values = {c: batch.column(c).to_pylist() for c in columns}
             for i in range(batch.num_rows):
                 number += 1
-                yield number, {c: values[c][i] for c in columns}, None
+                slices = {**absent, **{c: batch.column(c).slice(i, 1) for c in kept}} if fields.keep else None
+                yield number, {c: values[c][i] for c in columns}, None, slices
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{shown(path)}: not a readable Parquet file ({first_line(e)})") from None
 
@@ -330,6 +351,20 @@ def _id(row: dict, field: str | None, where: str) -> str | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return json.dumps(value)
     raise InputError(f"{where}: field '{field}' must be a string or a number, got {_json_type(value)}")
+
+
+def _checked_json(value: object, field: str, where: str) -> object:
+    """Return a kept JSON value whose strings (keys too) all encode as UTF-8, as every output needs."""
+    if isinstance(value, str):
+        return _checked_unicode(value, field, where)
+    if isinstance(value, list):
+        for item in value:
+            _checked_json(item, field, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _checked_unicode(key, field, where)
+            _checked_json(item, field, where)
+    return value
 
 
 def _checked_unicode(value: str, field: str, where: str) -> str:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from scorecli.errors import UsageError
 from scorecli.inputs import Rejected
+from scorecli.kept import json_default, json_value
 from scorecli.scores import DEFAULT_STATS, DocScore
 from scorecli.tables import sequence_table, token_table, word_table
 
@@ -36,15 +37,19 @@ class JsonlOutput:
 
     `rows` is "sequences" (a line per document), "tokens" (per scored token) or "words" (per word), with
     the columns of sequences.parquet, tokens.parquet or words.parquet for a run that computes the token
-    columns `stats`.
+    columns `stats`. A line per document ends with the kept input fields `keep`, their values as read
+    (a Parquet value as its Python value: dates and times as ISO 8601 text, binary as base64).
     """
 
-    def __init__(self, stream: TextIO, rows: str = "sequences", stats: Iterable[str] = DEFAULT_STATS) -> None:
-        """Write `rows` with the token columns `stats` to `stream`."""
+    def __init__(
+        self, stream: TextIO, rows: str = "sequences", stats: Iterable[str] = DEFAULT_STATS, keep: Iterable[str] = ()
+    ) -> None:
+        """Write `rows` with the token columns `stats` (and for sequences the kept fields `keep`) to `stream`."""
         if rows not in ROW_TABLES:
             raise UsageError(f"must be one of {', '.join(ROW_TABLES)}, not {rows!r}", arg="rows")
         self.stream = stream
         self.table = ROW_TABLES[rows] if rows == "words" else partial(ROW_TABLES[rows], stats=tuple(stats))
+        self.keep = tuple(keep) if rows == "sequences" else ()
         self.rejected = 0
 
     def reject(self, rejected: Rejected) -> None:
@@ -53,8 +58,12 @@ class JsonlOutput:
 
     def save(self, docs: list[DocScore], records_done: int, summary: dict) -> None:
         """Write the documents' lines and flush them downstream."""
-        for row in self.table(docs).to_pylist():
-            self.stream.write(json.dumps(_finite(row), ensure_ascii=False) + "\n")
+        rows = self.table(docs).to_pylist()
+        if self.keep:
+            for row, doc in zip(rows, docs):
+                row.update({name: json_value((doc.kept or {}).get(name)) for name in self.keep})
+        for row in rows:
+            self.stream.write(json.dumps(_finite(row), ensure_ascii=False, default=json_default) + "\n")
         self.stream.flush()
 
     def finish(self, records_read: int, summary: dict, errors_file: bool) -> list[Path]:

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from scorecli.errors import OutputError, first_line
 from scorecli.inputs import Rejected
+from scorecli.kept import KeptTypes, final_fields, json_types, typed, types_metadata
 from scorecli.outputs import _finite
 from scorecli.scores import DEFAULT_STATS, DocScore, numpy_type
 from scorecli.tables import WORD_SCHEMA, sequence_schema, sequence_table, token_schema, token_table, word_table
@@ -432,10 +433,11 @@ class RunWriter:
         words: bool,
         options: dict | None = None,
         stats: tuple[str, ...] = DEFAULT_STATS,
+        kept: KeptTypes | None = None,
     ) -> None:
         """Start a run in a claimed folder, or continue the one it holds; `options` are saved for --resume.
 
-        `stats` are the run's token columns.
+        `stats` are the run's token columns, `kept` the input fields copied into sequences.parquet.
         """
         state = folder.state
         self.out_dir = folder.out_dir
@@ -443,6 +445,7 @@ class RunWriter:
         self.metadata = metadata
         self.words = words
         self.stats = stats
+        self.kept = kept or {}
         self.parts = state.parts if state else 0
         self.records_done = state.records_done if state else 0
         self.docs_saved = state.docs_saved if state else 0
@@ -462,7 +465,7 @@ class RunWriter:
     @property
     def kinds(self) -> list[tuple[str, pa.Schema]]:
         """The Parquet files this run writes, with their schemas."""
-        kinds = [(TOKENS_FILE, token_schema(self.stats)), (SEQUENCES_FILE, sequence_schema(self.stats))]
+        kinds = [(TOKENS_FILE, token_schema(self.stats)), (SEQUENCES_FILE, sequence_schema(self.stats, self.kept))]
         return kinds + ([(WORDS_FILE, WORD_SCHEMA)] if self.words else [])
 
     def _part_file(self, kind: str, name: str) -> Path:
@@ -492,7 +495,7 @@ class RunWriter:
         rejects = [r for r in self._pending_rejects if r.doc < records_done]
         tables = {
             TOKENS_FILE: lambda docs: token_table(docs, self.stats),
-            SEQUENCES_FILE: lambda docs: sequence_table(docs, self.stats),
+            SEQUENCES_FILE: lambda docs: sequence_table(docs, self.stats, self.kept),
             WORDS_FILE: word_table,
         }
         written: list[Path] = []
@@ -571,7 +574,8 @@ class RunWriter:
             try:
                 shutil.rmtree(staged, ignore_errors=True)
                 staged.mkdir()
-                names = [self._join(kind, schema, staged) for kind, schema in self.kinds]
+                finals = {SEQUENCES_FILE: self._final_sequence_schema()} if self.kept else {}
+                names = [self._join(kind, schema, staged, finals.get(kind)) for kind, schema in self.kinds]
                 # Rejects saved by an earlier session that skipped them are written even if this one stops on them.
                 if errors_file or self.rejected:
                     names.append(self._join_errors(staged))
@@ -611,14 +615,38 @@ class RunWriter:
         """Remove everything the run saved: for a run that turned out to be pointless, not interrupted."""
         shutil.rmtree(self.parts_dir, ignore_errors=True)
 
-    def _join(self, kind: str, schema: pa.Schema, staged: Path) -> str:
-        """Join one kind of part file into its final file in `staged`, in row groups of a fixed size."""
+    def _final_sequence_schema(self) -> pa.Schema:
+        """The schema of the final sequences.parquet: the kept JSON fields typed over all parts.
+
+        Their types go into the metadata (`kept_types`) of every final file.
+        """
+        schema = sequence_schema(self.stats, self.kept)
+        json_names = [name for name, kind in self.kept.items() if kind is None]
+
+        def parts() -> Iterator[pa.Table]:
+            for number, files in enumerate(self._files):
+                part = self._read_part(SEQUENCES_FILE, f"{number:06d}", files.get(_kind_dir(SEQUENCES_FILE)), schema)
+                yield part.select(json_names)
+
+        resolved = json_types(parts, json_names) if json_names else {}
+        kept = final_fields(self.kept, resolved)
+        self.metadata["kept_types"] = types_metadata(kept)
+        return pa.schema([*(f for f in schema if f.name not in self.kept), *kept])
+
+    def _join(self, kind: str, schema: pa.Schema, staged: Path, final: pa.Schema | None = None) -> str:
+        """Join one kind of part file (of schema `schema`) into its final file (of schema `final`) in `staged`.
+
+        Row groups have a fixed size.
+        """
+        final = final or schema
         meta = {k.encode(): str(v).encode() for k, v in self.metadata.items()}
         # Fixed-size row groups make a resumed run's files the same as an uninterrupted run's.
-        with pq.ParquetWriter(staged / kind, schema.with_metadata(meta)) as writer:
+        with pq.ParquetWriter(staged / kind, final.with_metadata(meta)) as writer:
             pending, rows = [], 0
             for number, files in enumerate(self._files):
                 table = self._read_part(kind, f"{number:06d}", files.get(_kind_dir(kind)), schema)
+                if final is not schema:
+                    table = pa.Table.from_arrays([self._final_column(table, f) for f in final], schema=final)
                 pending.append(table)
                 rows += table.num_rows
                 while rows >= ROW_GROUP_ROWS:
@@ -629,6 +657,12 @@ class RunWriter:
                 writer.write_table(pa.concat_tables(pending))
         _fsync(staged / kind)
         return kind
+
+    def _final_column(self, part: pa.Table, field: pa.Field) -> pa.ChunkedArray | pa.Array:
+        """A column of a sequences part as the final file has it: a kept JSON field typed, others as they are."""
+        if field.name in self.kept and self.kept[field.name] is None:
+            return typed(part[field.name].combine_chunks(), field)
+        return part[field.name]
 
     def _read_part(self, kind: str, name: str, info: dict | None, schema: pa.Schema) -> pa.Table:
         """A part file's rows, checked against its manifest: a damaged part is an error naming it."""

@@ -44,7 +44,8 @@ class DocScore:
 
     `stats` holds the per-token statistics as columns named as in TOKEN_COLUMNS ([n] or [n, K] arrays).
     Statistics count the response rows only (every row of a plain text is one); prompt rows are present
-    only when asked for, as context that was scored but not counted.
+    only when asked for, as context that was scored but not counted. `kept` carries the record's kept
+    input fields (`Record.kept`) to the outputs, untouched.
     """
 
     doc: int
@@ -60,6 +61,7 @@ class DocScore:
     truncated: bool
     words: Words
     stats: dict[str, np.ndarray]
+    kept: dict[str, object] | None = None
     sum_logprob: float = field(init=False)
 
     def __post_init__(self) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 
+from scorecli.kept import KeptTypes, part_arrays, part_fields
 from scorecli.scores import DEFAULT_STATS, SEQUENCE_COLUMNS, TOKEN_COLUMNS, DocScore
 
 # The token columns every run has, around its statistics (TOKEN_COLUMNS), which go before is_response.
@@ -28,10 +29,14 @@ def token_schema(stats: Iterable[str] = DEFAULT_STATS) -> pa.Schema:
     return pa.schema([*_TOKEN_FIELDS, *named, ("is_response", pa.bool_())])
 
 
-def sequence_schema(stats: Iterable[str] = DEFAULT_STATS) -> pa.Schema:
-    """The schema of sequences.parquet for a run that computes the token columns `stats`."""
+def sequence_schema(stats: Iterable[str] = DEFAULT_STATS, kept: KeptTypes | None = None) -> pa.Schema:
+    """The schema of sequences.parquet's parts for a run that computes the token columns `stats`.
+
+    The kept input fields `kept` follow scorecli's own columns.
+    """
     stats = set(stats)
-    return pa.schema([(c.name, c.type) for c in SEQUENCE_COLUMNS if c.present(stats)])
+    own = [pa.field(c.name, c.type) for c in SEQUENCE_COLUMNS if c.present(stats)]
+    return pa.schema(own + part_fields(kept or {}))
 
 
 TOKEN_SCHEMA = token_schema()
@@ -51,9 +56,16 @@ WORD_SCHEMA = pa.schema(
 )
 
 
-def sequence_table(scores: list[DocScore], stats: Iterable[str] = DEFAULT_STATS) -> pa.Table:
-    """The sequence rows of several documents as one Arrow table."""
-    return pa.Table.from_pylist([s.sequence_row() for s in scores], sequence_schema(stats))
+def sequence_table(
+    scores: list[DocScore], stats: Iterable[str] = DEFAULT_STATS, kept: KeptTypes | None = None
+) -> pa.Table:
+    """The sequence rows of several documents as one Arrow table, with their kept fields `kept`."""
+    schema = sequence_schema(stats)
+    table = pa.Table.from_pylist([s.sequence_row() for s in scores], schema)
+    if not kept:
+        return table
+    arrays = [*table.columns, *part_arrays([s.kept for s in scores], kept)]
+    return pa.Table.from_arrays(arrays, schema=sequence_schema(stats, kept))
 
 
 def word_table(scores: list[DocScore]) -> pa.Table:
