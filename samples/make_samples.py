@@ -89,13 +89,24 @@ STIMULI = [
 ]
 
 
+# Web pages with the fields a crawl keeps (web.jsonl: --keep-fields): TEXTS index, url, language, links, tags.
+WEB = [
+    (0, "https://example.org/weather/rain", "en", 12, ["weather", "home"]),
+    (6, "https://example.fr/animaux/chat", "fr", 3, ["animals"]),
+    (3, "https://example.com/code/add.py", "code", 0, None),
+    (7, "https://example.de/stadt/bruecke", "de", 7, ["city"]),
+    (13, "https://example.org/recipes/batter", "en", 25, ["food", "recipes"]),
+    (9, "https://example.es/mercado", "es", 4, []),
+]
+
+
 def generated_document(rng: random.Random, n_sentences: int) -> str:
     """A document of n_sentences sentences drawn from SENTENCES."""
     return " ".join(rng.choice(SENTENCES) for _ in range(n_sentences))
 
 
 def main() -> None:
-    """Write the samples: mixed, edge_cases, long, book, bad, pairs, chats, stimuli (.jsonl), mixed.parquet, corpus/."""
+    """Write every sample: the .jsonl files, mixed.parquet and corpus/."""
     with open(HERE / "mixed.jsonl", "w", encoding="utf-8") as f:
         for i, text in enumerate(TEXTS):
             f.write(json.dumps({"id": f"m{i:02d}", "text": text}, ensure_ascii=False) + "\n")
@@ -139,6 +150,13 @@ def main() -> None:
     with open(HERE / "stimuli.jsonl", "w", encoding="utf-8") as f:
         for i, text in enumerate(STIMULI):
             f.write(json.dumps({"id": f"s{i}", "text": text}, ensure_ascii=False) + "\n")
+    with open(HERE / "web.jsonl", "w", encoding="utf-8") as f:
+        for i, (text, url, lang, links, tags) in enumerate(WEB):
+            row = {"id": f"w{i}", "text": TEXTS[text], "url": url, "lang": lang, "links": links}
+            if tags is not None:  # one page has no tags field at all
+                row["tags"] = tags
+            row["crawl"] = {"year": 2024, "status": 200}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     table = pa.table({"id": [f"p{i:02d}" for i in range(len(TEXTS))], "text": TEXTS})
     pq.write_table(table, HERE / "mixed.parquet")
     corpus = HERE / "corpus"
