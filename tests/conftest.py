@@ -31,6 +31,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def one_line_error(result, code: int) -> str:
+    """The one `scorecli: error: …` line a CliRunner result printed, checking it exited with `code` and no traceback."""
+    # A SystemExit is how the CLI ends; any other exception escaped its error handling.
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scorecli: error: "), result.stderr
+    return lines[0]
+
+
 def sample_texts(name: str = "mixed.jsonl") -> list[str]:
     with open(SAMPLES / name, encoding="utf-8") as f:
         return [json.loads(line)["text"] for line in f if line.strip()]

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import SAMPLES, reference_scores, sample_texts
+from conftest import SAMPLES, one_line_error, reference_scores, sample_texts
 from typer.testing import CliRunner
 
 from scorecli.cli import app
@@ -22,14 +22,6 @@ SCORECLI = [sys.executable, "-m", "scorecli"]
 
 def _score(*args):
     return runner.invoke(app, ["score", *map(str, args)])
-
-
-def _one_line_error(result, code):
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("scorecli: error: "), result.stderr
-    return lines[0]
 
 
 def test_score_writes_parquet_matching_the_reference(tiny, tmp_path):
@@ -116,26 +108,26 @@ def test_stdin_to_stdout_as_a_subprocess(gpt2_dir):
 
 
 def test_bad_input_exits_with_one_line_and_code_3(gpt2_dir, tmp_path):
-    line = _one_line_error(_score(tmp_path / "missing.jsonl", "-m", gpt2_dir, "-o", tmp_path / "o"), 3)
+    line = one_line_error(_score(tmp_path / "missing.jsonl", "-m", gpt2_dir, "-o", tmp_path / "o"), 3)
     assert "missing.jsonl: no such file" in line
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"body": "no text"}\n')
-    line = _one_line_error(_score(bad, "-m", gpt2_dir, "-o", tmp_path / "o"), 3)
+    line = one_line_error(_score(bad, "-m", gpt2_dir, "-o", tmp_path / "o"), 3)
     assert line.endswith("bad.jsonl: line 2: field 'text' is missing (fields: body)")
-    line = _one_line_error(_score(bad, "-m", gpt2_dir, "-o", tmp_path / "o", "--text-field", "nope"), 3)
+    line = one_line_error(_score(bad, "-m", gpt2_dir, "-o", tmp_path / "o", "--text-field", "nope"), 3)
     assert "line 1: field 'nope' is missing" in line
     assert not (tmp_path / "o" / "tokens.parquet").exists()
 
 
 def test_model_errors_exit_with_code_4(tmp_path):
-    line = _one_line_error(_score(SAMPLES / "mixed.jsonl", "-m", tmp_path / "nowhere", "-o", tmp_path / "o"), 4)
+    line = one_line_error(_score(SAMPLES / "mixed.jsonl", "-m", tmp_path / "nowhere", "-o", tmp_path / "o"), 4)
     assert "no such model folder" in line
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"not a gguf at all")
-    assert "not a GGUF file" in _one_line_error(_score(SAMPLES / "mixed.jsonl", "-m", fake, "-o", tmp_path / "o"), 4)
+    assert "not a GGUF file" in one_line_error(_score(SAMPLES / "mixed.jsonl", "-m", fake, "-o", tmp_path / "o"), 4)
     empty_folder = tmp_path / "folder"
     empty_folder.mkdir()
-    assert "no config.json" in _one_line_error(
+    assert "no config.json" in one_line_error(
         _score(SAMPLES / "mixed.jsonl", "-m", empty_folder, "-o", tmp_path / "o"), 4
     )
 
@@ -172,18 +164,16 @@ def test_unreachable_hub_fails_fast(tmp_path):
 
 def test_option_and_output_errors(gpt2_dir, tmp_path):
     args = [SAMPLES / "mixed.jsonl", "-m", gpt2_dir, "-o", tmp_path / "o"]
-    assert "--max-length must be at least 2" in _one_line_error(_score(*args, "--max-length", 1), 2)
-    assert "--batch-tokens must be at least 1" in _one_line_error(_score(*args, "--batch-tokens", 0), 2)
-    assert "exceeds the model's context" in _one_line_error(_score(*args, "--max-length", 100000), 2)
-    assert "--dtype must be one of" in _one_line_error(_score(*args, "--dtype", "int8"), 2)
+    assert "--max-length must be at least 2" in one_line_error(_score(*args, "--max-length", 1), 2)
+    assert "--batch-tokens must be at least 1" in one_line_error(_score(*args, "--batch-tokens", 0), 2)
+    assert "exceeds the model's context" in one_line_error(_score(*args, "--max-length", 100000), 2)
+    assert "--dtype must be one of" in one_line_error(_score(*args, "--dtype", "int8"), 2)
     if not torch.cuda.is_available():
-        assert "no CUDA device" in _one_line_error(_score(*args, "--device", "cuda"), 2)
+        assert "no CUDA device" in one_line_error(_score(*args, "--device", "cuda"), 2)
     assert _score(*args, "-q").exit_code == 0
-    assert "not empty; pass --overwrite" in _one_line_error(_score(*args), 5)
+    assert "not empty; pass --overwrite" in one_line_error(_score(*args), 5)
     (tmp_path / "file").write_text("x")
-    assert "not a folder" in _one_line_error(
-        _score(SAMPLES / "mixed.jsonl", "-m", gpt2_dir, "-o", tmp_path / "file"), 5
-    )
+    assert "not a folder" in one_line_error(_score(SAMPLES / "mixed.jsonl", "-m", gpt2_dir, "-o", tmp_path / "file"), 5)
 
 
 def test_version():
@@ -217,10 +207,10 @@ def test_default_model_end_to_end(tmp_path):
 
 
 def test_click_usage_errors_are_one_line_too(tmp_path):
-    assert "Missing argument 'INPUT'" in _one_line_error(runner.invoke(app, ["score"]), 2)
-    line = _one_line_error(_score(SAMPLES / "mixed.jsonl", "--max-length", "abc"), 2)
+    assert "Missing argument 'INPUT'" in one_line_error(runner.invoke(app, ["score"]), 2)
+    line = one_line_error(_score(SAMPLES / "mixed.jsonl", "--max-length", "abc"), 2)
     assert "Invalid value for '--max-length'" in line
-    assert "No such option: --bogus" in _one_line_error(_score(SAMPLES / "mixed.jsonl", "--bogus"), 2)
+    assert "No such option: --bogus" in one_line_error(_score(SAMPLES / "mixed.jsonl", "--bogus"), 2)
 
 
 def test_a_failed_run_leaves_no_result_behind(gpt2_dir, tmp_path):
@@ -228,7 +218,7 @@ def test_a_failed_run_leaves_no_result_behind(gpt2_dir, tmp_path):
     assert _score(SAMPLES / "mixed.jsonl", "-m", gpt2_dir, "-o", out, "-q").exit_code == 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n' * 5 + '{"text": null}\n')
-    assert "line 6: field 'text' is null" in _one_line_error(_score(bad, "-m", gpt2_dir, "-o", out, "--overwrite"), 3)
+    assert "line 6: field 'text' is null" in one_line_error(_score(bad, "-m", gpt2_dir, "-o", out, "--overwrite"), 3)
     assert list(out.iterdir()) == []  # neither the old result nor unfinished files
     assert _score(SAMPLES / "mixed.jsonl", "-m", gpt2_dir, "-o", out, "-q").exit_code == 0
 
@@ -257,7 +247,7 @@ def test_named_pipe_input_is_read_once(gpt2_dir, tmp_path):
 def test_corrupt_gguf_with_valid_magic_is_a_model_error(tmp_path):
     fake = tmp_path / "broken.gguf"
     fake.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 64)
-    line = _one_line_error(_score(SAMPLES / "mixed.jsonl", "-m", fake, "-o", tmp_path / "o"), 4)
+    line = one_line_error(_score(SAMPLES / "mixed.jsonl", "-m", fake, "-o", tmp_path / "o"), 4)
     assert "the GGUF file cannot be loaded" in line
 
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import SAMPLES
+from conftest import SAMPLES, one_line_error
 from typer.testing import CliRunner
 
 from scorecli.cli import app
@@ -121,13 +121,6 @@ def test_join_decodes_escapes_and_makes_one_document(tmp_path):
     assert list(read_corpus([str(SAMPLES / "mixed.jsonl")], Fields(), join="\n\n", skip=1)) == []
 
 
-def _one_line_error(result, code):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("scorecli: error: "), result.stderr
-    return lines[0]
-
-
 def test_cli_scores_a_folder_like_the_concatenated_file(gpt2_dir, tmp_path):
     expected = _corpus(tmp_path / "data")
     single = tmp_path / "all.jsonl"
@@ -157,7 +150,7 @@ def test_cli_reads_urls_and_reports_unreachable_ones(gpt2_dir, tmp_path):
     assert read_metadata(tmp_path / "url" / "tokens.parquet")["input"] == url
     for bad in ("memory://nowhere/data.jsonl", "http://127.0.0.1:9/data.jsonl", "nosuchprotocol://x/data.jsonl"):
         result = runner.invoke(app, ["score", bad, "--out", str(tmp_path / "bad"), *common])
-        assert bad in _one_line_error(result, 3)
+        assert bad in one_line_error(result, 3)
 
 
 def test_cli_join_scores_one_document_with_hugging_face_windows(gpt2_dir, tmp_path):
@@ -195,15 +188,15 @@ def test_cli_join_scores_one_document_with_hugging_face_windows(gpt2_dir, tmp_pa
     assert max(abs(a - guide[p][1]) for a, p in zip(tokens["logprob"], sorted(guide))) < 1e-4
 
     result = runner.invoke(app, [*args, "--join", "x", "--on-error", "skip", "--overwrite"])
-    assert "--join" in _one_line_error(result, 2)
+    assert "--join" in one_line_error(result, 2)
 
 
 def test_cli_many_inputs_need_an_out_folder(tmp_path):
     _corpus(tmp_path / "data")
     result = runner.invoke(app, ["score", str(tmp_path / "data" / "*.jsonl*")])
-    assert "--out" in _one_line_error(result, 2)
+    assert "--out" in one_line_error(result, 2)
     result = runner.invoke(app, ["score", str(tmp_path / "data" / "a.jsonl"), str(tmp_path / "data" / "d.txt")])
-    assert "--out" in _one_line_error(result, 2)
+    assert "--out" in one_line_error(result, 2)
 
 
 def test_subprocess_reads_a_glob(gpt2_dir, tmp_path):

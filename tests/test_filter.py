@@ -3,7 +3,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, one_line_error
 from typer.testing import CliRunner
 
 from scorecli.cli import app
@@ -13,13 +13,6 @@ runner = CliRunner()
 
 def _run(*args):
     return runner.invoke(app, [*map(str, args)])
-
-
-def _one_line_error(result, code):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("scorecli: error: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -106,29 +99,25 @@ def test_parquet_keeps_schema_and_every_column(gpt2_dir, tmp_path):
 def test_filter_refuses_other_inputs_and_bad_options(scored_jsonl, tmp_path):
     folder, _ = scored_jsonl
     data, scores = folder / "data", folder / "scores"
-    line = _one_line_error(
+    line = one_line_error(
         _run("filter", data / "a.jsonl", "--scores", scores, "-o", tmp_path / "x.jsonl", "--max-perplexity", 9), 3
     )
     assert "--scores" in line and "input" in line
-    line = _one_line_error(
-        _run("filter", data, "--scores", scores, "-o", tmp_path / "x.jsonl", "--buckets", "60,30"), 2
-    )
+    line = one_line_error(_run("filter", data, "--scores", scores, "-o", tmp_path / "x.jsonl", "--buckets", "60,30"), 2)
     assert "--buckets" in line
     both = ["--buckets", "30,60", "--max-perplexity", "9"]
-    assert "--max-perplexity" in _one_line_error(
+    assert "--max-perplexity" in one_line_error(
         _run("filter", data, "--scores", scores, "-o", tmp_path / "y", *both), 2
     )
-    assert "--max-perplexity" in _one_line_error(
-        _run("filter", data, "--scores", scores, "-o", tmp_path / "z.jsonl"), 2
-    )
-    assert ".jsonl" in _one_line_error(
+    assert "--max-perplexity" in one_line_error(_run("filter", data, "--scores", scores, "-o", tmp_path / "z.jsonl"), 2)
+    assert ".jsonl" in one_line_error(
         _run("filter", data, "--scores", scores, "-o", tmp_path / "x.parquet", "--max-perplexity", 9), 2
     )
     (tmp_path / "exists.jsonl").write_text("old\n")
-    line = _one_line_error(
+    line = one_line_error(
         _run("filter", data, "--scores", scores, "-o", tmp_path / "exists.jsonl", "--max-perplexity", 9), 5
     )
     assert "--overwrite" in line and (tmp_path / "exists.jsonl").read_text() == "old\n"
-    assert "sequences.parquet" in _one_line_error(
+    assert "sequences.parquet" in one_line_error(
         _run("filter", data, "--scores", tmp_path, "-o", tmp_path / "x.jsonl", "--max-perplexity", 9), 3
     )

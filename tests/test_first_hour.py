@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, SAMPLES, reference_scores, sample_texts
+from conftest import ROOT, SAMPLES, one_line_error, reference_scores, sample_texts
 from typer.main import get_command
 from typer.testing import CliRunner
 
@@ -29,14 +29,6 @@ from scorecli.outputs import read_metadata
 
 runner = CliRunner()
 SCORECLI = [sys.executable, "-m", "scorecli"]
-
-
-def _one_line_error(result, code):
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("scorecli: error: "), result.stderr
-    return lines[0]
 
 
 # Getting started
@@ -157,7 +149,7 @@ def test_limit_scores_the_first_records(gpt2_dir, tmp_path):
     assert read_metadata(limited / "tokens.parquet")["limit"] == "3"
     assert "limit" not in read_metadata(full / "tokens.parquet")
     assert json.loads((limited / "summary.json").read_text())["summary"]["documents"] == 3
-    line = _one_line_error(runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), "--limit", "0"]), 2)
+    line = one_line_error(runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), "--limit", "0"]), 2)
     assert line == "scorecli: error: --limit must be at least 1, not 0"
 
 
@@ -190,7 +182,7 @@ def test_threads_are_used_recorded_and_exact(gpt2_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert read_metadata(out / "tokens.parquet")["threads"] == "2 (2 batches at a time)"
-    line = _one_line_error(runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), "--threads", "0"]), 2)
+    line = one_line_error(runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), "--threads", "0"]), 2)
     assert line == "scorecli: error: --threads must be at least 1, not 0"
 
 
@@ -220,7 +212,7 @@ def test_revision_and_trust_remote_code_reach_from_pretrained(gpt2_dir, tmp_path
     assert "revision" not in read_metadata(out / "tokens.parquet")
     fake = tmp_path / "m.gguf"
     fake.write_bytes(b"GGUF")
-    line = _one_line_error(
+    line = one_line_error(
         runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), "-m", str(fake), "--revision", "v1"]), 2
     )
     assert line == "scorecli: error: --revision applies to hub models and model folders, not to GGUF files"
@@ -283,12 +275,12 @@ def test_summary_of_a_folder_without_a_finished_run_is_one_line(tmp_path):
     unfinished = tmp_path / "unfinished"
     (unfinished / "parts").mkdir(parents=True)
     (unfinished / "parts" / "run.json").write_text('{"metadata": {}}')
-    line = _one_line_error(runner.invoke(app, ["summary", str(unfinished)]), 5)
+    line = one_line_error(runner.invoke(app, ["summary", str(unfinished)]), 5)
     assert line == f"scorecli: error: {unfinished}: its run is not finished (see --resume)"
     (tmp_path / "empty").mkdir()
-    line = _one_line_error(runner.invoke(app, ["summary", str(tmp_path / "empty")]), 5)
+    line = one_line_error(runner.invoke(app, ["summary", str(tmp_path / "empty")]), 5)
     assert "holds no summary.json" in line
-    line = _one_line_error(runner.invoke(app, ["summary", str(tmp_path / "nowhere")]), 5)
+    line = one_line_error(runner.invoke(app, ["summary", str(tmp_path / "nowhere")]), 5)
     assert line == f"scorecli: error: {tmp_path / 'nowhere'}: no such folder"
 
 
@@ -322,7 +314,7 @@ def test_a_library_error_names_the_argument_and_the_cli_the_flag(tmp_path, monke
     with pytest.raises(ModelError) as e:
         models.load_model("someone/not-a-model-here")
     assert str(e.value).startswith("model someone/not-a-model-here: not in the local Hugging Face cache and 127.0.0.1")
-    line = _one_line_error(
+    line = one_line_error(
         runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), "-m", "someone/not-a-model-here"]), 4
     )
     assert line.startswith("scorecli: error: --model someone/not-a-model-here: not in the local Hugging Face cache")

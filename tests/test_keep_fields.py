@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import sample_texts
+from conftest import one_line_error, sample_texts
 from test_response import CHAT, _with_chat_template
 from typer.testing import CliRunner
 
@@ -21,13 +21,6 @@ OWN = ["doc", "id", "n_tokens", "sum_logprob", "mean_logprob", "perplexity", "me
 
 def _score(*args):
     return runner.invoke(app, ["score", *map(str, args)])
-
-
-def _one_line_error(result, code):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("scorecli: error: "), result.stderr
-    return lines[0]
 
 
 def _write_jsonl(path, rows):
@@ -111,17 +104,17 @@ def test_clashing_repeated_or_empty_names_are_usage_errors(gpt2_dir, tmp_path):
     data = _write_jsonl(tmp_path / "data.jsonl", _json_records())
     base = [data, "-m", gpt2_dir, "-o", tmp_path / "o"]
     for name in ("perplexity", "id", "doc"):
-        line = _one_line_error(_score(*base, "--keep-fields", f"n,{name}"), 2)
+        line = one_line_error(_score(*base, "--keep-fields", f"n,{name}"), 2)
         assert line == (
             f"scorecli: error: --keep-fields cannot keep field '{name}': "
             f"sequences.parquet has a column '{name}' of its own"
         )
-    line = _one_line_error(_score(*base, "--keep-fields", "n,s,n"), 2)
+    line = one_line_error(_score(*base, "--keep-fields", "n,s,n"), 2)
     assert line == "scorecli: error: --keep-fields names field 'n' twice"
-    assert "--keep-fields must be field names separated by commas" in _one_line_error(
+    assert "--keep-fields must be field names separated by commas" in one_line_error(
         _score(*base, "--keep-fields", "n,,s"), 2
     )
-    line = _one_line_error(_score(*base, "--keep-fields", "n", "--join", " "), 2)
+    line = one_line_error(_score(*base, "--keep-fields", "n", "--join", " "), 2)
     assert "--keep-fields cannot be combined with --join" in line
     assert not (tmp_path / "o").exists()
 
@@ -183,9 +176,9 @@ def test_parquet_fields_missing_or_of_two_types_are_input_errors(gpt2_dir, tmp_p
     other = other.set_column(2, "small", other["small"].cast(pa.int32()))
     pq.write_table(other, tmp_path / "b.parquet")
     base = ["-m", gpt2_dir, "-o", tmp_path / "o"]
-    line = _one_line_error(_score(tmp_path / "a.parquet", *base, "--keep-fields", "small,nope"), 3)
+    line = one_line_error(_score(tmp_path / "a.parquet", *base, "--keep-fields", "small,nope"), 3)
     assert line.startswith(f"scorecli: error: --keep-fields: {tmp_path / 'a.parquet'} has no column 'nope' (columns: ")
-    line = _one_line_error(_score(tmp_path / "a.parquet", tmp_path / "b.parquet", *base, "--keep-fields", "small"), 3)
+    line = one_line_error(_score(tmp_path / "a.parquet", tmp_path / "b.parquet", *base, "--keep-fields", "small"), 3)
     assert line == (
         f"scorecli: error: --keep-fields: column 'small' has type int16 in {tmp_path / 'a.parquet'} "
         f"but int32 in {tmp_path / 'b.parquet'}; a kept column needs one type"
