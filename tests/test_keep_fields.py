@@ -250,3 +250,30 @@ def test_chats_keep_their_fields(gpt2_dir, tmp_path):
     seqs = pd.read_parquet(tmp_path / "o" / "sequences.parquet")
     assert seqs["source"].tolist() == ["a", "b"] and seqs["turns"].tolist() == [1, 2]
     assert (seqs["n_tokens"] > 0).all()
+
+
+def test_documents_finished_before_an_interrupt_get_their_kept_fields_back(tiny):
+    from scorecli.engine import Scorer, ScoringInterrupted
+    from scorecli.inputs import Record
+    from scorecli.runs import _doc_from_json, _doc_to_json
+
+    texts = sample_texts() * 2
+    column = pa.array([i * 1000 for i in range(len(texts))], pa.timestamp("ms"))
+    records = [Record(i, t, kept={"n": i, "when": column.slice(i, 1)}) for i, t in enumerate(texts)]
+    scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=48, workers=1)
+    calls = []
+
+    def interrupt_after_some_batches(state):
+        calls.append(state)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ScoringInterrupted) as caught:
+        list(scorer.score_buffers(records, progress=interrupt_after_some_batches))
+    finished = caught.value.finished
+    assert 0 < len(finished) < len(records) and all(d.kept is records[d.doc].kept for d in finished)
+    # saved as JSON (the kept values are not: they are the input's), then resumed from the records
+    done = {d.doc: _doc_from_json(json.loads(json.dumps(_doc_to_json(d)))) for d in finished}
+    assert all(d.kept is None for d in done.values())
+    [resumed] = list(scorer.score_buffers(records, done=done))
+    assert [d.kept for d in resumed] == [r.kept for r in records]
