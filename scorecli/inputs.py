@@ -354,9 +354,14 @@ def _id(row: dict, field: str | None, where: str) -> str | None:
 
 
 def _checked_json(value: object, field: str, where: str) -> object:
-    """Return a kept JSON value whose strings (keys too) all encode as UTF-8, as every output needs."""
+    """Return a kept JSON value whose strings (keys too) all encode as UTF-8 and whose numbers are finite.
+
+    Every output needs both: a number such as 1e400 reads as infinity, which JSON cannot write back.
+    """
     if isinstance(value, str):
         return _checked_unicode(value, field, where)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{where}: field '{field}' holds a number too large for a float ({value})")
     if isinstance(value, list):
         for item in value:
             _checked_json(item, field, where)

@@ -277,3 +277,22 @@ def test_documents_finished_before_an_interrupt_get_their_kept_fields_back(tiny)
     assert all(d.kept is None for d in done.values())
     [resumed] = list(scorer.score_buffers(records, done=done))
     assert [d.kept for d in resumed] == [r.kept for r in records]
+
+
+def test_kept_values_that_no_output_can_hold_are_input_errors(tmp_path):
+    from scorecli.errors import InputError
+    from scorecli.inputs import Fields, read_records
+
+    fields = Fields(keep=("v",))
+    for line, reason in (
+        ('{"text": "a", "v": [1, 1e400]}', "field 'v' holds a number too large for a float (inf)"),
+        ('{"text": "a", "v": {"k": "\\ud800"}}', "field 'v' is not valid Unicode (lone surrogate at character 0)"),
+        ('{"text": "a", "v": {"\\ud800": 1}}', "field 'v' is not valid Unicode (lone surrogate at character 0)"),
+    ):
+        path = tmp_path / "data.jsonl"
+        path.write_text('{"text": "fine", "v": 1}\n' + line + "\n", encoding="utf-8")
+        with pytest.raises(InputError) as caught:
+            list(read_records(path, fields=fields))
+        assert str(caught.value) == f"{path}: line 2: {reason}"
+    # without --keep-fields the same records are fine: other fields are not read
+    assert [r.text for r in read_records(path)] == ["fine", "a"]
