@@ -77,6 +77,7 @@ FLAGS = {
     "messages": "--messages-field",
     "overwrite": "--overwrite",
     "threads": "--threads",
+    "compile": "--compile",
     "limit": "--limit",
     "revision": "--revision",
     "trust_remote_code": "--trust-remote-code",
@@ -234,6 +235,9 @@ def score(
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads to use (batches run side by side, one thread each). Default: all cores."
     ),
+    compile: str = typer.Option(
+        "auto", "--compile", help="Compile the model's forward pass on the CPU: auto (for large inputs), on or off."
+    ),
     revision: Optional[str] = typer.Option(
         None, "--revision", help="Hub model revision: a branch, tag or commit hash. Default: main."
     ),
@@ -263,6 +267,7 @@ def score(
         with interrupts.deferred("imports"):
             from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (their native parts too)
 
+            from scorecli.compiled import check_compile
             from scorecli.engine import Scorer
             from scorecli.kept import kept_types
             from scorecli.models import load_model, resolve_device, resolve_dtype
@@ -291,7 +296,8 @@ def score(
                 options[k] for k in _SAVED_OPTIONS[8:18]
             )
             (limit, threads, revision, trust_remote_code, join) = (options[k] for k in _SAVED_OPTIONS[18:23])
-            (top_k, ref_model, ref_dtype, keep_fields) = (options[k] for k in _SAVED_OPTIONS[23:])
+            (top_k, ref_model, ref_dtype, keep_fields) = (options[k] for k in _SAVED_OPTIONS[23:27])
+            compile = options["compile"]
             fields, role_names = _checked_options(options)
             input = [input] if isinstance(input, str) else input  # a run saved before INPUT became a list
             sources = expand_inputs(input)
@@ -305,6 +311,7 @@ def score(
         if top_k < 0:
             raise UsageError(f"must be at least 0, not {top_k}", arg="top_k")
         resolve_dtype(dtype, resolve_device(device))
+        check_compile(compile)
         if ref_model is not None:
             try:
                 resolve_dtype(ref_dtype or dtype, resolve_device(device))
@@ -359,6 +366,8 @@ def score(
             ref_tokenizer=None if ref is None else ref.tokenizer,
             # On stdout, lines are wanted as soon as they exist; a folder run keeps fixed buffers for resume.
             grow_buffers=out == STDIN,
+            compile=compile,
+            expected_tokens=_expected_tokens(sources, limit),
         )
         metadata = {
             **loaded.info,
@@ -731,7 +740,19 @@ _SAVED_OPTIONS = (
     "ref_model",
     "ref_dtype",
     "keep_fields",
+    "compile",
 )
+
+
+def _expected_tokens(sources: list[str], limit: int | None) -> int | None:
+    """A rough count of the tokens a run scores, from its input files' size (None for stdin): for --compile auto."""
+    from scorecli.compiled import BYTES_PER_TOKEN
+
+    if STDIN in sources:
+        return None
+    tokens = sum(Path(s).stat().st_size for s in sources) // BYTES_PER_TOKEN
+    total = count_corpus(sources) if limit else None
+    return tokens if not total else tokens * min(limit, total) // total
 
 
 def _checked_options(options: dict) -> tuple[Fields, list[str]]:

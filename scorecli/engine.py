@@ -12,6 +12,7 @@ import torch
 
 from scorecli.batching import Encoded, Encoder, TokenTexts, Window, check_limits, collate, default_stride, pack, windows
 from scorecli.chat import DEFAULT_ROLES, render_chats
+from scorecli.compiled import CompiledForward, should_compile
 from scorecli.errors import ModelError, UsageError
 from scorecli.head import get_response_log_probs, output_head
 from scorecli.inputs import Record
@@ -86,6 +87,8 @@ class Scorer:
         ref_model: torch.nn.Module | None = None,
         ref_tokenizer: object | None = None,
         grow_buffers: bool = False,
+        compile: str = "off",
+        expected_tokens: int | None = None,
     ) -> None:
         """Set the scoring policy; None picks the model's context length, half of it and the device's budget.
 
@@ -101,6 +104,8 @@ class Scorer:
         documents come out within a few batches (for output that streams), at the price of sorting fewer
         texts together at first. A run that saves and resumes must keep fixed buffers: only they meet the
         same batches when resumed.
+        `compile` (auto, on, off) compiles the base model's forward pass with inductor on the CPU before
+        scoring; auto does where `expected_tokens` (an estimate of the tokens to score) repay it.
         """
         if threads is not None and threads < 1:
             raise UsageError(f"must be at least 1, not {threads}", arg="threads")
@@ -138,6 +143,12 @@ class Scorer:
             else self.buffer_chars
         )
         self.head = output_head(model)
+        compiling, self.compile_mode = should_compile(compile, self.device, self.head.chunked, expected_tokens)
+        if compiling:
+            # Compiled here, on the intra-op thread count of one worker: inductor builds that count in.
+            forward = CompiledForward(self.head.base, max(1, self.threads // self.workers), auto=compile == "auto")
+            self.compile_mode = forward.mode
+            self.head = self.head.with_base(forward)
         self.top_k = top_k
         self.ref_model = ref_model
         self.ref_head = None if ref_model is None else output_head(ref_model)
@@ -181,6 +192,7 @@ class Scorer:
             "roles": ",".join(self.roles),
             "batch_tokens": str(self.batch_tokens),
             "head": self.head.mode,
+            "compile": self.compile_mode,
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "device": str(self.device),
             # How a product is split across threads can change float rounding (never beyond 1e-4 nats).

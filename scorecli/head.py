@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,12 @@ class OutputHead:
     def mode(self) -> str:
         """How scores are computed, for the output's metadata."""
         return "chunked output head" if self.chunked else "model logits (the chunked head did not reproduce them)"
+
+    def with_base(self, base: Callable) -> OutputHead:
+        """This head, computing final hidden states with `base` (a compiled base model, say) instead."""
+        head = copy.copy(self)
+        head.base = base
+        return head
 
     def _matches_model_logits(self) -> bool:
         """Whether head(final hidden states) equals model(...).logits on a probe input."""

@@ -1,0 +1,107 @@
+"""--compile: compiled and eager scores agree, the choice is recorded, failures fall back, bad values fail."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import SAMPLES
+from typer.testing import CliRunner
+
+from scorecli import compiled
+from scorecli.cli import app
+from scorecli.compiled import AUTO_MIN_TOKENS, should_compile
+from scorecli.engine import Scorer
+from scorecli.errors import UsageError
+from scorecli.outputs import read_metadata
+
+runner = CliRunner()
+CPU = torch.device("cpu")
+
+
+def _tokens(folder):
+    return pd.read_parquet(folder / "tokens.parquet", columns=["doc", "position", "logprob", "entropy"])
+
+
+def test_compiled_scores_equal_eager_ones_and_the_choice_is_recorded(llama_dir, tmp_path, monkeypatch):
+    # Compiled kernels go to the scorecli cache folder (here a temporary one), so a later run reuses them.
+    monkeypatch.setenv("SCORECLI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    runs = {}
+    for choice in ("on", "off"):
+        out = tmp_path / choice
+        result = runner.invoke(
+            app,
+            ["score", str(SAMPLES / "mixed.jsonl"), "-m", str(llama_dir), "-o", str(out), "-q", "--compile", choice],
+        )
+        assert result.exit_code == 0, result.output
+        runs[choice] = (_tokens(out), read_metadata(out / "tokens.parquet"))
+    (on, on_meta), (off, off_meta) = runs["on"], runs["off"]
+    assert on_meta["compile"] == "inductor (dynamic shapes)"
+    assert off_meta["compile"] == "off"
+    assert list(on["doc"]) == list(off["doc"]) and list(on["position"]) == list(off["position"])
+    assert len(on) > 100
+    for column in ("logprob", "entropy"):
+        assert np.abs(on[column].to_numpy() - off[column].to_numpy()).max() <= 1e-4
+    assert any((tmp_path / "cache" / compiled.INDUCTOR_CACHE).iterdir())
+
+
+def test_a_failed_compile_falls_back_to_eager_and_says_why(llama_dir, monkeypatch):
+    from scorecli.models import load_model
+
+    loaded = load_model(str(llama_dir), device="cpu", dtype="float32")
+
+    def broken(module, **kwargs):
+        def run(**inputs):
+            raise RuntimeError("no C++ compiler found\nsecond line")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    texts = ["A short text to score.", "Another one, a little longer than the first."]
+    scorer = Scorer(loaded.model, loaded.tokenizer, compile="on")
+    assert scorer.metadata["compile"] == "off (compiling failed: no C++ compiler found)"
+    eager = Scorer(loaded.model, loaded.tokenizer, compile="off")
+    for a, b in zip(scorer.score_texts(texts), eager.score_texts(texts)):
+        assert np.array_equal(a.logprobs, b.logprobs)
+
+
+def test_auto_compiles_only_large_inputs_on_the_cpu():
+    assert should_compile("auto", CPU, True, AUTO_MIN_TOKENS) == (True, "")
+    assert should_compile("on", CPU, True, 10) == (True, "")
+    compiling, why = should_compile("auto", CPU, True, AUTO_MIN_TOKENS - 1)
+    assert not compiling and why.startswith("off (auto: an input of about") and f"{AUTO_MIN_TOKENS:,}" in why
+    assert not should_compile("auto", CPU, True, None)[0]
+    assert should_compile("on", torch.device("cuda"), True, 10**9) == (
+        False,
+        "off (compiling is done on the CPU only, not on cuda)",
+    )
+    assert not should_compile("on", CPU, False, 10**9)[0]
+    assert should_compile("off", CPU, True, 10**9) == (False, "off")
+    with pytest.raises(UsageError, match="must be one of auto, on, off, not 'yes'"):
+        should_compile("yes", CPU, True, 10)
+
+
+def test_auto_on_a_small_input_does_not_compile(llama_dir, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), "-m", str(llama_dir), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    size = (SAMPLES / "mixed.jsonl").stat().st_size // compiled.BYTES_PER_TOKEN
+    assert read_metadata(out / "tokens.parquet")["compile"].startswith(f"off (auto: an input of about {size:,} tokens")
+
+
+def test_a_bad_compile_value_is_one_line_naming_the_flag(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "scorecli", "score", str(SAMPLES / "mixed.jsonl"), "-o", str(tmp_path / "o")]
+        + ["--compile", "sometimes"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "scorecli: error: --compile must be one of auto, on, off, not 'sometimes'"
+    ]
+    assert not (tmp_path / "o" / "tokens.parquet").exists()
