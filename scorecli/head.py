@@ -84,7 +84,7 @@ class OutputHead:
         return "chunked output head" if self.chunked else "model logits (the chunked head did not reproduce them)"
 
     def with_base(self, base: Callable) -> OutputHead:
-        """This head, computing final hidden states with `base` (a compiled base model, say) instead."""
+        """A copy of the head that computes final hidden states with `base` (a compiled base model, say)."""
         head = copy.copy(self)
         head.base = base
         return head
