@@ -104,6 +104,11 @@ FLAGS = {
     "min_perplexity": "--min-perplexity",
     "buckets": "--buckets",
     "keep_fields": "--keep-fields",
+    "ray": "--ray",
+    "ray_address": "--ray-address",
+    "shards": "--shards",
+    "workers": "--workers",
+    "gpus_per_worker": "--gpus-per-worker",
 }
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -252,6 +257,25 @@ def score(
         "--keep-fields",
         help="Comma-separated input fields (columns) to copy into sequences.parquet and the JSON lines.",
     ),
+    ray: bool = typer.Option(
+        False, "--ray", help="Score on a Ray cluster, one task per shard of the input (pip install 'scorecli[ray]')."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="With --ray: join this cluster (host:port, or auto). Default: start a local one."
+    ),
+    shards: Optional[int] = typer.Option(
+        None,
+        "--shards",
+        help="With --ray: shards to cut the input into (files, line ranges, row groups). Default: 4 per worker.",
+    ),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        help="With --ray: shards scored at once. Default: the cluster's CPUs (GPUs) per worker's share.",
+    ),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, "--gpus-per-worker", help="With --ray: GPUs per task. Default: 1 where CUDA is present, else 0."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
     rows: Optional[Rows] = typer.Option(
         None,
@@ -274,6 +298,16 @@ def score(
             from scorecli.runs import check_resume
         # Options, input and output folder are all checked before the model is loaded, so mistakes fail fast.
         fields, role_names = _checked_options(options)
+        from scorecli.scaleout import is_sharded_run
+
+        ray_options = {"ray_address": ray_address, "shards": shards, "workers": workers}
+        if ray or (resume and out not in (None, STDIN) and is_sharded_run(out)):
+            ray_options["gpus_per_worker"] = gpus_per_worker
+            _score_on_ray(ctx, options, console, out, resume, overwrite, rows, ray_options)
+            return
+        for name, value in {**ray_options, "gpus_per_worker": gpus_per_worker}.items():
+            if value is not None:
+                raise UsageError("goes with --ray (scoring on a Ray cluster)", arg=name)
         input = input or None  # no INPUT: the resumed run's own
         if input is None and not resume:
             raise UsageError("Missing argument 'INPUT'.")
@@ -395,6 +429,147 @@ def score(
         console.print(render(run.summary.as_dict(), metadata))
         for path in run.written:
             console.print(f"wrote {path}")
+
+
+def _score_on_ray(
+    ctx: typer.Context,
+    options: dict,
+    console: Console,
+    out: str | None,
+    resume: bool,
+    overwrite: bool,
+    rows: Rows | None,
+    ray_options: dict,
+) -> None:
+    """`score --ray`: the same scoring as Ray tasks, one per shard of the input, joined into Parquet datasets."""
+    from scorecli import scaleout
+    from scorecli.models import resolve_device, resolve_dtype
+
+    scaleout.require_ray()
+    if out is None or out == STDIN:
+        raise UsageError("--ray writes Parquet datasets into a folder: give --out DIR")
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite cannot be used together")
+    saved = scaleout.saved_options(out)
+    if resume and saved is None and not (Path(out) / "summary.json").is_file():
+        raise OutputError(f"{out}: nothing to resume (there is no unfinished --ray run in it)", arg="out_dir")
+    if saved is not None and not overwrite:
+        options = _resumed_options(ctx, options, saved)
+    if options["input"] is None:
+        raise UsageError("Missing argument 'INPUT'.")
+    input = [options["input"]] if isinstance(options["input"], str) else options["input"]
+    if options["join"] is not None:
+        raise UsageError("--join scores the input as one document, which cannot be cut into shards: leave out --ray")
+    sources = expand_inputs(input)
+    if STDIN in sources:
+        raise UsageError("--ray needs input files: standard input cannot be cut into shards")
+    fields, role_names = _checked_options(options)
+    _check_run_options("", out, False, overwrite, options["words"], rows)
+    if options["top_k"] < 0:
+        raise UsageError(f"must be at least 0, not {options['top_k']}", arg="top_k")
+    dtype, device, ref_dtype = options["dtype"], options["device"], options["ref_dtype"] or options["dtype"]
+    resolve_dtype(dtype, resolve_device(device))
+    if options["ref_model"] is not None:
+        resolve_dtype(ref_dtype, resolve_device(device))
+    limit = options["limit"]
+    metadata = {
+        **_input_metadata(sources, fields, None),
+        "scored": _scored(fields, tuple(role_names), options["all_tokens"]),
+        **({"limit": str(limit)} if limit else {}),
+        "words": str(options["words"]).lower(),
+        "scorecli_version": __version__,
+    }
+    load = {"device": device, "revision": options["revision"], "trust_remote_code": options["trust_remote_code"]}
+    job = scaleout.Job(
+        fields=fields,
+        roles=tuple(role_names),
+        model=_resolved(options["model"]),
+        load={**load, "dtype": dtype},
+        scorer={
+            k: options[k] for k in ("bos", "max_length", "stride", "truncate", "all_tokens", "batch_tokens", "top_k")
+        },
+        ref_model=_resolved(options["ref_model"]),
+        ref_load={"device": device, "dtype": ref_dtype, "trust_remote_code": options["trust_remote_code"]},
+        words=options["words"],
+        skip_bad=OnError(options["on_error"]) is OnError.skip,
+        metadata=metadata,
+        options=_saved_options(options, input, options["model"]),
+    )
+    progress, advance = _sharded_progress_bar(console)
+    command = shlex.join(["scorecli", *sys.argv[1:]])
+    try:
+        with _sigterm_as_interrupt(), progress:
+            result = scaleout.score_sharded(
+                job,
+                [_resolved(s) for s in sources],  # workers may run in another folder
+                Path(out).resolve(),
+                address=ray_options["ray_address"],
+                shards=ray_options["shards"],
+                workers=ray_options["workers"],
+                threads=options["threads"],
+                gpus_per_worker=ray_options["gpus_per_worker"],
+                limit=limit,
+                overwrite=overwrite,
+                command=command,
+                progress=advance,
+            )
+    except KeyboardInterrupt as e:
+        code = EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
+        typer.echo(
+            f"scorecli: interrupted; complete shards and the parts of the others are kept in {out}; "
+            f"run the same command again (or: scorecli score -o {shlex.quote(out)} --resume) to go on",
+            err=True,
+        )
+        raise typer.Exit(code) from None
+    if result.nothing_to_do:
+        console.print(f"scorecli: nothing to do: the run in {out} is finished (see: scorecli summary {out})")
+        return
+    console.print(render(result.figures, result.metadata))
+    console.print(
+        f"Ray: {result.shards_scored} of {result.shards} shards scored in this session "
+        f"(cluster ready in {result.ray_seconds:.1f} s)",
+        highlight=False,
+    )
+    for path in result.written:
+        console.print(f"wrote {path}")
+
+
+def _sharded_progress_bar(console: Console) -> tuple[Progress, Callable]:
+    """A progress bar over the documents of all shards, with shards done and tokens/s, and its callback."""
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[docs]}"),
+        TextColumn("{task.fields[shards]}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    task = progress.add_task("starting Ray", total=None, docs="", shards="", rate="")
+    started: list[float] = []
+
+    def advance(state: object) -> None:
+        """Move the bar to where the shards stand."""
+        if state.stage != "scoring":
+            progress.update(task, description=f"{state.stage} Ray" if state.stage == "starting" else state.stage)
+            return
+        started or started.append(time.perf_counter())
+        elapsed = time.perf_counter() - started[0]
+        rate = f"{state.tokens_done / elapsed:,.0f} tok/s" if elapsed > 0 and state.tokens_done else ""
+        progress.update(
+            task,
+            description=f"scoring ({state.workers} workers)",
+            completed=state.docs_done,
+            total=state.docs_total,
+            docs=f"{state.docs_done:,}/{state.docs_total:,} docs",
+            shards=f"{state.shards_done}/{state.shards} shards",
+            rate=rate,
+        )
+
+    return progress, advance
 
 
 @app.command()

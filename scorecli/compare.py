@@ -20,8 +20,7 @@ from rich.table import Table
 
 from scorecli.bootstrap import RESAMPLES, SEED, DocSums, percentile_interval, resample_sums
 from scorecli.errors import OutputError
-from scorecli.outputs import read_metadata
-from scorecli.rundocs import SEQUENCES, TOKENS, check_run, previews
+from scorecli.rundocs import SEQUENCES, TOKENS, check_run, previews, read_result, result_rows, run_metadata
 
 TOP_MOVERS = 5
 DELTA_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
@@ -54,14 +53,14 @@ class Comparison:
 def compare_runs(a: str | Path, b: str | Path, resamples: int = RESAMPLES, seed: int = SEED) -> Comparison:
     """Compare run B with run A (same input); raise OutputError where they are not runs of the same input."""
     a, b = check_run(a), check_run(b)
-    meta_a, meta_b = read_metadata(a / SEQUENCES), read_metadata(b / SEQUENCES)
+    meta_a, meta_b = run_metadata(a), run_metadata(b)
     for key, what in (("input", "input"), ("input_size", "input size")):
         was, now = meta_a.get(key), meta_b.get(key)
         if key == "input":
             was, now = Path(was or "").name, Path(now or "").name
         if was != now:
             raise OutputError(f"{a} and {b} are runs of different inputs ({what} {was!r} and {now!r})")
-    seq_a, seq_b = (pq.read_table(d / SEQUENCES, columns=_SEQ_COLUMNS) for d in (a, b))
+    seq_a, seq_b = (read_result(d, SEQUENCES, columns=_SEQ_COLUMNS) for d in (a, b))
     for col in ("doc", "id"):
         if not seq_a.column(col).equals(seq_b.column(col)):
             raise OutputError(f"{a} and {b} hold different documents (their `{col}` columns differ)")
@@ -175,12 +174,12 @@ def _movers(table: pa.Table, a: Path, b: Path, same_tokens: bool) -> dict:
 
 def _column_of(run: Path, name: str) -> np.ndarray:
     """One column of a run's tokens.parquet as numpy (read alone, so two runs' columns fit in memory)."""
-    return pq.read_table(run / TOKENS, columns=[name]).column(0).to_numpy()
+    return read_result(run, TOKENS, columns=[name]).column(0).to_numpy()
 
 
 def _same_tokens(a: Path, b: Path) -> bool:
     """Whether both runs scored the very same tokens (same tokenizer, same token ids, same positions)."""
-    if pq.ParquetFile(a / TOKENS).metadata.num_rows != pq.ParquetFile(b / TOKENS).metadata.num_rows:
+    if result_rows(a, TOKENS) != result_rows(b, TOKENS):
         return False
     return all(
         np.array_equal(_column_of(a, c), _column_of(b, c)) for c in ("doc", "position", "token_id", "is_response")

@@ -36,14 +36,15 @@ class FilterResult:
 
 def read_perplexities(scores_dir: str | Path) -> tuple[np.ndarray, dict[str, str]]:
     """Each document's perplexity (NaN where none was scored), indexed by doc, and the run's metadata."""
-    import pyarrow.parquet as pq
+    from scorecli.rundocs import read_result, result_files
 
-    path = Path(scores_dir) / SEQUENCES_FILE
-    if not path.is_file():
+    files = result_files(scores_dir, SEQUENCES_FILE)
+    if not files:
         raise InputError(f"{scores_dir}: no {SEQUENCES_FILE} (not the folder of a finished scorecli run)", arg="scores")
+    path = files[0] if len(files) == 1 else files[0].parent
     try:
-        table = pq.read_table(path, columns=["doc", "perplexity"])
-        metadata = read_metadata(path)
+        table = read_result(scores_dir, SEQUENCES_FILE, columns=["doc", "perplexity"])
+        metadata = read_metadata(files[0])
     except Exception as e:  # a damaged or foreign file
         raise InputError(f"{path}: cannot be read ({first_line(e)})", arg="scores") from None
     docs = table.column("doc").to_numpy()

@@ -101,17 +101,20 @@ def read_records(
     on_error: Callable[[Rejected], None] | None = None,
     skip: int = 0,
     limit: int | None = None,
+    at: tuple[int, int] = (0, 0),
 ) -> Iterator[Record]:
     """Yield the records of a JSONL or Parquet input in order, validating each as it is read.
 
     A bad record raises InputError, or goes to `on_error` and is skipped. `fields` overrides the two field
     names; `skip` passes over the first records unread (validated only as JSON), for resuming a run;
-    `limit` stops after the first `limit` records (rejected ones count).
+    `limit` stops after the first `limit` records (rejected ones count). `at` starts reading part-way,
+    record 0 being the first there: (byte offset of a line start, lines before it) in a plain JSONL file,
+    (row group, rows before it) in a Parquet file; line and row numbers still count from the file's start.
     """
     if limit is not None and limit < 1:
         raise UsageError(f"must be at least 1, not {limit}", arg="limit")
     fields = fields or Fields(text_field, id_field)
-    rows = _parquet_rows(source, fields) if is_parquet(source) else _jsonl_rows(source)
+    rows = _parquet_rows(source, fields, *at) if is_parquet(source) else _jsonl_rows(source, *at)
     name, shown_name = display_name(source), shown(display_name(source))
     unit = "row" if is_parquet(source) else "line"
     doc = 0
@@ -213,12 +216,19 @@ def _file_error(path: Path, e: OSError) -> InputError:
     return InputError(f"{shown(path)}: cannot be read ({e.strerror or e})")
 
 
-def _jsonl_rows(source: str | Path) -> Iterator[tuple[int, dict | str, bytes, None]]:
-    """Yield (line number, JSON object or why the line is not one, raw line, None) for each non-blank line."""
+def _jsonl_rows(
+    source: str | Path, start: int = 0, lines_before: int = 0
+) -> Iterator[tuple[int, dict | str, bytes, None]]:
+    """Yield (line number, JSON object or why the line is not one, raw line, None) for each non-blank line.
+
+    A plain file may be read from byte `start`, a line's start with `lines_before` lines before it.
+    """
     name = display_name(source)
     f = _open_binary(source)
     try:
-        for number, raw in enumerate(_lines(f, name), start=1):
+        if start:
+            f.seek(start)
+        for number, raw in enumerate(_lines(f, name), start=lines_before + 1):
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             if raw.strip():
@@ -262,11 +272,14 @@ def _lines(f: BinaryIO, name: str) -> Iterator[bytes]:
         raise InputError(f"{shown(name)}: cannot be read ({e})") from None
 
 
-def _parquet_rows(source: str | Path, fields: Fields) -> Iterator[tuple[int, dict, None, dict | None]]:
+def _parquet_rows(
+    source: str | Path, fields: Fields, row_group: int = 0, rows_before: int = 0
+) -> Iterator[tuple[int, dict, None, dict | None]]:
     """Yield (1-based row number, {column: value}, None, kept values) for the needed columns of a Parquet file.
 
     A kept column's value is a one-row slice of the column, so that it keeps its Arrow type exactly; a kept
-    field that is no column of this file is null.
+    field that is no column of this file is null. Reading starts at `row_group`, which has `rows_before`
+    rows before it.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -286,9 +299,12 @@ def _parquet_rows(source: str | Path, fields: Fields) -> Iterator[tuple[int, dic
     columns = list(dict.fromkeys(fields.required + ([fields.id] if fields.id in schema.names else [])))
     kept = [name for name in fields.keep if name in schema.names]
     absent = dict.fromkeys(name for name in fields.keep if name not in schema.names)
-    number = 0
+    number = rows_before
+    groups = range(row_group, pf.num_row_groups) if row_group else None
     try:
-        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=list(dict.fromkeys(columns + kept))):
+        for batch in pf.iter_batches(
+            batch_size=_PARQUET_BATCH_ROWS, columns=list(dict.fromkeys(columns + kept)), row_groups=groups
+        ):
             values = {c: batch.column(c).to_pylist() for c in columns}
             for i in range(batch.num_rows):
                 number += 1

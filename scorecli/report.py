@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from scorecli.bootstrap import corpus_intervals, sequence_sums
 from scorecli.compare import Comparison, compare_runs
@@ -27,7 +26,11 @@ from scorecli.rundocs import (
     WORDS,
     check_run,
     doc_tokens,
+    has_result,
     input_texts,
+    read_result,
+    result_batches,
+    result_files,
     run_metadata,
     token_columns,
     token_strings,
@@ -77,7 +80,7 @@ def aggregate_tokens(run: Path) -> TokenAggregates:
     has_kl = "kl" in token_columns(run)
     columns = ["position", "logprob", "entropy", "is_response"] + (["kl"] if has_kl else [])
     agg = TokenAggregates()
-    for batch in pq.ParquetFile(Path(run) / TOKENS).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+    for batch in result_batches(run, TOKENS, columns, BATCH_ROWS):
         batch = batch.filter(batch.column("is_response"))
         if not batch.num_rows:
             continue
@@ -97,7 +100,7 @@ def build_report(run: str | Path, compare: str | Path | None = None, out: str | 
     run = check_run(run)
     target = Path(out) if out else run / REPORT_FILE
     meta = run_metadata(run)
-    seq = pq.read_table(run / SEQUENCES)
+    seq = read_result(run, SEQUENCES)
     figures = _figures(run, seq)
     agg = aggregate_tokens(run)
     comparison = compare_runs(run, compare) if compare else None
@@ -110,7 +113,7 @@ def build_report(run: str | Path, compare: str | Path | None = None, out: str | 
     ]
     if agg.kl:
         sections.append(_kl_section(run, seq, agg))
-    if (run / WORDS).is_file():
+    if has_result(run, WORDS):
         sections.append(_words_section(run))
     if comparison is not None:
         sections.append(_compare_section(comparison))
@@ -135,7 +138,7 @@ def _figures(run: Path, seq) -> dict:
     if (run / SUMMARY).is_file():
         figures = json.loads((run / SUMMARY).read_text(encoding="utf-8")).get("summary", {})
     if "perplexity_ci" not in figures:
-        figures.update(corpus_intervals(sequence_sums([run / SEQUENCES])))
+        figures.update(corpus_intervals(sequence_sums(result_files(run, SEQUENCES))))
     if figures.get("perplexity") is None:
         n = pc.sum(seq.column("n_tokens")).as_py() or 0
         lp = pc.sum(seq.column("sum_logprob")).as_py() or 0.0
@@ -411,7 +414,7 @@ def _kl_section(run: Path, seq, agg: TokenAggregates) -> str:
         mean_kl = seq.column("mean_kl").to_numpy(zero_copy_only=False).astype(np.float64)
     else:
         sums, counts = np.zeros(seq.num_rows), np.zeros(seq.num_rows)
-        batches = pq.ParquetFile(run / TOKENS).iter_batches(BATCH_ROWS, columns=["doc", "kl", "is_response"])
+        batches = result_batches(run, TOKENS, ["doc", "kl", "is_response"], BATCH_ROWS)
         for b in batches:
             b = b.filter(b.column("is_response"))
             doc = b.column("doc").to_numpy()
@@ -441,7 +444,7 @@ def _words_section(run: Path) -> str:
     edges = np.linspace(0, 60, 61)
     counts = np.zeros(len(edges) - 1)
     total, n = 0.0, 0
-    for b in pq.ParquetFile(run / WORDS).iter_batches(BATCH_ROWS, columns=["surprisal"]):
+    for b in result_batches(run, WORDS, ["surprisal"], BATCH_ROWS):
         bits = b.column("surprisal").to_numpy(zero_copy_only=False).astype(np.float64) / LN2
         counts += np.histogram(np.clip(bits, 0, edges[-1] - 1e-9), bins=edges)[0]
         total, n = total + bits.sum(), n + len(bits)

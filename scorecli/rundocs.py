@@ -8,6 +8,7 @@ tokens of tokens.parquet.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,35 +22,70 @@ from scorecli.outputs import read_metadata
 SEQUENCES, TOKENS, WORDS, SUMMARY = "sequences.parquet", "tokens.parquet", "words.parquet", "summary.json"
 
 
+def result_files(run: str | Path, name: str) -> list[Path]:
+    """The Parquet files of one of a run's results (`TOKENS`…): the file, or a --ray run's dataset folder's files.
+
+    A --ray run writes each result as a folder of one file per shard (tokens/00000.parquet, …), in input order.
+    """
+    path = Path(run) / name
+    if path.is_file():
+        return [path]
+    folder = Path(run) / name.removesuffix(".parquet")
+    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+def has_result(run: str | Path, name: str) -> bool:
+    """Whether a run holds one of the results (`WORDS`…), as a file or a dataset folder."""
+    return bool(result_files(run, name))
+
+
+def read_result(run: str | Path, name: str, columns: list[str] | None = None, filters: list | None = None) -> pa.Table:
+    """One of a run's results as one table, its files' rows in order."""
+    files = result_files(run, name)
+    tables = [pq.read_table(f, columns=columns, filters=filters) for f in files]
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def result_batches(run: str | Path, name: str, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """One of a run's results a batch of rows at a time, in order."""
+    for path in result_files(run, name):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def result_rows(run: str | Path, name: str) -> int:
+    """The number of rows of one of a run's results."""
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in result_files(run, name))
+
+
 def check_run(folder: str | Path) -> Path:
     """The folder of a finished run, or OutputError naming what is missing."""
     folder = Path(folder)
     if not folder.is_dir():
         raise OutputError(f"{folder}: no such run folder")
     for name in (SEQUENCES, TOKENS):
-        if not (folder / name).is_file():
+        if not has_result(folder, name):
             raise OutputError(f"{folder}: not a finished scorecli run (no {name})")
     return folder
 
 
 def run_metadata(run: Path) -> dict[str, str]:
     """The metadata a run's files carry."""
-    return read_metadata(Path(run) / SEQUENCES)
+    return read_metadata(result_files(run, SEQUENCES)[0])
 
 
 def token_columns(run: Path) -> list[str]:
     """The columns of a run's tokens.parquet (runs may carry optional ones: rank, kl, top_ids…)."""
-    return pq.read_schema(Path(run) / TOKENS).names
+    return pq.read_schema(result_files(run, TOKENS)[0]).names
 
 
 def doc_tokens(run: Path, docs: list[int], columns: list[str] | None = None) -> pa.Table:
     """The token rows of some documents, read with a filter on `doc` (row groups of others are skipped)."""
-    return pq.read_table(Path(run) / TOKENS, columns=columns, filters=[("doc", "in", list(docs))])
+    return read_result(run, TOKENS, columns=columns, filters=[("doc", "in", list(docs))])
 
 
 def find_doc(run: Path, doc: int | None = None, doc_id: str | None = None) -> dict:
     """The sequences row of a document given by number or id; UsageError if the run has none such."""
-    seq = pq.read_table(Path(run) / SEQUENCES)
+    seq = read_result(run, SEQUENCES)
     if doc is not None:
         rows = seq.filter(pc.equal(seq.column("doc"), doc))
         if not rows.num_rows:

@@ -167,6 +167,30 @@ def claim_out_dir(
     return folder
 
 
+def lock_out_dir(out_dir: Path, command: str | None = None) -> RunFolder:
+    """Lock an output folder (creating it) without looking at what it holds: for runs that keep their own state."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: exists and is not a folder", arg="out_dir")
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _remove_empty(created)
+        raise OutputError(f"{out_dir}: cannot create the folder ({e.strerror or e})", arg="out_dir") from None
+    try:
+        fd = _lock(out_dir, command)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    return RunFolder(out_dir, fd, created, None)
+
+
+def complete_finish(out_dir: Path) -> None:
+    """Complete a finish that was committed but cut short (see RunWriter.finish); nothing where there is none."""
+    _complete_finish(Path(out_dir))
+
+
 def _remove_empty(folders: list[Path]) -> None:
     """Remove the folders a claim created, innermost first, where nothing was written into them."""
     for folder in folders:

@@ -32,6 +32,24 @@ KL_PERCENTILES = (100.0, 99.9, 99.0, 95.0, 90.0, 50.0)
 DELTA_P_PERCENTILES = (100.0, 99.9, 99.0, 95.0, 90.0, 75.0, 50.0, 25.0, 10.0, 5.0, 1.0, 0.1, 0.0)
 
 
+# The counts and sums of a summary, which add up over parts of a corpus.
+_ADDED = (
+    "n_docs",
+    "n_tokens",
+    "n_truncated",
+    "n_unscored",
+    "sum_logprob",
+    "sum_entropy",
+    "n_bytes",
+    "n_words",
+    "sum_word_surprisal",
+    "n_rejected",
+    "sum_doc_perplexity",
+    "n_top1",
+    "session_tokens",
+)
+
+
 @dataclass
 class Summary:
     """Running totals over scored documents; corpus figures are token-weighted."""
@@ -85,6 +103,17 @@ class Summary:
                 heapq.heappush(heap, key)
             else:
                 heapq.heappushpop(heap, key)
+
+    def merge(self, other: Summary) -> None:
+        """Add the documents of another summary, of other documents of the same corpus (a shard's)."""
+        for name in _ADDED:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for mine, theirs in ((self._highest, other._highest), (self._lowest, other._lowest)):
+            for entry in theirs:
+                if len(mine) < TOP_N:
+                    heapq.heappush(mine, tuple(entry))
+                else:
+                    heapq.heappushpop(mine, tuple(entry))
 
     def state(self) -> dict:
         """Everything the summary holds, as JSON-ready values, to carry it across a resumed run."""

@@ -1,0 +1,666 @@
+"""Scale-out on Ray: a corpus cut into shards, each scored by the ordinary engine as a Ray task, then joined.
+
+Each shard is scored into its own run folder; the shards' files are then joined into Parquet datasets with
+the same rows, columns and metadata as one process's run.
+
+DIR/shards/plan.json        the shards (files, line ranges, row groups), the options and the run's metadata
+DIR/shards/NNNNN/           a shard's run folder (runs.py's protocol: parts as it goes, summary.json when done)
+DIR/tokens/NNNNN.parquet    the results, one file per shard in input order (also sequences/, words/)
+DIR/summary.json            last: the run is finished
+
+A shard's documents carry their corpus-wide numbers (the shard's offset plus its own), so every row equals
+a single-process run's. A retried task resumes its shard from the parts it saved; a rerun of the whole run
+skips the shards that are complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from scorecli.corpus import is_text_file, read_corpus
+from scorecli.errors import OutputError, ScorecliError, UsageError, first_line
+from scorecli.inputs import Fields, Record, Rejected, display_name, is_parquet, read_records
+from scorecli.remote import is_url
+
+RAY_INSTALL = "pip install 'scorecli[ray]'"
+SHARDS_DIR = "shards"
+PLAN_FILE = "plan.json"
+RESULT_KINDS = ("tokens", "sequences", "words")
+SHARDS_PER_WORKER = 4  # a few per worker: a slow shard does not hold the whole run up at its end
+MAX_RETRIES = 3
+# Test hook: a worker SIGKILLs itself once (across processes: the file marks that it did) after it saves a part.
+KILL_AFTER_PART_ENV = "SCORECLI_TEST_KILL_AFTER_PART"
+_FORWARDED_ENV = ("SCORECLI_CACHE_DIR", KILL_AFTER_PART_ENV, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_PROGRESS_SECONDS = 0.5
+# Ray's own chatter (log deduplication notes, usage statistics, the auth notice) is not the user's business.
+_QUIET_ENV = {"RAY_DEDUP_LOGS": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}
+
+
+def require_ray() -> None:
+    """Check that Ray can be imported; UsageError saying how to install it where it cannot."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UsageError(f"needs Ray, which is not installed: {RAY_INSTALL}", arg="ray") from None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A contiguous run of records of one input file, scored as one task."""
+
+    number: int
+    source: str
+    first_doc: int  # the corpus-wide number of its first record
+    records: int
+    at: tuple[int, int] = (0, 0)  # where reading starts in the file (see inputs.read_records)
+
+    @property
+    def name(self) -> str:
+        """The shard's folder and file name: its number, five digits."""
+        return f"{self.number:05d}"
+
+
+@dataclass
+class Job:
+    """What every shard's task needs: how to read records, the model and scoring options, the run's metadata."""
+
+    fields: Fields
+    roles: tuple[str, ...]
+    model: str | None
+    load: dict  # load_model's keywords
+    scorer: dict  # Scorer's keywords
+    ref_model: str | None = None
+    ref_load: dict = field(default_factory=dict)
+    words: bool = False
+    skip_bad: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)  # the input's, added to the model's and scorer's
+    options: dict = field(default_factory=dict)  # saved in each shard's folder, as a plain run's
+
+
+@dataclass
+class ShardedProgress:
+    """Where a sharded run stands, for a progress display."""
+
+    stage: str  # "starting" (Ray), "scoring", "joining"
+    shards: int
+    shards_done: int = 0
+    docs_total: int = 0
+    docs_done: int = 0
+    tokens_done: int = 0  # scored in this session
+    workers: int = 0
+
+
+@dataclass
+class ShardedResult:
+    """A finished sharded run: its figures and metadata (as summary.json), and what this session did."""
+
+    figures: dict
+    metadata: dict[str, str]
+    written: list[Path]
+    shards: int
+    shards_scored: int  # by this session; the others were complete already
+    nothing_to_do: bool = False
+    ray_seconds: float = 0.0  # starting or joining the cluster
+
+
+def is_sharded_run(out_dir: str | Path) -> bool:
+    """Whether a folder holds a sharded (--ray) run, finished or not."""
+    out_dir = Path(out_dir)
+    return (out_dir / SHARDS_DIR / PLAN_FILE).is_file() or (out_dir / "sequences").is_dir()
+
+
+def saved_options(out_dir: str | Path) -> dict | None:
+    """The options an unfinished sharded run in `out_dir` was started with, or None where there is none."""
+    path = Path(out_dir) / SHARDS_DIR / PLAN_FILE
+    if not path.is_file():
+        return None
+    return _read_plan(path)["options"]
+
+
+# Planning ------------------------------------------------------------------------------------------------
+
+
+def plan_shards(sources: Sequence[str], shards: int, limit: int | None = None) -> list[Shard]:
+    """Cut the corpus into about `shards` shards: files, line ranges of plain JSONL, row groups of Parquet.
+
+    Each file gets a share of the shards by its size (at least one); records count as the single-process
+    reader counts them (every non-blank line or row, bad ones too), so `first_doc` is the corpus-wide number.
+    """
+    if shards < 1:
+        raise UsageError(f"must be at least 1, not {shards}", arg="shards")
+    sizes = [_size(s) for s in sources]
+    total = sum(sizes) or 1
+    planned: list[Shard] = []
+    offset = 0
+    for source, size in zip(sources, sizes):
+        if limit is not None and offset >= limit:
+            break
+        pieces = max(1, round(shards * size / total))
+        for first, records, at in _cut(source, pieces):
+            if limit is not None:
+                records = min(records, limit - offset - first)
+                if records <= 0:
+                    break
+            planned.append(Shard(len(planned), source, offset + first, records, at))
+        offset += _file_records(source)
+    return planned
+
+
+def _size(source: str) -> int:
+    """A file's size in bytes (1 where it cannot be known cheaply: a URL counts as a small file)."""
+    if is_url(source):
+        return 1
+    try:
+        return os.stat(source).st_size
+    except OSError:
+        return 1
+
+
+def _cut(source: str, pieces: int) -> Iterator[tuple[int, int, tuple[int, int]]]:
+    """The pieces of one file: (first record in the file, records, where reading starts)."""
+    if pieces > 1 and is_parquet(source) and not is_url(source):
+        yield from _cut_parquet(source, pieces)
+    elif pieces > 1 and not is_url(source) and not is_text_file(source) and not str(source).endswith(".gz"):
+        yield from _cut_jsonl(source, pieces)
+    else:
+        yield 0, _file_records(source), (0, 0)
+
+
+def _cut_parquet(source: str, pieces: int) -> Iterator[tuple[int, int, tuple[int, int]]]:
+    """A Parquet file cut between row groups into about `pieces` runs of rows of similar size."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(source).metadata
+    rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    target = sum(rows) / pieces
+    start_group, start_row, row = 0, 0, 0
+    for g, n in enumerate(rows):
+        row += n
+        if row - start_row >= target or g == len(rows) - 1:
+            if row > start_row:
+                yield start_row, row - start_row, (start_group, start_row)
+            start_group, start_row = g + 1, row
+
+
+def _cut_jsonl(source: str, pieces: int) -> Iterator[tuple[int, int, tuple[int, int]]]:
+    """A plain JSONL file cut at line starts into about `pieces` byte ranges of similar size."""
+    target = max(1, os.stat(source).st_size // pieces)
+    start = (0, 0, 0)  # byte, lines before, records before
+    byte, lines, records = 0, 0, 0
+    with open(source, "rb") as f:
+        for line in f:
+            byte, lines = byte + len(line), lines + 1
+            records += bool(line.strip())
+            if byte - start[0] >= target and records > start[2]:
+                yield start[2], records - start[2], (start[0], start[1])
+                start = (byte, lines, records)
+    if records > start[2]:
+        yield start[2], records - start[2], (start[0], start[1])
+
+
+def _file_records(source: str) -> int:
+    """The number of records in one input file, as the single-process reader numbers them."""
+    from scorecli.corpus import _count_rows
+
+    return _count_rows(source)
+
+
+def shard_records(shard: Shard, fields: Fields, on_error: Callable[[Rejected], None] | None, skip: int = 0):
+    """The records of a shard, numbered corpus-wide, from its `skip`-th on (for a resumed shard)."""
+
+    def shifted(r: Rejected) -> None:
+        on_error(replace(r, doc=r.doc + base))
+
+    base = shard.first_doc
+    if is_text_file(shard.source):
+        records = read_corpus([shard.source], fields, on_error=None if on_error is None else shifted, skip=skip)
+    else:
+        records = read_records(
+            shard.source,
+            fields=fields,
+            on_error=None if on_error is None else shifted,
+            skip=skip,
+            limit=shard.records,
+            at=shard.at,
+        )
+    for record in records:
+        yield replace(record, doc=record.doc + base)
+
+
+# One shard, in a worker -----------------------------------------------------------------------------------
+
+
+def score_shard(shard: Shard, job: Job, shard_dir: Path, report: Callable[[int, int], None] | None = None) -> dict:
+    """Score one shard into its run folder, resuming its saved parts; return its summary's state.
+
+    A shard whose folder holds a summary.json is complete and not scored again. `report(docs, tokens)` is
+    told of the shard's documents done and the tokens this call scored.
+    """
+    from scorecli.engine import Scorer
+    from scorecli.models import load_model
+    from scorecli.runs import SUMMARY_FILE, RunWriter, check_resume, claim_out_dir, complete_finish
+    from scorecli.summary import Comparison, Summary
+
+    shard_dir = Path(shard_dir)
+    if shard_dir.is_dir():
+        complete_finish(shard_dir)
+    if (shard_dir / SUMMARY_FILE).is_file():
+        return _shard_state(shard_dir)
+    loaded = load_model(job.model, **job.load)
+    ref = None if job.ref_model is None else load_model(job.ref_model, **job.ref_load, arg="ref_model")
+    scorer = Scorer(
+        loaded.model,
+        loaded.tokenizer,
+        roles=job.roles,
+        ref_model=None if ref is None else ref.model,
+        ref_tokenizer=None if ref is None else ref.tokenizer,
+        **job.scorer,
+    )
+    metadata = {
+        **loaded.info,
+        **({} if ref is None else {f"ref_{k}": v for k, v in ref.info.items()}),
+        **scorer.metadata,
+        **job.metadata,
+    }
+    resume = (shard_dir / "parts" / "run.json").is_file()
+    with claim_out_dir(shard_dir, resume=resume, command=f"scorecli shard {shard.name}") as folder:
+        state = folder.state
+        if state is not None:
+            check_resume(state, metadata)
+        writer = RunWriter(folder, metadata, job.words, job.options, scorer.columns)
+        summary = Summary()
+        if state is not None and state.summary is not None:
+            summary = Summary.from_state(state.summary)
+            summary.next_session()
+            if "kl" in scorer.columns:
+                summary.comparison.add(writer.saved_tokens(Comparison.COLUMNS))
+        done_before = writer.records_done - shard.first_doc if writer.records_done else 0
+        seen = [shard.first_doc + done_before]
+
+        def reject(r: Rejected) -> None:
+            seen[0] = max(seen[0], r.doc + 1)
+            writer.reject(r)
+
+        def chat_reject(record: Record, reason: str) -> None:
+            raw = json.dumps([{"role": r, "content": c} for r, c in record.messages or ()], ensure_ascii=False)
+            reject(Rejected(record.doc, display_name(shard.source), record.line, reason, raw))
+
+        records = shard_records(shard, job.fields, reject if job.skip_bad else None, skip=done_before)
+        last = [0.0]
+
+        def progress(p) -> None:
+            now = time.monotonic()
+            if report is not None and now - last[0] >= _PROGRESS_SECONDS:
+                last[0] = now
+                report(done_before + p.docs_done, p.tokens_done)
+
+        started, seconds = time.perf_counter(), summary.seconds
+        done = state.in_flight if state is not None else {}
+        tokens = 0
+        for docs in scorer.score_buffers(records, progress, chat_reject if job.skip_bad else None, done):
+            for doc in docs:
+                summary.add(doc)
+                if doc.doc not in done:
+                    summary.session_tokens += doc.n_tokens
+                    tokens += doc.n_tokens
+            seen[0] = max(seen[0], docs[-1].doc + 1)
+            summary.session_seconds = time.perf_counter() - started
+            summary.seconds = seconds + summary.session_seconds
+            writer.save(docs, docs[-1].doc + 1, summary.state())
+            _kill_once_for_tests()
+            if report is not None:
+                report(seen[0] - shard.first_doc, tokens)
+        summary.n_rejected = writer.rejected
+        figures = {**summary.as_dict(), "state": summary.state()}
+        writer.finish(max(seen[0], shard.first_doc + shard.records), figures, errors_file=job.skip_bad)
+    return _shard_state(shard_dir)
+
+
+def _shard_state(shard_dir: Path) -> dict:
+    """A complete shard's summary state and metadata, from its summary.json."""
+    from scorecli.runs import read_summary
+
+    figures, metadata = read_summary(shard_dir)
+    return {"state": figures["state"], "metadata": metadata}
+
+
+def _kill_once_for_tests() -> None:
+    """The test hook: SIGKILL this process the first time any process of the run gets here."""
+    marker = os.environ.get(KILL_AFTER_PART_ENV)
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# The driver ---------------------------------------------------------------------------------------------
+
+
+def score_sharded(
+    job: Job,
+    sources: Sequence[str],
+    out_dir: str | Path,
+    *,
+    address: str | None = None,
+    shards: int | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    gpus_per_worker: float | None = None,
+    limit: int | None = None,
+    overwrite: bool = False,
+    command: str | None = None,
+    progress: Callable[[ShardedProgress], None] | None = None,
+) -> ShardedResult:
+    """Score a corpus on Ray, one task per shard, into `out_dir`; resume the sharded run it holds.
+
+    Without `address` a local cluster is started with this machine's CPUs (and GPUs); with it (a host:port
+    or "auto"), the running cluster is joined. `workers` tasks run at once (default: as many as the
+    cluster's CPUs, or GPUs, allow), each on `threads` CPU threads (default 1) and `gpus_per_worker` GPUs
+    (default 1 where CUDA is present). `shards` defaults to a few per worker.
+    """
+    require_ray()
+    from scorecli.runs import SUMMARY_FILE, lock_out_dir, read_summary
+
+    for name, value in (("workers", workers), ("threads", threads), ("shards", shards)):
+        if value is not None and value < 1:
+            raise UsageError(f"must be at least 1, not {value}", arg=name)
+    if gpus_per_worker is not None and gpus_per_worker < 0:
+        raise UsageError(f"must be at least 0, not {gpus_per_worker}", arg="gpus_per_worker")
+    out_dir = Path(out_dir)
+    report = progress or (lambda _: None)
+    with lock_out_dir(out_dir, command) as _folder:
+        if (out_dir / SUMMARY_FILE).is_file() and not overwrite:
+            if not is_sharded_run(out_dir):
+                raise OutputError(f"{out_dir}: the folder is not empty; pass `overwrite` to replace its results")
+            figures, metadata = read_summary(out_dir)
+            return ShardedResult(figures, metadata, [], 0, 0, nothing_to_do=True)
+        plan_path = out_dir / SHARDS_DIR / PLAN_FILE
+        if overwrite:
+            _remove_results(out_dir)
+        elif plan_path.is_file():
+            plan = _read_plan(plan_path)
+            _check_same(plan["options"], job.options, out_dir)
+        elif any(p.name != ".scorecli.lock" for p in out_dir.iterdir()):
+            raise OutputError(f"{out_dir}: the folder is not empty; pass `overwrite` to replace its results")
+        started = time.perf_counter()
+        report(ShardedProgress("starting", 0))
+        ray, local = _start_ray(address)
+        try:
+            ray_seconds = time.perf_counter() - started
+            cpus, gpus = _cluster_resources(ray)
+            if gpus_per_worker is None:
+                gpus_per_worker = 1.0 if local and gpus and _cuda() else 0.0
+            threads = threads or 1
+            if workers is None:
+                workers = int(gpus // gpus_per_worker) if gpus_per_worker else int(cpus // threads)
+                workers = max(1, workers)
+            if not plan_path.is_file():
+                planned = plan_shards(sources, shards or SHARDS_PER_WORKER * workers, limit)
+                plan_path.parent.mkdir(exist_ok=True)
+                _write_json(plan_path, {"options": job.options, "shards": [asdict(s) for s in planned], "seconds": 0})
+            plan = _read_plan(plan_path)
+            planned = [Shard(**{**s, "at": tuple(s["at"])}) for s in plan["shards"]]
+            job.scorer = {**job.scorer, "threads": threads}
+            # Shards are length-sorted and batched apart, which can change float rounding (never beyond 1e-4).
+            job.metadata = {**job.metadata, "shards": str(len(planned))}
+            state = _Driver(ray, job, out_dir, planned, workers, threads, gpus_per_worker, report)
+            try:
+                scored = state.run()
+            finally:
+                plan["seconds"] += time.perf_counter() - started - ray_seconds
+                _write_json(plan_path, plan)
+            report(ShardedProgress("joining", len(planned), len(planned), state.docs_total, state.docs_total))
+            figures, metadata, written = _join(out_dir, planned, plan["seconds"], state.session_tokens)
+            return ShardedResult(figures, metadata, written, len(planned), scored, ray_seconds=ray_seconds)
+        finally:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+
+
+def _start_ray(address: str | None):
+    """Start a local Ray cluster (on 127.0.0.1, with this machine's CPUs) or join `address`; return ray."""
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    kwargs = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": False,
+        "runtime_env": {"env_vars": env} if env else None,
+    }
+    try:
+        if address is None:
+            ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except Exception as e:  # no cluster there, or one that refuses us: one line, not Ray's traceback
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        where = f"join the Ray cluster at {address}" if address else "start a local Ray cluster"
+        raise UsageError(f"cannot {where} ({type(e).__name__}: {first_line(e)})", arg="ray_address") from None
+    return ray, address is None
+
+
+def _cluster_resources(ray) -> tuple[float, float]:
+    """The cluster's CPUs and GPUs."""
+    resources = ray.cluster_resources()
+    return float(resources.get("CPU", 1)), float(resources.get("GPU", 0))
+
+
+def _cuda() -> bool:
+    """Whether this machine has CUDA (a local cluster's GPUs are this machine's)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class _Driver:
+    """Keep `workers` shard tasks running until every shard is complete, reporting progress as they go."""
+
+    def __init__(self, ray, job, out_dir, planned, workers, threads, gpus, report) -> None:
+        """Run `planned` shards of `job` into `out_dir`'s shard folders."""
+        self.ray, self.job, self.out_dir, self.planned = ray, job, out_dir, planned
+        self.workers, self.threads, self.gpus, self.report = workers, threads, gpus, report
+        self.docs_total = sum(s.records for s in planned)
+        self.session_tokens = 0
+
+    def run(self) -> int:
+        """Score the shards that are not complete; return how many were scored."""
+        from scorecli.runs import SUMMARY_FILE
+
+        ray = self.ray
+        folders = {s.number: self.out_dir / SHARDS_DIR / s.name for s in self.planned}
+        todo = [s for s in self.planned if not (folders[s.number] / SUMMARY_FILE).is_file()]
+        done_docs = sum(s.records for s in self.planned if s not in todo)
+        shards_done = len(self.planned) - len(todo)
+        tracker = ray.remote(num_cpus=0)(_Tracker).remote()
+        task = ray.remote(_score_shard_task).options(
+            num_cpus=self.threads, num_gpus=self.gpus, max_retries=MAX_RETRIES, retry_exceptions=False
+        )
+        pending: dict = {}
+        queue = list(todo)
+        finished: dict[int, int] = {}
+
+        def show() -> None:
+            live = ray.get(tracker.snapshot.remote())
+            docs = done_docs + sum(finished.values())
+            docs += sum(d for n, (d, _) in live.items() if n not in finished)
+            self.session_tokens = sum(t for _, t in live.values())
+            self.report(
+                ShardedProgress(
+                    "scoring",
+                    len(self.planned),
+                    shards_done + len(finished),
+                    self.docs_total,
+                    docs,
+                    self.session_tokens,
+                    self.workers,
+                )
+            )
+
+        try:
+            while queue or pending:
+                while queue and len(pending) < self.workers:
+                    shard = queue.pop(0)
+                    pending[task.remote(shard, self.job, str(folders[shard.number]), tracker)] = shard
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=_PROGRESS_SECONDS)
+                for ref in ready:
+                    shard = pending.pop(ref)
+                    self._result(ref, shard)
+                    finished[shard.number] = shard.records
+                show()
+        except BaseException:
+            for ref in pending:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+            raise
+        return len(todo)
+
+    def _result(self, ref, shard: Shard) -> dict:
+        """A finished task's result; its error, as the user error it was, where it failed."""
+        from ray.exceptions import RayTaskError
+
+        try:
+            return self.ray.get(ref)
+        except RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ScorecliError):
+                raise cause from None
+            raise OutputError(
+                f"shard {shard.name} ({display_name(shard.source)}) failed: {first_line(cause or e)}"
+            ) from None
+        except Exception as e:  # the worker died more often than Ray retries, or the cluster went away
+            raise OutputError(
+                f"shard {shard.name} ({display_name(shard.source)}) could not be scored ({type(e).__name__}: "
+                f"{first_line(e)}); its saved parts are kept: run the same command again to resume"
+            ) from None
+
+
+class _Tracker:
+    """A Ray actor that gathers the shards' progress reports for the driver."""
+
+    def __init__(self) -> None:
+        self.live: dict[int, tuple[int, int]] = {}
+
+    def update(self, number: int, docs: int, tokens: int) -> None:
+        """Note a shard's documents done and the tokens this attempt scored."""
+        self.live[number] = (docs, tokens)
+
+    def snapshot(self) -> dict[int, tuple[int, int]]:
+        """Every shard's latest report."""
+        return dict(self.live)
+
+
+def _score_shard_task(shard: Shard, job: Job, folder: str, tracker) -> dict:
+    """The Ray task: score one shard in this worker process (which keeps its model loaded between tasks)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    def report(docs: int, tokens: int) -> None:
+        tracker.update.remote(shard.number, docs, tokens)
+
+    return score_shard(shard, job, Path(folder), report)
+
+
+# Joining ------------------------------------------------------------------------------------------------
+
+
+def _join(
+    out_dir: Path, planned: list[Shard], seconds: float, session_tokens: int
+) -> tuple[dict, dict[str, str], list[Path]]:
+    """Move the shards' files into the datasets, write summary.json, remove the shard folders.
+
+    Idempotent: a join cut short is completed by the next run.
+    """
+    from scorecli.bootstrap import corpus_intervals, sequence_sums
+    from scorecli.outputs import _finite
+    from scorecli.rundocs import read_result
+    from scorecli.runs import ERRORS_FILE, SUMMARY_FILE, _write_file, read_summary
+    from scorecli.summary import Comparison, Summary
+
+    total = Summary()
+    metadata: dict[str, str] = {}
+    errors: list[str] = []
+    for shard in planned:
+        folder = out_dir / SHARDS_DIR / shard.name
+        figures, meta = read_summary(folder)
+        total.merge(Summary.from_state(figures["state"]))
+        metadata = metadata or meta
+        if (folder / ERRORS_FILE).is_file():
+            errors.append((folder / ERRORS_FILE).read_text(encoding="utf-8"))
+        for kind in RESULT_KINDS:
+            source = folder / f"{kind}.parquet"
+            if source.is_file():
+                (out_dir / kind).mkdir(exist_ok=True)
+                os.replace(source, out_dir / kind / f"{shard.name}.parquet")
+    written = [out_dir / kind for kind in RESULT_KINDS if (out_dir / kind).is_dir()]
+    if errors:
+        _write_file(out_dir / ERRORS_FILE, "".join(errors).encode())
+        written.append(out_dir / ERRORS_FILE)
+    total.seconds = total.session_seconds = seconds
+    total.session_tokens = session_tokens
+    if "ref_head" in metadata:
+        total.comparison.add(
+            {c: v.to_numpy() for c, v in _response_tokens(out_dir, Comparison.COLUMNS, read_result).items()}
+        )
+    total.intervals = corpus_intervals(sequence_sums(sorted((out_dir / "sequences").glob("*.parquet"))))
+    text = json.dumps({"summary": _finite(total.as_dict()), "metadata": metadata}, indent=2, ensure_ascii=False)
+    _write_file(out_dir / SUMMARY_FILE, (text + "\n").encode())
+    written.append(out_dir / SUMMARY_FILE)
+    shutil.rmtree(out_dir / SHARDS_DIR, ignore_errors=True)
+    return read_summary(out_dir) + (written,)
+
+
+def _response_tokens(out_dir: Path, columns: Sequence[str], read_result) -> dict:
+    """Columns of the response token rows of a joined run."""
+    table = read_result(out_dir, "tokens.parquet", columns=[*columns, "is_response"])
+    table = table.filter(table["is_response"])
+    return {c: table[c] for c in columns}
+
+
+def _remove_results(out_dir: Path) -> None:
+    """Remove an earlier run's results and shards (for `overwrite`)."""
+    from scorecli.runs import PARTS_DIR, RESULT_FILES
+
+    for name in (SHARDS_DIR, PARTS_DIR, *RESULT_KINDS):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in RESULT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _check_same(was: dict, now: dict, out_dir: Path) -> None:
+    """OutputError where a rerun's options differ from those the sharded run was started with."""
+    for key in dict.fromkeys([*was, *now]):
+        if was.get(key) != now.get(key):
+            raise OutputError(
+                f"{out_dir}: its run was started with {key} {was.get(key)!r}, not {now.get(key)!r}; "
+                "pass `overwrite` to start again",
+                arg="out_dir",
+            )
+
+
+def _read_plan(path: Path) -> dict:
+    """A sharded run's plan."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise OutputError(f"{path}: cannot be read ({first_line(e)})", arg="out_dir") from None
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Write a JSON file whole, or not at all."""
+    from scorecli.runs import _write_file
+
+    _write_file(path, json.dumps(value, indent=1, ensure_ascii=False).encode())
