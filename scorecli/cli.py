@@ -522,16 +522,19 @@ def _score_on_ray(
         )
         raise typer.Exit(code) from None
     if result.nothing_to_do:
-        console.print(f"scorecli: nothing to do: the run in {out} is finished (see: scorecli summary {out})")
+        console.print(
+            f"scorecli: nothing to do: the run in {out} is finished (see: scorecli summary {out})", soft_wrap=True
+        )
         return
     console.print(render(result.figures, result.metadata))
     console.print(
         f"Ray: {result.shards_scored} of {result.shards} shards scored in this session "
         f"(cluster ready in {result.ray_seconds:.1f} s)",
         highlight=False,
+        soft_wrap=True,
     )
     for path in result.written:
-        console.print(f"wrote {path}")
+        console.print(f"wrote {path}", soft_wrap=True)
 
 
 def _sharded_progress_bar(console: Console) -> tuple[Progress, Callable]:

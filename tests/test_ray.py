@@ -1,0 +1,250 @@
+"""`score --ray`, for real: local Ray clusters (one started with `ray start --head`, one started by scorecli)
+score shards on 2 workers; their outputs must equal a single-process run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SAMPLES
+from typer.testing import CliRunner
+
+from scorecli.cli import app
+from scorecli.corpus import expand_inputs, read_corpus
+from scorecli.inputs import Fields
+from scorecli.rundocs import read_result, run_metadata
+
+pytestmark = pytest.mark.ray
+ray = pytest.importorskip("ray")
+
+SCORECLI = [sys.executable, "-m", "scorecli"]
+RAY = str(Path(sys.executable).with_name("ray"))
+# No token authentication: the clusters are on 127.0.0.1, and no token file is written into the home folder.
+QUIET = {
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_AUTH_MODE": "disabled",
+}
+# Small batches make small buffers (256 characters a batch token): shards save several parts each.
+SCORING = ["--batch-tokens", "64", "--threads", "1"]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet_ray():
+    saved = {k: os.environ.get(k) for k in QUIET}
+    os.environ.update(QUIET)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of three kinds of input: JSONL (cut into line ranges), Parquet in row groups, and a .txt."""
+    folder = tmp_path_factory.mktemp("ray-corpus")
+    lines = (SAMPLES / "long.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (folder / "a.jsonl").write_text("".join(lines[:30]) + "\n" + "".join(lines[30:40]), encoding="utf-8")
+    rows = [json.loads(line) for line in (SAMPLES / "mixed.jsonl").read_text(encoding="utf-8").splitlines()]
+    table = pa.table({"id": [f"m{i}" for i in range(len(rows))], "text": [r["text"] for r in rows]})
+    pq.write_table(table, folder / "b.parquet", row_group_size=5)
+    (folder / "c.txt").write_text("A short note, written for this test.\nIt has two lines.\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def single(corpus: Path, gpt2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The single-process run the Ray runs must equal."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    result = runner.invoke(app, ["score", str(corpus), "-m", str(gpt2_dir), *SCORING, "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A Ray cluster started the way a user starts one, `ray start --head`, on 127.0.0.1 with 2 CPUs; stopped after."""
+    port = _free_port()
+    command = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port)]
+    command += ["--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"]
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **QUIET})
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def assert_same_run(ray_run: Path, single_run: Path) -> None:
+    """Equal rows to a single-process run: numbers, ids and tokens exactly, scores to 1e-4; same metadata."""
+    for kind in ("sequences.parquet", "tokens.parquet"):
+        a, b = read_result(single_run, kind), read_result(ray_run, kind)
+        assert a.schema.names == b.schema.names and a.num_rows == b.num_rows
+        for name in a.schema.names:
+            x, y = a.column(name).to_numpy(zero_copy_only=False), b.column(name).to_numpy(zero_copy_only=False)
+            if np.issubdtype(x.dtype, np.floating):
+                np.testing.assert_allclose(y, x, atol=1e-4, rtol=1e-5, equal_nan=True, err_msg=f"{kind} {name}")
+            else:
+                assert list(x) == list(y), f"{kind} {name}"
+    meta_a, meta_b = run_metadata(single_run), run_metadata(ray_run)
+    assert meta_b.pop("shards").isdigit()
+    assert meta_a == meta_b
+    sa, sb = (json.loads((d / "summary.json").read_text())["summary"] for d in (single_run, ray_run))
+    for key in ("documents", "scored_tokens", "words", "unscored", "rejected"):
+        assert sa[key] == sb[key], key
+    for key in ("perplexity", "bits_per_byte", "mean_entropy", "mean_doc_perplexity"):
+        assert sb[key] == pytest.approx(sa[key], rel=1e-6), key
+    assert [d["doc"] for d in sa["highest"]] == [d["doc"] for d in sb["highest"]]
+    assert sb["perplexity_ci"] == pytest.approx(sa["perplexity_ci"], rel=1e-6)
+
+
+def test_plan_cuts_files_line_ranges_and_row_groups(corpus: Path):
+    from scorecli.scaleout import plan_shards, shard_records
+
+    sources = expand_inputs([str(corpus)])
+    fields = Fields()
+    planned = plan_shards(sources, 40)  # a share of them by size: the small Parquet file gets a few
+    by_file = [sum(s.source == src for s in planned) for src in sources]
+    assert by_file[0] > 1 and by_file[1] > 1 and by_file[2] == 1  # JSONL and Parquet are cut, .txt is not
+    parquet = [s for s in planned if s.source.endswith(".parquet")]
+    assert all(s.records % 5 == 0 for s in parquet[:-1])  # whole row groups of 5 rows
+    whole = [(r.doc, r.id, r.text, r.line) for r in read_corpus(sources, fields)]
+    cut = [(r.doc, r.id, r.text, r.line) for s in planned for r in shard_records(s, fields, None)]
+    assert cut == whole
+    assert [s.first_doc for s in planned] == [r[0] for r in whole if any(r[0] == s.first_doc for s in planned)]
+    limited = plan_shards(sources, 8, limit=45)
+    assert sum(s.records for s in limited) == 45
+    assert [r.doc for s in limited for r in shard_records(s, fields, None)] == list(range(45))
+    # A resumed shard starts after the records its saved parts hold.
+    resumed = [r.doc for r in shard_records(planned[1], fields, None, skip=3)]
+    assert resumed == list(range(planned[1].first_doc + 3, planned[1].first_doc + planned[1].records))
+
+
+def test_joined_cluster_equals_single_process(corpus, single, head, gpt2_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["score", str(corpus), "-m", str(gpt2_dir), *SCORING, "-o", str(out)]
+    result = runner.invoke(app, [*args, "--ray", "--ray-address", head, "--workers", "2", "--shards", "5"])
+    assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in (out / "tokens").iterdir())
+    assert files == [f"{n:05d}.parquet" for n in range(len(files))] and len(files) >= 4
+    assert f"Ray: {len(files)} of {len(files)} shards scored" in result.output, result.output
+    assert not (out / "shards").exists()
+    assert_same_run(out, single)
+    # The datasets are one table to pyarrow (and so pandas, polars, duckdb), in input order.
+    assert pq.read_table(out / "sequences").column("doc").to_pylist() == list(range(61))
+    # summary, compare and report read the layout.
+    result = runner.invoke(app, ["summary", str(out)])
+    assert result.exit_code == 0 and "perplexity" in result.output
+    result = runner.invoke(app, ["compare", str(single), str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["documents"] == 61
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0 and (out / "report.html").is_file()
+    # The same command again: nothing to do.
+    result = runner.invoke(app, [*args, "--ray", "--ray-address", head, "--workers", "2", "--shards", "5"])
+    assert result.exit_code == 0 and "nothing to do" in result.output
+
+
+def test_interrupted_driver_resumes_without_rescoring_complete_shards(corpus, single, head, gpt2_dir, tmp_path):
+    out = tmp_path / "run"
+    command = [*SCORECLI, "score", str(corpus), "-m", str(gpt2_dir), *SCORING, "-o", str(out)]
+    command += ["--ray", "--ray-address", head, "--workers", "1", "--shards", "4"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    first = out / "shards" / "00000"
+    deadline = time.monotonic() + 180
+    while not (first / "summary.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command again" in err
+    complete = sorted(p.parent.name for p in (out / "shards").glob("*/summary.json"))
+    assert len(complete) >= 1 and len(list((out / "shards").glob("0*"))) > len(complete)
+    mtimes = {name: (out / "shards" / name / "tokens.parquet").stat().st_mtime_ns for name in complete}
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    scored, total = map(int, re.search(r"Ray: (\d+) of (\d+) shards scored", rerun.stderr).groups())
+    assert scored == total - len(complete) and total >= 4
+    for name, mtime in mtimes.items():  # moved into the dataset, never written again
+        assert (out / "tokens" / f"{name}.parquet").stat().st_mtime_ns == mtime
+    assert_same_run(out, single)
+
+
+def test_auto_started_cluster_survives_a_killed_worker(corpus, single, gpt2_dir, tmp_path):
+    out, marker = tmp_path / "run", tmp_path / "killed"
+    command = [*SCORECLI, "score", str(corpus), "-m", str(gpt2_dir), *SCORING, "-o", str(out), "--ray"]
+    env = {**os.environ, "SCORECLI_TEST_KILL_AFTER_PART": str(marker)}
+    result = subprocess.run([*command, "--workers", "2"], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert marker.is_file()  # a worker did SIGKILL itself after saving a part; its shard was retried
+    assert_same_run(out, single)
+
+
+@pytest.mark.realmodel
+def test_smollm_on_ray_equals_single_process(head, tmp_path):
+    args = ["score", str(SAMPLES / "long.jsonl"), "--limit", "6", "--max-length", "64", "--threads", "1"]
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "single"), "-q"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app, [*args, "-o", str(tmp_path / "ray"), "--ray", "--ray-address", head, "--workers", "2", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert_same_run(tmp_path / "ray", tmp_path / "single")
+
+
+def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, as where it is not installed
+    result = runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), "-o", str(tmp_path / "r"), "--ray"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "scorecli: error: --ray needs Ray, which is not installed: pip install 'scorecli[ray]'"
+    ]
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shards", "4"], "--shards goes with --ray"),
+        (["--ray", "-o", "-"], "--ray writes Parquet datasets into a folder"),
+        (["--ray", "--join", " "], "--join scores the input as one document"),
+        (["--ray", "--workers", "0"], "--workers must be at least 1, not 0"),
+    ],
+)
+def test_ray_usage_errors(args, message, tmp_path):
+    out = [] if "-o" in args else ["-o", str(tmp_path / "r")]
+    result = runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), *out, *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
