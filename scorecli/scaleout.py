@@ -443,14 +443,16 @@ def _start_ray(address: str | None):
     }
     try:
         if address is None:
-            ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
+            # "local": a new cluster of our own, even where another one runs on this machine.
+            ray.init(address="local", num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
         else:
             ray.init(address=address, **kwargs)
     except Exception as e:  # no cluster there, or one that refuses us: one line, not Ray's traceback
         with contextlib.suppress(Exception):
             ray.shutdown()
         where = f"join the Ray cluster at {address}" if address else "start a local Ray cluster"
-        raise UsageError(f"cannot {where} ({type(e).__name__}: {first_line(e)})", arg="ray_address") from None
+        arg = "ray_address" if address else "ray"
+        raise UsageError(f"cannot {where} ({type(e).__name__}: {first_line(e)})", arg=arg) from None
     return ray, address is None
 
 
