@@ -451,7 +451,12 @@ def _score_on_ray(
     if resume and overwrite:
         raise UsageError("--resume and --overwrite cannot be used together")
     saved = scaleout.saved_options(out)
-    if resume and saved is None and not (Path(out) / "summary.json").is_file():
+    if resume and saved is None:
+        if scaleout.is_sharded_run(out):
+            console.print(
+                f"scorecli: nothing to do: the run in {out} is finished (see: scorecli summary {out})", soft_wrap=True
+            )
+            return
         raise OutputError(f"{out}: nothing to resume (there is no unfinished --ray run in it)", arg="out_dir")
     if saved is not None and not overwrite:
         options = _resumed_options(ctx, options, saved)

@@ -261,8 +261,10 @@ def _prepare_new(out_dir: Path, overwrite: bool) -> None:
                 raise OutputError(
                     f"{out_dir}: the folder is not empty; pass `overwrite` to replace its results{hint}", arg="out_dir"
                 )
-            if (out_dir / PARTS_DIR).exists():
-                shutil.rmtree(out_dir / PARTS_DIR)
+            # A --ray run's datasets and shards (scaleout.py) are results and parts too.
+            for name in (PARTS_DIR, "shards", "tokens", "sequences", "words"):
+                if (out_dir / name).is_dir():
+                    shutil.rmtree(out_dir / name)
             for name in RESULT_FILES:
                 # An old result must not survive next to a new run that fails.
                 (out_dir / name).unlink(missing_ok=True)

@@ -382,7 +382,9 @@ def score_sharded(
     with lock_out_dir(out_dir, command) as _folder:
         if (out_dir / SUMMARY_FILE).is_file() and not overwrite:
             if not is_sharded_run(out_dir):
-                raise OutputError(f"{out_dir}: the folder is not empty; pass `overwrite` to replace its results")
+                raise OutputError(
+                    f"{out_dir}: the folder is not empty; pass `overwrite` to replace its results", arg="out_dir"
+                )
             figures, metadata = read_summary(out_dir)
             return ShardedResult(figures, metadata, [], 0, 0, nothing_to_do=True)
         plan_path = out_dir / SHARDS_DIR / PLAN_FILE
@@ -392,15 +394,17 @@ def score_sharded(
             plan = _read_plan(plan_path)
             _check_same(plan["options"], job.options, out_dir)
         elif any(p.name != ".scorecli.lock" for p in out_dir.iterdir()):
-            raise OutputError(f"{out_dir}: the folder is not empty; pass `overwrite` to replace its results")
+            raise OutputError(
+                f"{out_dir}: the folder is not empty; pass `overwrite` to replace its results", arg="out_dir"
+            )
         started = time.perf_counter()
         report(ShardedProgress("starting", 0))
-        ray, local = _start_ray(address)
+        ray = _start_ray(address)
         try:
             ray_seconds = time.perf_counter() - started
             cpus, gpus = _cluster_resources(ray)
-            if gpus_per_worker is None:
-                gpus_per_worker = 1.0 if local and gpus and _cuda() else 0.0
+            if gpus_per_worker is None:  # Ray counts the GPUs CUDA shows each node
+                gpus_per_worker = 1.0 if gpus else 0.0
             threads = threads or 1
             if workers is None:
                 workers = int(gpus // gpus_per_worker) if gpus_per_worker else int(cpus // threads)
@@ -453,20 +457,13 @@ def _start_ray(address: str | None):
         where = f"join the Ray cluster at {address}" if address else "start a local Ray cluster"
         arg = "ray_address" if address else "ray"
         raise UsageError(f"cannot {where} ({type(e).__name__}: {first_line(e)})", arg=arg) from None
-    return ray, address is None
+    return ray
 
 
 def _cluster_resources(ray) -> tuple[float, float]:
     """The cluster's CPUs and GPUs."""
     resources = ray.cluster_resources()
     return float(resources.get("CPU", 1)), float(resources.get("GPU", 0))
-
-
-def _cuda() -> bool:
-    """Whether this machine has CUDA (a local cluster's GPUs are this machine's)."""
-    import torch
-
-    return torch.cuda.is_available()
 
 
 class _Driver:
