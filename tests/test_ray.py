@@ -169,6 +169,8 @@ def test_joined_cluster_equals_single_process(corpus, single, head, gpt2_dir, tm
     result = runner.invoke(app, ["compare", str(single), str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["documents"] == 61
+    result = runner.invoke(app, ["show", str(out), "--doc", "45"])
+    assert result.exit_code == 0 and "m5" in result.output  # doc 45: the Parquet file's 6th row, id m5
     result = runner.invoke(app, ["report", str(out)])
     assert result.exit_code == 0 and (out / "report.html").is_file()
     # The same command again: nothing to do.
@@ -194,7 +196,9 @@ def test_interrupted_driver_resumes_without_rescoring_complete_shards(corpus, si
     planned = len(json.loads((out / "shards" / "plan.json").read_text())["shards"])
     assert 1 <= len(complete) < planned
     mtimes = {name: (out / "shards" / name / "tokens.parquet").stat().st_mtime_ns for name in complete}
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    # --resume takes the saved INPUT and options, and finds the --ray layout by itself.
+    resume = [*SCORECLI, "score", "-o", str(out), "--resume", "--ray-address", head, "--workers", "1"]
+    rerun = subprocess.run(resume, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     scored, total = map(int, re.search(r"Ray: (\d+) of (\d+) shards scored", rerun.stderr).groups())
     assert scored == total - len(complete) and total == planned
