@@ -5,9 +5,10 @@
 Runs, each in a fresh process, in float32 on the CPU:
   single  `scorecli score CORPUS -o DIR -q --threads W` (W batches side by side, one thread each)
   ray     `scorecli score CORPUS -o DIR --ray --workers W --threads 1` (a local cluster started by scorecli)
-Reports wall time (the whole process), scoring tokens/s from summary.json (for --ray: from the cluster being
-ready to the join, so the workers' start-up and model loading count, Ray's own start does not), the ratio
-of the two (the target: --ray at least 0.9x), Ray's start-up (the cluster ready) and the overhead in wall time.
+Reports wall time (the whole process), scoring tokens/s from summary.json (for --ray: from the first shard's
+first buffer to the last shard's end, without Ray's or the workers' start-up, as a single process's model
+loading is not counted), their ratio (the target: --ray at least 0.9x), Ray's start-up (the cluster ready)
+and the overhead of --ray in wall time.
 Checks that both runs wrote the same token ids and log-probs (to 1e-4).
 """
 

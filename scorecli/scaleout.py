@@ -422,7 +422,10 @@ def score_sharded(
             try:
                 scored = state.run()
             finally:
-                plan["seconds"] += time.perf_counter() - started - ray_seconds
+                # Scoring time, as a single process counts it: from the first shard's first buffer to the last
+                # shard's end, without Ray's start nor the workers' (their imports and model loading).
+                if state.first_report is not None:
+                    plan["seconds"] += time.perf_counter() - state.first_report
                 _write_json(plan_path, plan)
             report(ShardedProgress("joining", len(planned), len(planned), state.docs_total, state.docs_total))
             figures, metadata, written = _join(out_dir, planned, plan["seconds"], state.session_tokens)
@@ -475,6 +478,7 @@ class _Driver:
         self.workers, self.threads, self.gpus, self.report = workers, threads, gpus, report
         self.docs_total = sum(s.records for s in planned)
         self.session_tokens = 0
+        self.first_report: float | None = None  # when the first shard began to score
 
     def run(self) -> int:
         """Score the shards that are not complete; return how many were scored."""
@@ -495,6 +499,8 @@ class _Driver:
 
         def show() -> None:
             live = ray.get(tracker.snapshot.remote())
+            if live and self.first_report is None:
+                self.first_report = time.perf_counter()
             docs = done_docs + sum(finished.values())
             docs += sum(d for n, (d, _) in live.items() if n not in finished)
             self.session_tokens = sum(t for _, t in live.values())
