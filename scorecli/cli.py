@@ -300,12 +300,16 @@ def score(
         fields, role_names = _checked_options(options)
         from scorecli.scaleout import is_sharded_run
 
-        ray_options = {"ray_address": ray_address, "shards": shards, "workers": workers}
+        ray_options = {
+            "ray_address": ray_address,
+            "shards": shards,
+            "workers": workers,
+            "gpus_per_worker": gpus_per_worker,
+        }
         if ray or (resume and out not in (None, STDIN) and is_sharded_run(out)):
-            ray_options["gpus_per_worker"] = gpus_per_worker
             _score_on_ray(ctx, options, console, out, resume, overwrite, rows, ray_options)
             return
-        for name, value in {**ray_options, "gpus_per_worker": gpus_per_worker}.items():
+        for name, value in ray_options.items():
             if value is not None:
                 raise UsageError("goes with --ray (scoring on a Ray cluster)", arg=name)
         input = input or None  # no INPUT: the resumed run's own
