@@ -473,6 +473,9 @@ def _score_on_ray(
     if STDIN in sources:
         raise UsageError("--ray needs input files: standard input cannot be cut into shards")
     fields, role_names = _checked_options(options)
+    if fields.keep:
+        # Each shard would type kept JSON fields over its own documents, and shards can disagree.
+        raise UsageError("--keep-fields cannot be combined with --ray yet: its shards could type kept fields apart")
     _check_run_options("", out, False, overwrite, options["words"], rows)
     if options["top_k"] < 0:
         raise UsageError(f"must be at least 0, not {options['top_k']}", arg="top_k")
