@@ -246,7 +246,7 @@ def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch, tmp
         (["--ray", "-o", "-"], "--ray writes Parquet datasets into a folder"),
         (["--ray", "--join", " "], "--join scores the input as one document"),
         (["--ray", "--workers", "0"], "--workers must be at least 1, not 0"),
-        (["--ray", "--keep-fields", "id"], "--keep-fields cannot be combined with --ray yet"),
+        (["--ray", "--keep-fields", "lang"], "--keep-fields cannot be combined with --ray yet"),
     ],
 )
 def test_ray_usage_errors(args, message, tmp_path):
