@@ -479,6 +479,9 @@ def _score_on_ray(
     _check_run_options("", out, False, overwrite, options["words"], rows)
     if options["top_k"] < 0:
         raise UsageError(f"must be at least 0, not {options['top_k']}", arg="top_k")
+    from scorecli.compiled import check_compile
+
+    check_compile(options["compile"])
     dtype, device, ref_dtype = options["dtype"], options["device"], options["ref_dtype"] or options["dtype"]
     resolve_dtype(dtype, resolve_device(device))
     if options["ref_model"] is not None:
@@ -498,7 +501,10 @@ def _score_on_ray(
         model=_resolved(options["model"]),
         load={**load, "dtype": dtype},
         scorer={
-            k: options[k] for k in ("bos", "max_length", "stride", "truncate", "all_tokens", "batch_tokens", "top_k")
+            **{k: options[k] for k in ("bos", "max_length", "stride", "truncate", "all_tokens", "batch_tokens")},
+            **{k: options[k] for k in ("top_k", "compile")},
+            # The whole input's size decides --compile auto, for every shard alike (and as a single process).
+            "expected_tokens": _expected_tokens(sources, limit),
         },
         ref_model=_resolved(options["ref_model"]),
         ref_load={"device": device, "dtype": ref_dtype, "trust_remote_code": options["trust_remote_code"]},
