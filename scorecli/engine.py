@@ -17,6 +17,7 @@ from scorecli.errors import ModelError, UsageError
 from scorecli.head import get_response_log_probs, output_head
 from scorecli.inputs import Record
 from scorecli.models import check_same_vocabulary, context_length
+from scorecli.prefix import DEFAULT_MIN_SHARED_PREFIX, SharedPrefix, plan_prefixes
 from scorecli.scores import DocScore, perplexity
 from scorecli.stats import columns_of, concat
 from scorecli.words import assign_words, word_spans
@@ -35,12 +36,18 @@ FIRST_BUFFER_CHARS_PER_BATCH_TOKEN = 8
 
 @dataclass
 class ScoreProgress:
-    """Where a scoring run stands: documents and tokens read into buffers (planned) and scored (done)."""
+    """Where a scoring run stands: documents and tokens read into buffers (planned) and scored (done).
+
+    `tokens_fed` counts the tokens run through the model (pads aside), `tokens_shared` those that shared
+    prefixes spared it (fed once for several windows).
+    """
 
     docs_planned: int = 0
     tokens_planned: int = 0
     docs_done: int = 0
     tokens_done: int = 0
+    tokens_fed: int = 0
+    tokens_shared: int = 0
 
     def tokens_total(self, docs_total: int | None) -> int | None:
         """Estimated scored tokens of the whole input, given its number of documents where known."""
@@ -89,6 +96,8 @@ class Scorer:
         grow_buffers: bool = False,
         compile: str = "off",
         expected_tokens: int | None = None,
+        prefix_sharing: bool = True,
+        min_shared_prefix: int = DEFAULT_MIN_SHARED_PREFIX,
     ) -> None:
         """Set the scoring policy; None picks the model's context length, half of it and the device's budget.
 
@@ -106,7 +115,11 @@ class Scorer:
         same batches when resumed.
         `compile` (auto, on, off) compiles the base model's forward pass with inductor on the CPU before
         scoring; auto does where `expected_tokens` (an estimate of the tokens to score) repay it.
+        With `prefix_sharing`, windows of a buffer that begin with at least `min_shared_prefix` of the same
+        tokens have that start fed once, its key/value cache serving each of them.
         """
+        if min_shared_prefix < 2:
+            raise UsageError(f"must be at least 2, not {min_shared_prefix}", arg="min_shared_prefix")
         if threads is not None and threads < 1:
             raise UsageError(f"must be at least 1, not {threads}", arg="threads")
         if top_k < 0:
@@ -167,6 +180,8 @@ class Scorer:
         )
         self.columns = (*columns_of(self.statistics), *(("top_tokens",) if top_k else ()))
         self.token_texts = TokenTexts(tokenizer)
+        self.prefix_sharing = prefix_sharing
+        self.min_shared_prefix = min_shared_prefix
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -198,6 +213,12 @@ class Scorer:
             # How a product is split across threads can change float rounding (never beyond 1e-4 nats).
             "threads": f"{self.threads} ({self.workers} batch{'es' if self.workers > 1 else ''} at a time)",
             "top_k": str(self.top_k),
+            # Shared prefixes change how products are batched: rounding only (never beyond 1e-4 nats).
+            "prefix_sharing": (
+                f"on (starts of at least {self.min_shared_prefix} tokens shared by windows of a buffer fed once)"
+                if self.prefix_sharing
+                else "off"
+            ),
             **(
                 {}
                 if self.ref_model is None
@@ -292,12 +313,17 @@ class Scorer:
         state.docs_done += int((left == 0).sum())
         report(state)
         results: list[dict[str, np.ndarray] | None] = [None] * len(work)
-        # Batches are planned over the whole buffer, then those that hold only finished documents skipped.
-        batches = [
-            rows
-            for rows in pack([w.end - w.begin - 1 for w in work], self.batch_tokens)
-            if any(records[work[i].doc].doc not in done for i in rows)
+        # Tasks (shared prefixes, then batches) are planned over the whole buffer's content, then those that
+        # hold only finished documents skipped: a resumed buffer meets the very same tasks.
+        lengths = [w.end - w.begin for w in work]
+        groups = self._plan_prefixes(work, encoded)
+        grouped = {i for g in groups for i in g.members}
+        alone = [i for i in range(len(work)) if i not in grouped]
+        tasks: list[SharedPrefix | list[int]] = [
+            *sorted(groups, key=lambda g: -g.fed(lengths)),
+            *([alone[k] for k in rows] for rows in pack([lengths[i] - 1 for i in alone], self.batch_tokens)),
         ]
+        tasks = [t for t in tasks if any(records[work[i].doc].doc not in done for i in _rows(t))]
         for i, record in enumerate(records):
             if record.doc in done:
                 state.docs_done += int(left[i] > 0)
@@ -305,10 +331,11 @@ class Scorer:
                 left[i] = 0
         try:
             with self._batch_runner() as run:
-                for rows, scores in zip(
-                    batches, run(lambda rows: self._score_batch([work[i] for i in rows], encoded), batches)
-                ):
-                    for i, score in zip(rows, scores):
+                for task, scores in zip(tasks, run(lambda task: self._score_task(task, work, encoded), tasks)):
+                    fed = task.fed(lengths) if isinstance(task, SharedPrefix) else sum(lengths[i] - 1 for i in task)
+                    state.tokens_fed += fed
+                    state.tokens_shared += sum(lengths[i] - 1 for i in _rows(task)) - fed
+                    for i, score in zip(_rows(task), scores):
                         results[i] = score
                         doc = work[i].doc
                         if records[doc].doc not in done:
@@ -369,15 +396,76 @@ class Scorer:
             pool.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(threads)
 
+    def _plan_prefixes(self, work: list[Window], encoded: list[Encoded]) -> list[SharedPrefix]:
+        """The windows of a buffer that share a start worth feeding once (none without prefix sharing)."""
+        if not self.prefix_sharing:
+            return []
+        return plan_prefixes([encoded[w.doc].ids[w.begin : w.end] for w in work], self.min_shared_prefix)
+
+    def _score_task(
+        self, task: SharedPrefix | list[int], work: list[Window], encoded: list[Encoded]
+    ) -> list[dict[str, np.ndarray]]:
+        """The statistics of each window of a task: a batch of windows, or a group sharing a prefix."""
+        if isinstance(task, SharedPrefix):
+            return self._score_shared([work[i] for i in task.members], task.length, encoded)
+        return self._score_batch([work[i] for i in task], encoded)
+
+    def _score_shared(self, group: list[Window], length: int, encoded: list[Encoded]) -> list[dict[str, np.ndarray]]:
+        """The statistics of windows whose first `length` + 1 tokens agree: that start fed once, then the rest.
+
+        Label j of a window predicts its position j + 1 from its tokens 0..j, so labels 0..length-1 are the
+        same in every window: they are scored once, from the prefix pass, for the positions any window
+        scores. Each continuation starts at token `length` (fed again, so that its logits predict the
+        window's own next token), after the prefix's key/value cache expanded to the batch's rows; pads
+        follow the real tokens, which never attend to them.
+        """
+        seqs = [encoded[w.doc].ids[w.begin : w.end] for w in group]
+        wanted = [_targets(w, encoded[w.doc]) for w in group]
+        prefix = torch.as_tensor(seqs[0][: length + 1], dtype=torch.long, device=self.device)
+        scored = np.logical_or.reduce([t[:length] for t in wanted])
+        heads = [self.head] if self.ref_head is None else [self.head, self.ref_head]
+        with torch.inference_mode():
+            outs = [head.cached_states(prefix[None, :length]) for head in heads]
+            select = torch.from_numpy(scored).to(self.device)
+            shared = self._stats([states[0][select] for states, _ in outs], prefix[1:][select])
+            caches = [cache for _, cache in outs]
+            # Row k of `shared` is position k of those `scored` marks: each window takes its own.
+            index = np.cumsum(scored) - 1
+            parts = [{c: v[index[t[:length]]] for c, v in shared.items()} for t in wanted]
+            more = [k for k, s in enumerate(seqs) if len(s) - 1 > length]
+            # The expanded cache counts in the token budget: each row holds `length` cached positions.
+            for rows in pack([len(seqs[k]) - 1 for k in more], self.batch_tokens):
+                batch = [more[r] for r in rows]
+                input_ids, labels = collate([seqs[k][length:] for k in batch], pad_id=0)
+                select = torch.zeros(labels.shape, dtype=torch.bool)
+                for row, k in enumerate(batch):
+                    targets = wanted[k][length:]
+                    select[row, : len(targets)] = torch.from_numpy(targets)
+                input_ids, labels, select = input_ids.to(self.device), labels.to(self.device), select.to(self.device)
+                positions = torch.arange(length, length + input_ids.shape[1], device=self.device).expand_as(input_ids)
+                states = [
+                    head.cached_states(input_ids, _expanded(cache, len(batch), head.model.config), positions)[0]
+                    for head, cache in zip(heads, caches)
+                ]
+                stats = self._stats([s[select] for s in states], labels[select])
+                bounds = np.cumsum(select.sum(dim=1).tolist())[:-1]
+                for k, part in zip(batch, _split(stats, bounds)):
+                    parts[k] = {c: np.concatenate([parts[k][c], part[c]]) for c in part}
+        return parts
+
+    def _stats(self, states: list[torch.Tensor], labels: torch.Tensor) -> dict[str, np.ndarray]:
+        """The statistics of rows of states of the model (and the reference, second), as numpy columns."""
+        ref_states = states[1] if len(states) > 1 else None
+        stats = self.head.score_states(states[0], labels, self.statistics, self.top_k, self.ref_head, ref_states)
+        return {c: v.cpu().numpy() for c, v in stats.items()}
+
     def _score_batch(self, batch: list[Window], encoded: list[Encoded]) -> list[dict[str, np.ndarray]]:
         """The statistics of the targets of each window of one padded batch, as columns."""
         # Pads are never attended to nor scored; id 0 is simply an id every embedding table has.
         input_ids, labels = collate([encoded[w.doc].ids[w.begin : w.end] for w in batch], pad_id=0)
         select = torch.zeros(labels.shape, dtype=torch.bool)
         for row, w in enumerate(batch):
-            # Label j of a window predicts position begin + j + 1; only the window's own targets count.
-            targets = encoded[w.doc].targets[w.begin + 1 : w.end].copy()
-            targets[: w.first - w.begin - 1] = False
+            targets = _targets(w, encoded[w.doc])
             select[row, : len(targets)] = torch.from_numpy(targets)
         input_ids, labels, select = input_ids.to(self.device), labels.to(self.device), select.to(self.device)
         # No attention mask: with right padding and causal attention no real token can see a pad, and
@@ -387,8 +475,7 @@ class Scorer:
                 input_ids, labels, None, select=select, statistics=self.statistics, top_k=self.top_k, ref=self.ref_head
             )
         bounds = np.cumsum(select.sum(dim=1).tolist())[:-1]
-        split = {c: np.split(v.cpu().numpy(), bounds) for c, v in stats.items()}
-        return [{c: parts[row] for c, parts in split.items()} for row in range(len(batch))]
+        return _split({c: v.cpu().numpy() for c, v in stats.items()}, bounds)
 
     def _empty(self) -> dict[str, np.ndarray]:
         """The statistics of a document without a scored token."""
@@ -426,6 +513,33 @@ class Scorer:
         texts = np.empty(ids.shape, dtype=object)
         texts.reshape(-1)[:] = self.token_texts(ids.reshape(-1).tolist())
         return {**stats, "top_tokens": texts}
+
+
+def _rows(task: SharedPrefix | list[int]) -> Sequence[int]:
+    """The windows a task scores."""
+    return task.members if isinstance(task, SharedPrefix) else task
+
+
+def _targets(w: Window, enc: Encoded) -> np.ndarray:
+    """Which labels of a window are scored: label j predicts position begin + j + 1; only the window's own count."""
+    targets = enc.targets[w.begin + 1 : w.end].copy()
+    targets[: w.first - w.begin - 1] = False
+    return targets
+
+
+def _split(stats: dict[str, np.ndarray], bounds: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Columns over the rows of a batch, split into each row's."""
+    split = {c: np.split(v, bounds) for c, v in stats.items()}
+    return [{c: parts[row] for c, parts in split.items()} for row in range(len(bounds) + 1)]
+
+
+def _expanded(cache: object, rows: int, config: object) -> object:
+    """A fresh key/value cache holding `cache`'s keys and values for each of `rows` rows (the new tokens grow it)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(
+        ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v, *_ in cache], config=config
+    )
 
 
 def _reach(enc: Encoded) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -148,6 +149,40 @@ class OutputHead:
         if ref is not None:
             with torch.no_grad():
                 ref_states = ref._flat(ref._states(input_ids, attention_mask), select)
+        return self.score_states(states, selected, statistics, top_k, ref, ref_states)
+
+    def cached_states(
+        self,
+        input_ids: torch.Tensor,
+        past_key_values: object | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, object]:
+        """The states `score_states` takes of `input_ids` after the tokens cached in `past_key_values`, and the cache.
+
+        Without a cache, the returned one holds `input_ids`' keys and values, for inputs that continue them.
+        """
+        module = self.base if self.chunked else self.model
+        # transformers renamed `past_key_values` to `cache` during 5.x; both are met in the wild.
+        name = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+        out = module(input_ids=input_ids, position_ids=position_ids, use_cache=True, **{name: past_key_values})
+        cache = out[name]
+        if not self.chunked:
+            return out.logits, cache
+        return (out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]), cache
+
+    def score_states(
+        self,
+        states: torch.Tensor,
+        labels: torch.Tensor,
+        statistics: Sequence[str] = ("logprob", "entropy"),
+        top_k: int = 0,
+        ref: OutputHead | None = None,
+        ref_states: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The named statistics of rows of states [N, H] (from `cached_states` or the model) and their labels [N].
+
+        With `ref`, `ref_states` are the reference model's states of the same positions.
+        """
 
         def chunk_stats(states: torch.Tensor, ref_states: torch.Tensor | None, labels: torch.Tensor) -> dict:
             """Statistics of one chunk of positions, from the final hidden states (or logits) of both models."""
@@ -158,9 +193,9 @@ class OutputHead:
             return token_stats(self._chunk_logits(states), labels, statistics, ref_logits, top_k)
 
         parts = []
-        for i in range(0, selected.shape[0], self.chunk_rows):
+        for i in range(0, labels.shape[0], self.chunk_rows):
             rows = slice(i, i + self.chunk_rows)
-            args = (states[rows], None if ref_states is None else ref_states[rows], selected[rows])
+            args = (states[rows], None if ref_states is None else ref_states[rows], labels[rows])
             if torch.is_grad_enabled() and states.requires_grad:
                 # Under autograd the chunk's logits are recomputed in backward, not kept.
                 parts.append(checkpoint(chunk_stats, *args, use_reentrant=False))
