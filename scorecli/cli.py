@@ -27,6 +27,7 @@ from scorecli import __version__, interrupts
 from scorecli.corpus import corpus_metadata, count_corpus, decode_separator, expand_inputs, is_pattern, read_corpus
 from scorecli.errors import InputError, OutputError, ScorecliError, UsageError, one_line, shown
 from scorecli.inputs import STDIN, Fields, Record, Rejected, display_name
+from scorecli.prefix import DEFAULT_MIN_SHARED_PREFIX
 from scorecli.summary import Summary, render
 
 # torch, transformers and pyarrow load inside the command, after Ctrl-C is deferred (see interrupts.py), so
@@ -109,6 +110,7 @@ FLAGS = {
     "shards": "--shards",
     "workers": "--workers",
     "gpus_per_worker": "--gpus-per-worker",
+    "min_shared_prefix": "--min-shared-prefix",
 }
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -277,6 +279,16 @@ def score(
         None, "--gpus-per-worker", help="With --ray: GPUs per task. Default: 1 where CUDA is present, else 0."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
+    prefix_sharing: bool = typer.Option(
+        True,
+        "--prefix-sharing/--no-prefix-sharing",
+        help="Feed the start that documents of a read-ahead buffer share once, reusing its key/value cache.",
+    ),
+    min_shared_prefix: int = typer.Option(
+        DEFAULT_MIN_SHARED_PREFIX,
+        "--min-shared-prefix",
+        help="The fewest tokens documents must share at their start for it to be fed once.",
+    ),
     rows: Optional[Rows] = typer.Option(
         None,
         "--rows",
@@ -336,6 +348,7 @@ def score(
             (limit, threads, revision, trust_remote_code, join) = (options[k] for k in _SAVED_OPTIONS[18:23])
             (top_k, ref_model, ref_dtype, keep_fields) = (options[k] for k in _SAVED_OPTIONS[23:27])
             compile = options["compile"]
+            prefix_sharing, min_shared_prefix = options["prefix_sharing"], options["min_shared_prefix"]
             fields, role_names = _checked_options(options)
             input = [input] if isinstance(input, str) else input  # a run saved before INPUT became a list
             sources = expand_inputs(input)
@@ -406,6 +419,8 @@ def score(
             grow_buffers=out == STDIN,
             compile=compile,
             expected_tokens=_expected_tokens(sources, limit),
+            prefix_sharing=prefix_sharing,
+            min_shared_prefix=min_shared_prefix,
         )
         metadata = {
             **loaded.info,
@@ -743,6 +758,12 @@ class _Run:
 
         progress, advance = _progress_bar(self.console, docs_total, done=self.resumed_from)
         started, seconds = time.perf_counter(), self.summary.seconds
+        fed, shared = self.summary.fed_tokens, self.summary.shared_tokens
+
+        def step(state: ScoreProgress) -> None:
+            """Move the bar, and count the tokens fed to the model (and spared it) over all sessions."""
+            advance(state)
+            self.summary.fed_tokens, self.summary.shared_tokens = fed + state.tokens_fed, shared + state.tokens_shared
 
         def clock() -> None:
             """Count this session's seconds, and add them to those of the sessions before it."""
@@ -753,7 +774,7 @@ class _Run:
         try:
             with _sigterm_as_interrupt():
                 with progress:
-                    for docs in scorer.score_buffers(records, progress=advance, on_error=on_chat_error, done=self.done):
+                    for docs in scorer.score_buffers(records, progress=step, on_error=on_chat_error, done=self.done):
                         for doc in docs:
                             self.summary.add(doc)
                             if doc.doc not in self.done:  # documents an interrupted session finished are its tokens
@@ -937,6 +958,8 @@ _SAVED_OPTIONS = (
     "ref_dtype",
     "keep_fields",
     "compile",
+    "prefix_sharing",
+    "min_shared_prefix",
 )
 
 
@@ -957,6 +980,8 @@ def _checked_options(options: dict) -> tuple[Fields, list[str]]:
 
     check_limits(options["batch_tokens"], options["max_length"], options["stride"], options["truncate"])
     _check_at_least_one(limit=options["limit"], threads=options["threads"])
+    if options["min_shared_prefix"] < 2:
+        raise UsageError(f"must be at least 2, not {options['min_shared_prefix']}", arg="min_shared_prefix")
     fields = _fields(
         *(options[k] for k in ("text_field", "id_field", "prompt_field", "response_field")), options["messages_field"]
     )

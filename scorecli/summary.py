@@ -72,6 +72,8 @@ class Summary:
     sessions: int = 1
     session_tokens: int = 0
     session_seconds: float = 0.0
+    fed_tokens: int = 0  # run through the model, over all sessions
+    shared_tokens: int = 0  # spared the model by shared prefixes
     _highest: list = field(default_factory=list)
     _lowest: list = field(default_factory=list)
     _comparison: Comparison | None = None  # against a reference model; rebuilt from the saved tokens on resume
@@ -195,6 +197,8 @@ class Summary:
         return {
             "documents": self.n_docs,
             "scored_tokens": self.n_tokens,
+            "fed_tokens": self.fed_tokens,
+            "shared_tokens": self.shared_tokens,
             "perplexity": self.perplexity,
             "mean_doc_perplexity": self.mean_doc_perplexity,
             "bits_per_byte": self.bits_per_byte,
@@ -303,6 +307,7 @@ def render(figures: dict, metadata: dict[str, str]) -> Group:
     pairs = [
         ("documents", _int(figures.get("documents"))),
         ("scored tokens", _int(figures.get("scored_tokens"))),
+        *_fed(figures),
         ("corpus perplexity", _num(figures.get("perplexity"))),
         *_ci("perplexity 95% CI", figures.get("perplexity_ci")),
         ("mean doc perplexity", _num(figures.get("mean_doc_perplexity"))),
@@ -406,6 +411,22 @@ def _comparison(f: dict) -> list:
         ("same top token", f"{_pct_text(f['same_top'])} ± {_pct_text(f['same_top_se'])}"),
     ]
     return [Text(), Text("model vs reference (± standard errors)", style="italic"), _Figures(rows)]
+
+
+def _fed(figures: dict) -> list[tuple[str, str]]:
+    """Tokens fed to the model, and those shared prefixes spared it, where the run counted them."""
+    if not figures.get("fed_tokens"):
+        return []
+    shared = figures.get("shared_tokens") or 0
+    return [("tokens fed", _short(figures["fed_tokens"]) + (f" (sharing saved {_short(shared)})" if shared else ""))]
+
+
+def _short(count: int) -> str:
+    """A count in a few characters: 950, 12.3k, 4.5M."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= size:
+            return f"{count / size:.1f}{unit}"
+    return str(count)
 
 
 def _pct_text(value: float | None) -> str:
