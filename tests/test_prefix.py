@@ -1,0 +1,224 @@
+"""Shared prefixes fed once: the plan by hand, and the scores with sharing against those without, in every mode."""
+
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import reference_scores, sample_texts
+from test_response import _with_chat_template
+from typer.testing import CliRunner
+
+from scorecli.cli import app
+from scorecli.engine import Scorer, ScoringInterrupted
+from scorecli.head import output_head
+from scorecli.inputs import Record
+from scorecli.prefix import SharedPrefix, plan_prefixes
+
+TOL = 1e-4
+FLOATS = ("logprob", "entropy", "top_logprobs", "ref_logprob", "ref_entropy", "kl", "reverse_kl")
+runner = CliRunner()
+WORDS = sample_texts()
+
+
+def _seqs(*rows):
+    return [np.array(r, dtype=np.int32) for r in rows]
+
+
+# The plan, by hand
+
+
+def test_plan_groups_the_start_that_saves_most():
+    start = list(range(1, 11))
+    seqs = _seqs(
+        [*start, 20, 21],  # 0
+        [*start, 30],  # 1
+        start,  # 2: a prefix of 0 and 1
+        [*start, 20, 21],  # 3: the same as 0
+        [*start[:5], 99, 98, 97],  # 4: shares only 5 tokens with the others
+        [7, 8, 9, 10, 11, 12],  # 5: shares nothing
+    )
+    # All of 0-4 share 5 tokens (saving 4 x 4); 0-3 share 10 (saving 3 x 9); 0 and 3 share 12 (saving 1 x 11).
+    assert plan_prefixes(seqs, 4) == [SharedPrefix(9, (0, 1, 2, 3))]
+    assert plan_prefixes(seqs, 11) == [SharedPrefix(11, (0, 3))]
+    assert plan_prefixes(seqs, 13) == []
+    # The plan depends on the sequences, not on their order
+    order = list(range(len(seqs)))
+    random.Random(0).shuffle(order)
+    [group] = plan_prefixes([seqs[i] for i in order], 4)
+    assert group.length == 9 and sorted(order[i] for i in group.members) == [0, 1, 2, 3]
+
+
+def test_plan_splits_a_shared_system_prompt_into_its_questions_where_that_saves_more():
+    system, questions = [1, 2, 3, 4, 5, 6], [[100 + 20 * q + t for t in range(20)] for q in range(2)]
+    seqs = _seqs(*([*system, *questions[q], 50 + r] for q in range(2) for r in range(4)))
+    # One group at the system prompt saves 7 x 5 = 35 tokens; one per question saves 2 x 3 x 25 = 150.
+    assert plan_prefixes(seqs, 4) == [SharedPrefix(25, (0, 1, 2, 3)), SharedPrefix(25, (4, 5, 6, 7))]
+    # With a single response per question, only the system prompt is shared.
+    assert plan_prefixes(_seqs(*(s for s in seqs[::4])), 4) == [SharedPrefix(5, (0, 1))]
+
+
+def test_fed_tokens_of_a_group():
+    group = SharedPrefix(9, (0, 2))
+    assert group.fed([12, 99, 10]) == 9 + (12 - 1 - 9) + (10 - 1 - 9)
+
+
+# Scores with sharing against scores without
+
+
+def _grpo(n_prompts=3, n_responses=4, seed=0):
+    """Prompt/response records: each prompt (several sample sentences) with several responses."""
+    rng = random.Random(seed)
+    records = []
+    for p in range(n_prompts):
+        prompt = " ".join(rng.sample(WORDS, 3)) + f"\nQuestion {p}: what happens next?\nAnswer:"
+        for _ in range(n_responses):
+            response = " " + rng.choice(WORDS)
+            records.append(Record(len(records), prompt + response, spans=((len(prompt), len(prompt + response)),)))
+    return records
+
+
+def _edge_cases():
+    """Plain texts: identical ones, one that is the start of another, partly shared ones, and unrelated ones."""
+    base = " ".join(WORDS[:3])
+    return [
+        Record(i, t)
+        for i, t in enumerate([base, base, base + " And then more.", base[: len(base) // 2], WORDS[5], "", "a"])
+    ]
+
+
+def _compare(loaded, records, min_shared=4, **options):
+    """Score with and without sharing; check sharing spared tokens and changed no number beyond TOL."""
+    progress = []
+    shared = list(
+        Scorer(loaded.model, loaded.tokenizer, min_shared_prefix=min_shared, **options).score_records(
+            records, progress=progress.append
+        )
+    )
+    plain = Scorer(loaded.model, loaded.tokenizer, prefix_sharing=False, **options).score_records(records)
+    assert progress[-1].tokens_shared > 0  # sharing did happen
+    for a, b in zip(shared, plain, strict=True):
+        assert a.doc == b.doc and a.token_ids.tolist() == b.token_ids.tolist()
+        assert a.positions.tolist() == b.positions.tolist() and a.is_response.tolist() == b.is_response.tolist()
+        assert a.stats.keys() == b.stats.keys()
+        for c in a.stats:
+            if c in FLOATS:
+                assert np.abs(a.stats[c] - b.stats[c]).max(initial=0) <= TOL, c
+            elif c != "top_tokens":
+                assert np.array_equal(a.stats[c], b.stats[c]), c
+    return shared, progress[-1]
+
+
+def test_plain_texts(tiny):
+    records = [Record(r.doc, r.text) for r in _grpo()] + [Record(100 + r.doc, r.text) for r in _edge_cases()]
+    scores, state = _compare(tiny, records, batch_tokens=128)
+    assert state.tokens_fed + state.tokens_shared == sum(len(s.token_ids) for s in scores)  # BOS + all, one window
+    for score, record in zip(scores[-7:], records[-7:]):  # and against the plain reference, one text at a time
+        ref_lp, _ = reference_scores(tiny.model, tiny.tokenizer, record.text)
+        assert np.abs(score.logprobs - ref_lp.numpy()).max(initial=0) <= TOL
+
+
+@pytest.mark.parametrize("all_tokens", [False, True])
+def test_prompt_and_response(tiny, all_tokens):
+    _compare(tiny, _grpo(), all_tokens=all_tokens, batch_tokens=256)
+
+
+def test_windows_and_a_shared_start_longer_than_a_window(tiny):
+    long = " ".join(WORDS)
+    texts = [long + " The end.", long + " Another end.", long[:300] + " cut short", WORDS[2], WORDS[2] + " more"]
+    records = [Record(i, t) for i, t in enumerate(texts)]
+    scores, _ = _compare(tiny, records, max_length=48, stride=16, batch_tokens=96)
+    assert scores[0].n_tokens > 48  # scored in several windows
+
+
+def test_chats(gpt2_dir, tmp_path):
+    from scorecli.models import load_model
+
+    loaded = load_model(str(_with_chat_template(gpt2_dir, tmp_path / "model")), device="cpu")
+    system = ("system", " ".join(WORDS[:2]))
+    records = [
+        Record(i, "", messages=(system, ("user", WORDS[3 + i % 2]), ("assistant", WORDS[6 + i]))) for i in range(6)
+    ]
+    _compare(loaded, records, roles=("user", "assistant"))
+
+
+def test_reference_model_and_top_k(tiny_pair):
+    model, ref = tiny_pair
+    _compare(model, _grpo(), ref_model=ref.model, top_k=3, batch_tokens=256)
+
+
+def test_expanded_cache_stays_within_the_token_budget(tiny, monkeypatch):
+    """Each continuation batch holds rows x (cached + fed) tokens within the budget, as a batch without sharing."""
+    head = output_head(tiny.model)
+    calls = []
+    original = head.cached_states
+
+    def spy(input_ids, past_key_values=None, position_ids=None):
+        cached = 0 if past_key_values is None else past_key_values.get_seq_length()
+        calls.append((input_ids.shape[0], cached, input_ids.shape[1]))
+        return original(input_ids, past_key_values, position_ids)
+
+    monkeypatch.setattr(head, "cached_states", spy)
+    _compare(tiny, _grpo(n_prompts=2, n_responses=8), batch_tokens=1000, workers=1)
+    continued = [(rows, cached, fed) for rows, cached, fed in calls if cached]
+    assert continued and max(rows for rows, _, _ in continued) > 1  # the cache was expanded
+    assert all(rows * (cached + fed) <= 1000 or rows == 1 for rows, cached, fed in continued)
+
+
+def test_interrupted_and_resumed_with_sharing_is_bit_for_bit(tiny):
+    records = _grpo(n_prompts=4, n_responses=4) + [Record(16 + r.doc, r.text) for r in _edge_cases()]
+    scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=96, min_shared_prefix=4, workers=1)
+    [straight] = list(scorer.score_buffers(records))
+    reports = []
+
+    def interrupt(state):
+        reports.append(state)
+        if len(reports) == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ScoringInterrupted) as caught:
+        list(scorer.score_buffers(records, progress=interrupt))
+    done = {d.doc: d for d in caught.value.finished}
+    assert 0 < len(done) < len(records)
+    [resumed] = list(scorer.score_buffers(records, done=done))
+    for a, b in zip(straight, resumed, strict=True):
+        assert a.doc == b.doc and a.stats.keys() == b.stats.keys()
+        assert all(np.array_equal(a.stats[c], b.stats[c]) for c in a.stats)
+
+
+def test_cli_words_flags_metadata_and_summary(gpt2_dir, tmp_path):
+    path = tmp_path / "grpo.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for r in _grpo():
+            start, end = r.spans[0]
+            f.write(json.dumps({"prompt": r.text[:start], "response": r.text[start:end]}) + "\n")
+    common = [str(path), "-m", str(gpt2_dir), "--prompt-field", "prompt", "--response-field", "response", "--words"]
+    on = runner.invoke(app, ["score", *common, "-o", str(tmp_path / "on"), "--min-shared-prefix", "8"])
+    off = runner.invoke(app, ["score", *common, "-o", str(tmp_path / "off"), "--no-prefix-sharing"])
+    assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
+    assert "tokens fed" in on.stderr and "sharing saved" in on.stderr and "sharing saved" not in off.stderr
+    for name, column in (("tokens", "logprob"), ("words", "surprisal"), ("sequences", "mean_logprob")):
+        a, b = (pd.read_parquet(tmp_path / d / f"{name}.parquet") for d in ("on", "off"))
+        assert len(a) == len(b) and np.abs(a[column] - b[column]).max() <= TOL, name
+    summaries = {d: json.loads((tmp_path / d / "summary.json").read_text()) for d in ("on", "off")}
+    on_s, off_s = summaries["on"]["summary"], summaries["off"]["summary"]
+    assert on_s["fed_tokens"] + on_s["shared_tokens"] == off_s["fed_tokens"] and off_s["shared_tokens"] == 0
+    assert on_s["shared_tokens"] > 0
+    assert summaries["on"]["metadata"]["prefix_sharing"].startswith("on (starts of at least 8 tokens")
+    assert summaries["off"]["metadata"]["prefix_sharing"] == "off"
+    bad = runner.invoke(app, ["score", *common, "-o", str(tmp_path / "bad"), "--min-shared-prefix", "1"])
+    assert bad.exit_code == 2 and "--min-shared-prefix must be at least 2, not 1" in bad.stderr
+
+
+@pytest.mark.realmodel
+def test_smollm_prompt_response_and_few_shot(smollm):
+    _compare(smollm, _grpo(n_prompts=2, n_responses=3), min_shared=32, batch_tokens=512)
+    preamble = "\n".join(WORDS[:4]) + "\n"
+    records = [Record(i, preamble + f"Q: {WORDS[10 + i]}\nA:") for i in range(4)]
+    scores, state = _compare(smollm, records, min_shared=32, batch_tokens=512)
+    assert state.tokens_shared > 3 * 32
+    for score, record in zip(scores, records):
+        ref_lp, ref_ent = reference_scores(smollm.model, smollm.tokenizer, record.text)
+        assert np.abs(score.logprobs - ref_lp.numpy()).max() <= TOL
+        assert np.abs(score.entropies - ref_ent.numpy()).max() <= TOL
