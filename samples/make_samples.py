@@ -78,6 +78,25 @@ CHATS = [
     ],
 ]
 
+# GRPO-shaped prompt/response records written for this project (grpo.jsonl): each prompt with four sampled
+# answers, as an RL trainer scores them; the prompts are long enough that prefix sharing feeds them once.
+GRPO = [
+    (
+        "Read the notice and answer the question.\n\nThe library on Mill Street will close at noon on Friday so "
+        "that the heating can be repaired. Books due that day may be returned on Monday without a fine, and the "
+        "reading room upstairs stays open until five. Story hour for children moves to Saturday morning at ten."
+        "\n\nQuestion: When can books due on Friday be returned without a fine?\nAnswer:",
+        [" On Monday.", " On Monday, without a fine.", " Saturday morning at ten.", " Before noon on Friday."],
+    ),
+    (
+        "Read the recipe and answer the question.\n\nWarm the milk until it steams but does not boil. Whisk two "
+        "eggs with a spoonful of sugar, pour in the milk slowly while stirring, then bake the custard in a dish "
+        "of hot water for forty minutes, until it is set at the edges and still trembles in the middle."
+        "\n\nQuestion: How long does the custard bake?\nAnswer:",
+        [" Forty minutes.", " About forty minutes, in a dish of hot water.", " Until it boils.", " Two eggs."],
+    ),
+]
+
 # Sentence pairs for word-level surprisal (stimuli.jsonl: --words); each pair differs in one word.
 STIMULI = [
     "The cook tasted the soup and added a pinch of salt.",
@@ -144,6 +163,10 @@ def main() -> None:
     with open(HERE / "pairs.jsonl", "w", encoding="utf-8") as f:
         for i, (prompt, response) in enumerate(PAIRS):
             f.write(json.dumps({"id": f"q{i}", "prompt": prompt, "response": response}, ensure_ascii=False) + "\n")
+    with open(HERE / "grpo.jsonl", "w", encoding="utf-8") as f:
+        for p, (prompt, responses) in enumerate(GRPO):
+            for r, response in enumerate(responses):
+                f.write(json.dumps({"id": f"g{p}-{r}", "prompt": prompt, "response": response}) + "\n")
     with open(HERE / "chats.jsonl", "w", encoding="utf-8") as f:
         for i, messages in enumerate(CHATS):
             f.write(json.dumps({"id": f"c{i}", "messages": messages}, ensure_ascii=False) + "\n")
