@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import weakref
 from collections.abc import Callable, Sequence
@@ -51,6 +52,13 @@ def get_response_kl(
     )
     names = {"log_probs": "logprob", "ref_log_probs": "ref_logprob", "kl": "kl", "reverse_kl": "reverse_kl"}
     return {key: stats[name].view(labels.shape) for key, name in names.items()}
+
+
+@functools.cache
+def _cache_keyword(module_type: type) -> str:
+    """The name a model's forward gives its key/value cache argument."""
+    # transformers renamed `past_key_values` to `cache` during 5.x; both are met in the wild.
+    return "cache" if "cache" in inspect.signature(module_type.forward).parameters else "past_key_values"
 
 
 def output_head(model: torch.nn.Module) -> OutputHead:
@@ -162,8 +170,7 @@ class OutputHead:
         Without a cache, the returned one holds `input_ids`' keys and values, for inputs that continue them.
         """
         module = self.base if self.chunked else self.model
-        # transformers renamed `past_key_values` to `cache` during 5.x; both are met in the wild.
-        name = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+        name = _cache_keyword(type(module))
         out = module(input_ids=input_ids, position_ids=position_ids, use_cache=True, **{name: past_key_values})
         cache = out[name]
         if not self.chunked:

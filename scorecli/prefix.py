@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Measured on a 2-core CPU with SmolLM2 (benchmarks/bench_prefix.py): below a few dozen tokens the extra
-# forward pass of a group costs about what it saves.
+# A group costs an extra forward pass (a few milliseconds of fixed cost on a CPU, as much as a few tokens)
+# and one token fed again per document; from a few dozen shared tokens on it saves far more than that.
+# Not yet tuned on a quiet machine: benchmarks/bench_prefix.py compares runs with and without sharing.
 DEFAULT_MIN_SHARED_PREFIX = 32
 
 
