@@ -331,8 +331,7 @@ class Scorer:
                 left[i] = 0
         try:
             with self._batch_runner() as run:
-                for task, scores in zip(tasks, run(lambda task: self._score_task(task, work, encoded), tasks)):
-                    fed = task.fed(lengths) if isinstance(task, SharedPrefix) else sum(lengths[i] - 1 for i in task)
+                for task, (scores, fed) in zip(tasks, run(lambda task: self._score_task(task, work, encoded), tasks)):
                     state.tokens_fed += fed
                     state.tokens_shared += sum(lengths[i] - 1 for i in _rows(task)) - fed
                     for i, score in zip(_rows(task), scores):
@@ -404,20 +403,23 @@ class Scorer:
 
     def _score_task(
         self, task: SharedPrefix | list[int], work: list[Window], encoded: list[Encoded]
-    ) -> list[dict[str, np.ndarray]]:
-        """The statistics of each window of a task: a batch of windows, or a group sharing a prefix."""
+    ) -> tuple[list[dict[str, np.ndarray]], int]:
+        """The statistics of each window of a task (a batch of windows, or a group sharing a prefix); tokens fed."""
         if isinstance(task, SharedPrefix):
             return self._score_shared([work[i] for i in task.members], task.length, encoded)
-        return self._score_batch([work[i] for i in task], encoded)
+        batch = [work[i] for i in task]
+        return self._score_batch(batch, encoded), sum(w.end - w.begin - 1 for w in batch)
 
-    def _score_shared(self, group: list[Window], length: int, encoded: list[Encoded]) -> list[dict[str, np.ndarray]]:
+    def _score_shared(
+        self, group: list[Window], length: int, encoded: list[Encoded]
+    ) -> tuple[list[dict[str, np.ndarray]], int]:
         """The statistics of windows whose first `length` + 1 tokens agree: that start fed once, then the rest.
 
         Label j of a window predicts its position j + 1 from its tokens 0..j, so labels 0..length-1 are the
         same in every window: they are scored once, from the prefix pass, for the positions any window
         scores. Each continuation starts at token `length` (fed again, so that its logits predict the
         window's own next token), after the prefix's key/value cache expanded to the batch's rows; pads
-        follow the real tokens, which never attend to them.
+        follow the real tokens, which never attend to them. Returns the statistics and the tokens fed.
         """
         seqs = [encoded[w.doc].ids[w.begin : w.end] for w in group]
         wanted = [_targets(w, encoded[w.doc]) for w in group]
@@ -429,6 +431,8 @@ class Scorer:
             select = torch.from_numpy(scored).to(self.device)
             shared = self._stats([states[0][select] for states, _ in outs], prefix[1:][select])
             caches = [cache for _, cache in outs]
+            if not all(_plain_cache(cache) for cache in caches):
+                return self._score_apart(group, encoded)
             # Row k of `shared` is position k of those `scored` marks: each window takes its own.
             index = np.cumsum(scored) - 1
             parts = [{c: v[index[t[:length]]] for c, v in shared.items()} for t in wanted]
@@ -451,7 +455,19 @@ class Scorer:
                 bounds = np.cumsum(select.sum(dim=1).tolist())[:-1]
                 for k, part in zip(batch, _split(stats, bounds)):
                     parts[k] = {c: np.concatenate([parts[k][c], part[c]]) for c in part}
-        return parts
+        return parts, length + sum(len(seqs[k]) - 1 - length for k in more)
+
+    def _score_apart(self, group: list[Window], encoded: list[Encoded]) -> tuple[list[dict[str, np.ndarray]], int]:
+        """Score a group's windows in ordinary batches, for models whose cache cannot simply be copied to rows.
+
+        Recurrent states and sliding-window caches keep other things than every position's keys and values.
+        """
+        parts: list[dict[str, np.ndarray]] = [{} for _ in group]
+        lengths = [w.end - w.begin - 1 for w in group]
+        for rows in pack(lengths, self.batch_tokens):
+            for r, part in zip(rows, self._score_batch([group[r] for r in rows], encoded)):
+                parts[r] = part
+        return parts, sum(lengths)
 
     def _stats(self, states: list[torch.Tensor], labels: torch.Tensor) -> dict[str, np.ndarray]:
         """The statistics of rows of states of the model (and the reference, second), as numpy columns."""
@@ -531,6 +547,13 @@ def _split(stats: dict[str, np.ndarray], bounds: np.ndarray) -> list[dict[str, n
     """Columns over the rows of a batch, split into each row's."""
     split = {c: np.split(v, bounds) for c, v in stats.items()}
     return [{c: parts[row] for c, parts in split.items()} for row in range(len(bounds) + 1)]
+
+
+def _plain_cache(cache: object) -> bool:
+    """Whether a cache holds every position's keys and values and nothing else, so it can be copied to rows."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
 def _expanded(cache: object, rows: int, config: object) -> object:

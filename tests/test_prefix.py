@@ -222,3 +222,18 @@ def test_smollm_prompt_response_and_few_shot(smollm):
         ref_lp, ref_ent = reference_scores(smollm.model, smollm.tokenizer, record.text)
         assert np.abs(score.logprobs - ref_lp.numpy()).max() <= TOL
         assert np.abs(score.entropies - ref_ent.numpy()).max() <= TOL
+
+
+def test_a_cache_that_cannot_be_copied_to_rows_is_scored_apart(tiny, monkeypatch):
+    """Models whose cache holds more than keys and values (recurrent states, sliding windows) are not shared."""
+    import scorecli.engine
+
+    monkeypatch.setattr(scorecli.engine, "_plain_cache", lambda cache: False)
+    progress = []
+    records = _grpo()
+    scorer = Scorer(tiny.model, tiny.tokenizer, min_shared_prefix=4)
+    shared = list(scorer.score_records(records, progress=progress.append))
+    plain = Scorer(tiny.model, tiny.tokenizer, prefix_sharing=False).score_records(records)
+    assert progress[-1].tokens_shared == 0 and progress[-1].tokens_fed > 0
+    for a, b in zip(shared, plain, strict=True):
+        assert np.abs(a.logprobs - b.logprobs).max(initial=0) <= TOL
