@@ -169,7 +169,8 @@ class OutputHead:
 
         Without a cache, the returned one holds `input_ids`' keys and values, for inputs that continue them.
         """
-        module = self.base if self.chunked else self.model
+        # The model's own (eager) base: a compiled one is built for inputs without a cache.
+        module = self.model.base_model if self.chunked else self.model
         name = _cache_keyword(type(module))
         out = module(input_ids=input_ids, position_ids=position_ids, use_cache=True, **{name: past_key_values})
         cache = out[name]

@@ -237,3 +237,23 @@ def test_a_cache_that_cannot_be_copied_to_rows_is_scored_apart(tiny, monkeypatch
     assert progress[-1].tokens_shared == 0 and progress[-1].tokens_fed > 0
     for a, b in zip(shared, plain, strict=True):
         assert np.abs(a.logprobs - b.logprobs).max(initial=0) <= TOL
+
+
+def test_a_base_model_replaced_for_plain_batches_leaves_the_shared_path_on_the_model_itself(tiny):
+    """A compiled base (`--compile`) serves batches without a cache; shared prefixes run the model's own base."""
+    scorer = Scorer(tiny.model, tiny.tokenizer, min_shared_prefix=4)
+    calls = []
+    base = scorer.head.base
+
+    def wrapped(**kwargs):
+        calls.append(kwargs.get("use_cache"))
+        return base(**kwargs)
+
+    scorer.head = scorer.head.with_base(wrapped)
+    progress = []
+    records = _grpo() + [Record(99, "Something else entirely.")]
+    shared = list(scorer.score_records(records, progress=progress.append))
+    plain = Scorer(tiny.model, tiny.tokenizer, prefix_sharing=False).score_records(records)
+    assert progress[-1].tokens_shared > 0 and calls == [False]  # the one document that shares nothing
+    for a, b in zip(shared, plain, strict=True):
+        assert np.abs(a.logprobs - b.logprobs).max(initial=0) <= TOL
