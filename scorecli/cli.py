@@ -517,7 +517,7 @@ def _score_on_ray(
         load={**load, "dtype": dtype},
         scorer={
             **{k: options[k] for k in ("bos", "max_length", "stride", "truncate", "all_tokens", "batch_tokens")},
-            **{k: options[k] for k in ("top_k", "compile")},
+            **{k: options[k] for k in ("top_k", "compile", "prefix_sharing", "min_shared_prefix")},
             # The whole input's size decides --compile auto, for every shard alike (and as a single process).
             "expected_tokens": _expected_tokens(sources, limit),
         },
