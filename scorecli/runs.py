@@ -143,22 +143,9 @@ def claim_out_dir(
     which run holds the folder.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{out_dir}: exists and is not a folder", arg="out_dir")
-    if resume and not out_dir.is_dir():
+    if resume and not out_dir.exists():
         raise OutputError(f"{out_dir}: nothing to resume (there is no such folder)", arg="out_dir")
-    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        _remove_empty(created)
-        raise OutputError(f"{out_dir}: cannot create the folder ({e.strerror or e})", arg="out_dir") from None
-    try:
-        fd = _lock(out_dir, command)
-    except BaseException:
-        _remove_empty(created)
-        raise
-    folder = RunFolder(out_dir, fd, created, None)
+    folder = lock_out_dir(out_dir, command)
     try:
         folder.state = _run_state(out_dir) if resume else _prepare_new(out_dir, overwrite)
     except BaseException:
