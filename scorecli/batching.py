@@ -107,13 +107,16 @@ def partition_offsets(offsets: np.ndarray) -> np.ndarray:
     completes it gets the character), and starts where the one before it ended (a gap, such as a space the
     tokenizer's offsets trimmed, goes to the token that follows it).
     """
+    out = offsets.copy()
     if len(offsets) < 2:
-        return offsets.copy()
-    ends = offsets[:, 1].copy()
-    ends[:-1] = np.minimum(ends[:-1], offsets[1:, 0])
-    ends = np.maximum.accumulate(np.maximum(ends, offsets[0, 0]))
-    starts = np.concatenate([offsets[:1, 0], ends[:-1]])
-    return np.stack([starts, ends], axis=1)
+        return out
+    # In place in the copy: a huge text's offsets take no more than twice their size here.
+    ends = out[:, 1]
+    np.minimum(ends[:-1], offsets[1:, 0], out=ends[:-1])
+    np.maximum(ends, offsets[0, 0], out=ends)
+    np.maximum.accumulate(ends, out=ends)
+    out[1:, 0] = ends[:-1]
+    return out
 
 
 def response_mask(offsets: np.ndarray, spans: Spans | None) -> np.ndarray:
@@ -205,7 +208,7 @@ class Encoder:
         piece = self._piece(text, start, size, chat)
         while start + size < len(text):
             if need is not None and kept >= need:
-                return np.concatenate(kept_ids), np.concatenate(kept_offsets)
+                return _joined(kept_ids), _joined(kept_offsets)
             lookahead = min(size // 2, LOOKAHEAD_CHARS)
             cut = _boundary(piece[1], start + size - lookahead)
             at = int(piece[1][cut - 1, 1]) if cut is not None else start
@@ -219,7 +222,10 @@ class Encoder:
                     continue
             size *= 2
             piece = self._piece(text, start, size, chat)
-        return np.concatenate([*kept_ids, piece[0]]), np.concatenate([*kept_offsets, piece[1]])
+        kept_ids.append(piece[0])
+        kept_offsets.append(piece[1])
+        del piece
+        return _joined(kept_ids), _joined(kept_offsets)
 
     def _sequence(self, ids: np.ndarray, offsets: np.ndarray, spans: Spans | None) -> Encoded:
         """One text's sequence: BOS prepended unless it already starts with it, truncated where asked."""
@@ -237,6 +243,18 @@ class Encoder:
         return Encoded(
             np.concatenate([np.asarray(prefix, ids.dtype), ids]), offsets, len(prefix), truncated, response, targets
         )
+
+
+def _joined(pieces: list[np.ndarray]) -> np.ndarray:
+    """The arrays of `pieces` joined into one, each let go as it is copied (the list is emptied)."""
+    out = np.empty((sum(len(p) for p in pieces), *pieces[0].shape[1:]), pieces[0].dtype)
+    at = 0
+    pieces.reverse()
+    while pieces:
+        piece = pieces.pop()
+        out[at : at + len(piece)] = piece
+        at += len(piece)
+    return out
 
 
 def _boundary(offsets: np.ndarray, after: int) -> int | None:

@@ -784,6 +784,8 @@ class _Run:
                         self.records_seen = max(self.records_seen, docs[-1].doc + 1)
                         clock()
                         self.writer.save(docs, docs[-1].doc + 1, self.summary.state())
+                        # Saved: let the buffer go before the next is read, and before the finish joins the parts.
+                        del docs, doc
                 if self.summary.n_docs and not self.summary.n_tokens and (error := nothing()):
                     if self._to_folder:
                         self.writer.discard()  # a run the options made empty is not worth resuming

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from scorecli import interrupts
 from scorecli.batching import Encoded, Encoder, TokenTexts, Window, check_limits, collate, default_stride, pack, windows
 from scorecli.chat import DEFAULT_ROLES, render_chats
 from scorecli.compiled import CompiledForward, should_compile
@@ -18,7 +19,7 @@ from scorecli.head import get_response_log_probs, output_head
 from scorecli.inputs import Record
 from scorecli.models import check_same_vocabulary, context_length
 from scorecli.prefix import DEFAULT_MIN_SHARED_PREFIX, SharedPrefix, plan_prefixes
-from scorecli.scores import DocScore, perplexity
+from scorecli.scores import DocScore, TokenStrings, perplexity
 from scorecli.stats import columns_of, concat
 from scorecli.words import assign_words, word_spans
 
@@ -287,14 +288,19 @@ class Scorer:
                     encoded[i] = enc
         return encoded
 
-    def _windows(self, doc: int, enc: Encoded) -> list[Window]:
-        """The windows of a sequence that have targets, each ending at its last target."""
-        out = []
+    def _windows(self, doc: int, enc: Encoded) -> list[tuple[Window, int]]:
+        """The windows of a sequence that have targets, each ending at its last target; with its first row.
+
+        A window's first row is where its targets' statistics go among the document's: after those of the
+        windows before it.
+        """
+        out, rows = [], 0
         for w in windows(doc, len(enc.ids), self.max_length, self.stride or 1):
             targets = np.flatnonzero(enc.targets[w.first : w.end])
             if len(targets):
                 # Later positions cannot change earlier ones under causal attention: no need to feed them.
-                out.append(Window(doc, w.begin, w.first + int(targets[-1]) + 1, w.first))
+                out.append((Window(doc, w.begin, w.first + int(targets[-1]) + 1, w.first), rows))
+                rows += len(targets)
         return out
 
     def _score_buffer(
@@ -306,13 +312,18 @@ class Scorer:
     ) -> list[DocScore]:
         """Score one read-ahead buffer, longest windows first; its documents in input order."""
         encoded = self._encode(records)
-        work = [w for i, enc in enumerate(encoded) for w in self._windows(i, enc)]
+        work, first_rows = [], []
+        for i, enc in enumerate(encoded):
+            for w, row in self._windows(i, enc):
+                work.append(w)
+                first_rows.append(row)
         left = np.bincount([w.doc for w in work], minlength=len(records))
         state.docs_planned += len(records)
         state.tokens_planned += sum(e.n_scored for e in encoded)
         state.docs_done += int((left == 0).sum())
         report(state)
-        results: list[dict[str, np.ndarray] | None] = [None] * len(work)
+        # Each document's statistics, filled in as its windows are scored: for a huge text, no copy of them all.
+        columns: list[dict[str, np.ndarray] | None] = [None] * len(records)
         # Tasks (shared prefixes, then batches) are planned over the whole buffer's content, then those that
         # hold only finished documents skipped: a resumed buffer meets the very same tasks.
         lengths = [w.end - w.begin for w in work]
@@ -335,40 +346,36 @@ class Scorer:
                     state.tokens_fed += fed
                     state.tokens_shared += sum(lengths[i] - 1 for i in _rows(task)) - fed
                     for i, score in zip(_rows(task), scores):
-                        results[i] = score
                         doc = work[i].doc
                         if records[doc].doc not in done:
+                            columns[doc] = _fill(columns[doc], score, first_rows[i], encoded[doc].n_scored)
                             left[doc] -= 1
                             state.docs_done += int(left[doc] == 0)
                             state.tokens_done += len(score["logprob"])
                     report(state)
+                    interrupts.checkpoint("batch")
         except KeyboardInterrupt as e:
             finished = [i for i in range(len(records)) if left[i] == 0]
-            raise ScoringInterrupted(self._assemble(records, encoded, work, results, done, finished), e) from e
-        return self._assemble(records, encoded, work, results, done, range(len(records)))
+            raise ScoringInterrupted(self._assemble(records, encoded, columns, done, finished), e) from e
+        return self._assemble(records, encoded, columns, done, range(len(records)))
 
     def _assemble(
         self,
         records: list[Record],
         encoded: list[Encoded],
-        work: list[Window],
-        results: list[dict[str, np.ndarray] | None],
+        columns: list[dict[str, np.ndarray] | None],
         done: dict[int, DocScore],
         which: Iterable[int],
     ) -> list[DocScore]:
-        """The DocScores of the buffer's documents `which` (in order), from their windows' results."""
-        per_doc: list[list[dict[str, np.ndarray]]] = [[] for _ in records]
-        for w, score in zip(work, results):
-            if score is not None:
-                per_doc[w.doc].append(score)
+        """The DocScores of the buffer's documents `which` (in order), from their statistics' columns."""
         docs = []
         for i in which:
-            record, scores = records[i], per_doc[i]
+            record = records[i]
             if record.doc in done:
                 # An interrupted session's document, saved without its kept fields: they are the record's.
                 docs.append(replace(done[record.doc], kept=record.kept))
                 continue
-            stats = {c: np.concatenate([s[c] for s in scores]) for c in scores[0]} if scores else self._empty()
+            stats = columns[i] if columns[i] is not None else self._empty()
             docs.append(self._doc_score(record, encoded[i], stats))
         return docs
 
@@ -499,20 +506,30 @@ class Scorer:
 
     def _doc_score(self, record: Record, enc: Encoded, stats: dict[str, np.ndarray]) -> DocScore:
         """Assemble a document's token rows from its encoding and the scores of its targets."""
-        positions = np.flatnonzero(enc.targets[enc.n_prefix :])
-        token_ids = np.asarray(enc.ids[enc.n_prefix :], dtype=np.int64)[positions]
-        offsets = enc.offsets[positions]
-        is_response = enc.response[positions]
-        counted = offsets[is_response]
+        # Every array here is int32 or bool, and the token texts are decoded only as rows are written: a
+        # document of millions of tokens costs some 30 bytes a token (see benchmarks/bench_memory.py).
+        targets = enc.targets[enc.n_prefix :]
+        if targets.all():  # every token is a row (a plain text): views, not copies
+            positions = np.arange(len(targets), dtype=np.int32)
+            token_ids, offsets, is_response = enc.ids[enc.n_prefix :], enc.offsets, enc.response
+        else:
+            positions = np.flatnonzero(targets).astype(np.int32)
+            token_ids, offsets, is_response = (
+                enc.ids[enc.n_prefix :][positions],
+                enc.offsets[positions],
+                enc.response[positions],
+            )
+        token_ids, offsets = token_ids.astype(np.int32, copy=False), offsets.astype(np.int32, copy=False)
+        counted = offsets if is_response.all() else offsets[is_response]
         return DocScore(
             doc=record.doc,
             id=record.id,
             text=record.text,
-            token_ids=token_ids.astype(np.int32),
-            positions=positions.astype(np.int32),
-            starts=offsets[:, 0].astype(np.int32),
-            ends=offsets[:, 1].astype(np.int32),
-            tokens=self.token_texts(token_ids.tolist()),
+            token_ids=token_ids,
+            positions=positions,
+            starts=offsets[:, 0],
+            ends=offsets[:, 1],
+            tokens=TokenStrings(token_ids, self.token_texts),
             is_response=is_response,
             n_bytes=_scored_bytes(record, enc),
             truncated=enc.truncated,
@@ -565,6 +582,17 @@ def _expanded(cache: object, rows: int, config: object) -> object:
     )
 
 
+def _fill(
+    columns: dict[str, np.ndarray] | None, score: dict[str, np.ndarray], first: int, rows: int
+) -> dict[str, np.ndarray]:
+    """Put a window's statistics into its document's columns of `rows` rows, from row `first` on."""
+    if columns is None:
+        columns = {c: np.empty((rows, *v.shape[1:]), v.dtype) for c, v in score.items()}
+    for c, v in score.items():
+        columns[c][first : first + len(v)] = v
+    return columns
+
+
 def _reach(enc: Encoded) -> int | None:
     """Where a truncated text's tokens end (None where the text is whole)."""
     return int(enc.offsets[-1, 1]) if enc.truncated and len(enc.offsets) else None
@@ -572,10 +600,10 @@ def _reach(enc: Encoded) -> int | None:
 
 def _scored_bytes(record: Record, enc: Encoded) -> int:
     """UTF-8 bytes of the response text from the first scored token (the text's start, after a BOS) on."""
-    first = np.flatnonzero(enc.targets[enc.n_prefix :])
-    if not len(first):
+    targets = enc.targets[enc.n_prefix :]
+    if not targets.any():
         return 0
-    start = 0 if enc.n_prefix else int(enc.offsets[first[0], 0])
+    start = 0 if enc.n_prefix else int(enc.offsets[int(targets.argmax()), 0])
     end = int(enc.offsets[-1, 1]) if enc.truncated else len(record.text)
     spans = [(0, len(record.text))] if record.spans is None else record.spans
     return sum(

@@ -23,7 +23,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from scorecli.inputs import Rejected
 from scorecli.kept import KeptTypes, final_fields, json_types, typed, types_metadata
 from scorecli.outputs import _finite
 from scorecli.scores import DEFAULT_STATS, DocScore, numpy_type
-from scorecli.tables import WORD_SCHEMA, sequence_schema, sequence_table, token_schema, token_table, word_table
+from scorecli.tables import WORD_SCHEMA, sequence_schema, sequence_table, token_batches, token_schema, word_batches
 from scorecli.words import Words
 
 TOKENS_FILE = "tokens.parquet"
@@ -506,10 +506,10 @@ class RunWriter:
         name = f"{self.parts:06d}"
         manifest_path = self.parts_dir / f"{name}.json"
         rejects = [r for r in self._pending_rejects if r.doc < records_done]
-        tables = {
-            TOKENS_FILE: lambda docs: token_table(docs, self.stats),
-            SEQUENCES_FILE: lambda docs: sequence_table(docs, self.stats, self.kept),
-            WORDS_FILE: word_table,
+        batches = {
+            TOKENS_FILE: lambda docs, schema: token_batches(docs, schema),
+            SEQUENCES_FILE: lambda docs, schema: sequence_table(docs, self.stats, self.kept).to_batches(),
+            WORDS_FILE: lambda docs, schema: word_batches(docs),
         }
         written: list[Path] = []
         with deferred_signals():  # a part is saved whole, or not at all
@@ -517,17 +517,11 @@ class RunWriter:
                 if manifest_path.exists():
                     raise OutputError(f"{self.out_dir}: part {name} exists already; {_OVERWRITE}", arg="out_dir")
                 files = {}
-                for kind, _ in self.kinds:
-                    sink = pa.BufferOutputStream()
-                    table = tables[kind](docs)
-                    pq.write_table(table, sink)
-                    data = sink.getvalue()
+                for kind, schema in self.kinds:
                     path = self._part_file(kind, name)
                     path.parent.mkdir(exist_ok=True)
                     written.append(path)
-                    _write_file(path, data)
-                    sha = hashlib.sha256(data).hexdigest()
-                    files[_kind_dir(kind)] = {"rows": table.num_rows, "bytes": data.size, "sha256": sha}
+                    files[_kind_dir(kind)] = _write_parquet(path, schema, batches[kind](docs, schema))
                 stage("part-written")
                 # The manifest goes last: a part without one was cut short and does not count.
                 manifest = {
@@ -639,7 +633,7 @@ class RunWriter:
         def parts() -> Iterator[pa.Table]:
             for number, files in enumerate(self._files):
                 part = self._read_part(SEQUENCES_FILE, f"{number:06d}", files.get(_kind_dir(SEQUENCES_FILE)), schema)
-                yield part.select(json_names)
+                yield pa.Table.from_batches(list(part), schema).select(json_names)
 
         resolved = json_types(parts, json_names) if json_names else {}
         kept = final_fields(self.kept, resolved)
@@ -657,17 +651,20 @@ class RunWriter:
         with pq.ParquetWriter(staged / kind, final.with_metadata(meta)) as writer:
             pending, rows = [], 0
             for number, files in enumerate(self._files):
-                table = self._read_part(kind, f"{number:06d}", files.get(_kind_dir(kind)), schema)
-                if final is not schema:
-                    table = pa.Table.from_arrays([self._final_column(table, f) for f in final], schema=final)
-                pending.append(table)
-                rows += table.num_rows
-                while rows >= ROW_GROUP_ROWS:
-                    joined = pa.concat_tables(pending)
-                    writer.write_table(joined.slice(0, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
-                    pending, rows = [joined.slice(ROW_GROUP_ROWS)], rows - ROW_GROUP_ROWS
+                batches = self._read_part(kind, f"{number:06d}", files.get(_kind_dir(kind)), schema)
+                if final is not schema:  # a sequences part (a row a document: small) is typed whole
+                    part = pa.Table.from_batches(list(batches), schema)
+                    batches = pa.Table.from_arrays([self._final_column(part, f) for f in final], schema=final)
+                    batches = batches.to_batches()
+                for batch in batches:
+                    pending.append(batch)
+                    rows += batch.num_rows
+                    while rows >= ROW_GROUP_ROWS:
+                        joined = pa.Table.from_batches(pending, final)
+                        writer.write_table(joined.slice(0, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
+                        pending, rows = joined.slice(ROW_GROUP_ROWS).to_batches(), rows - ROW_GROUP_ROWS
             if rows:
-                writer.write_table(pa.concat_tables(pending))
+                writer.write_table(pa.Table.from_batches(pending, final))
         _fsync(staged / kind)
         return kind
 
@@ -677,20 +674,28 @@ class RunWriter:
             return typed(part[field.name].combine_chunks(), field)
         return part[field.name]
 
-    def _read_part(self, kind: str, name: str, info: dict | None, schema: pa.Schema) -> pa.Table:
-        """A part file's rows, checked against its manifest: a damaged part is an error naming it."""
+    def _read_part(self, kind: str, name: str, info: dict | None, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        """A part file's rows a row group at a time, checked against its manifest: a damaged part is an error naming it.
+
+        Its size and checksum are checked before any row is read, its number of rows once all are.
+        """
         path = self._part_file(kind, name)
-        data = path.read_bytes()
         where = f"part {name}: {_rel(self.out_dir, path)}"
-        if info is None or len(data) != info["bytes"] or hashlib.sha256(data).hexdigest() != info["sha256"]:
+        if _file_problem(path, info):
             raise _damaged(self.out_dir, f"{where} does not match its manifest (it was changed or garbled)")
+        rows = 0
         try:
-            table = pq.read_table(pa.BufferReader(data), schema=schema)
+            with pq.ParquetFile(path) as part:
+                if not part.schema_arrow.remove_metadata().equals(schema):
+                    raise ValueError("its columns are not those of the run")
+                for group in range(part.num_row_groups):
+                    for batch in part.read_row_group(group).to_batches():
+                        rows += batch.num_rows
+                        yield batch
         except (pa.ArrowException, ValueError) as e:
             raise _damaged(self.out_dir, f"{where} cannot be read ({first_line(e)})") from None
-        if table.num_rows != info["rows"]:
-            raise _damaged(self.out_dir, f"{where} has {table.num_rows} rows, not {info['rows']}")
-        return table
+        if rows != info["rows"]:
+            raise _damaged(self.out_dir, f"{where} has {rows} rows, not {info['rows']}")
 
     def _join_errors(self, staged: Path) -> str:
         """Gather the rejected records of all parts into errors.jsonl."""
@@ -721,11 +726,36 @@ def _write_file(path: Path, data: bytes | pa.Buffer) -> None:
         raise
 
 
-def _fsync(path: Path) -> None:
-    """Make a written file's contents durable before it is committed."""
+def _write_parquet(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> dict:
+    """Write record batches as a Parquet file, under a temporary name until complete; its rows, bytes and SHA-256.
+
+    The batches are written as they come: a part's rows are never all in memory at once, nor its file.
+    """
+    temp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    rows = 0
+    try:
+        with pq.ParquetWriter(temp, schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        size, digest = _fsync(temp), hashlib.sha256()
+        with open(temp, "rb") as f:
+            while block := f.read(_HASH_BLOCK):
+                digest.update(block)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise
+    return {"rows": rows, "bytes": size, "sha256": digest.hexdigest()}
+
+
+def _fsync(path: Path) -> int:
+    """Make a written file's contents durable before it is committed; return its size."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+        return os.fstat(fd).st_size
     finally:
         os.close(fd)
 
@@ -740,7 +770,7 @@ def _doc_to_json(doc: DocScore) -> dict:
     stats = {name: {"shape": list(v.shape), "values": v.tolist()} for name, v in doc.stats.items()}
     words = {name: getattr(doc.words, name).tolist() for name in ("starts", "ends", "token_word")}
     scalars = {name: getattr(doc, name) for name in _DOC_SCALARS}
-    return {**scalars, **arrays, "tokens": doc.tokens, "words": words, "stats": stats}
+    return {**scalars, **arrays, "tokens": list(doc.tokens), "words": words, "stats": stats}
 
 
 def _doc_from_json(row: dict) -> DocScore:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,7 +55,7 @@ class DocScore:
     positions: np.ndarray
     starts: np.ndarray
     ends: np.ndarray
-    tokens: list[str]
+    tokens: Sequence[str]
     is_response: np.ndarray
     n_bytes: int
     truncated: bool
@@ -106,17 +106,50 @@ class DocScore:
         """The document's row of sequences.parquet; statistics are None where no token was scored."""
         return {c.name: c.value(self) for c in SEQUENCE_COLUMNS if c.present(self.stats)}
 
-    def word_rows(self) -> dict[str, np.ndarray | list]:
-        """The document's rows of words.parquet, as columns."""
+    def word_columns(self) -> dict[str, np.ndarray]:
+        """The numeric columns of the document's rows of words.parquet: start, end and the word statistics."""
         response = self.is_response
         stats = word_stats(self.words, self.logprobs[response], self.entropies[response])
-        return {
-            "word": np.arange(len(self.words)),
-            "text": [self.text[a:b] for a, b in zip(self.words.starts.tolist(), self.words.ends.tolist())],
-            "start": self.words.starts,
-            "end": self.words.ends,
-            **stats,
-        }
+        return {"start": self.words.starts, "end": self.words.ends, **stats}
+
+    def word_texts(self, first: int = 0, end: int | None = None) -> list[str]:
+        """The texts of the document's words `first` to `end`."""
+        starts, ends = self.words.starts[first:end].tolist(), self.words.ends[first:end].tolist()
+        return [self.text[a:b] for a, b in zip(starts, ends)]
+
+    def word_rows(self) -> dict[str, np.ndarray | list]:
+        """The document's rows of words.parquet, as columns."""
+        columns = self.word_columns()
+        return {"word": np.arange(len(self.words)), "text": self.word_texts(), **columns}
+
+
+class TokenStrings(Sequence[str]):
+    """The texts of a document's tokens, decoded on demand through `decode` (which caches each id's text).
+
+    A huge document keeps its token ids only, not millions of references to strings.
+    """
+
+    def __init__(self, ids: np.ndarray, decode: Callable[[list[int]], list[str]]) -> None:
+        """The texts of the token `ids`."""
+        self.ids = ids
+        self.decode = decode
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return self.decode(self.ids[index].tolist())
+        return self.decode([int(self.ids[index])])[0]
+
+    def __iter__(self) -> Iterator[str]:
+        for first in range(0, len(self.ids), 1 << 16):
+            yield from self[first : first + (1 << 16)]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None
 
 
 @dataclass(frozen=True)

@@ -440,7 +440,8 @@ def _preview_source(score: DocScore) -> str:
     if not len(words):
         return ""
     pieces, length = [], 0
-    for start, end in zip(words.starts.tolist(), words.ends.tolist()):
+    # Each word has a character at least: no more words than that can be needed (a huge text has millions).
+    for start, end in zip(words.starts[:_PREVIEW_CHARS].tolist(), words.ends[:_PREVIEW_CHARS].tolist()):
         pieces.append(score.text[start:end])
         length += end - start + 1
         if length >= _PREVIEW_CHARS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +56,13 @@ WORD_SCHEMA = pa.schema(
 )
 
 
+# The numeric word columns after `text`, as DocScore.word_columns gives them.
+WORD_COLUMNS = ("start", "end", "n_tokens", "surprisal", "entropy")
+# Rows per record batch of token and word rows: a huge document's rows are built and written a slice at a
+# time, never all at once.
+BATCH_ROWS = 1 << 16
+
+
 def sequence_table(
     scores: list[DocScore], stats: Iterable[str] = DEFAULT_STATS, kept: KeptTypes | None = None
 ) -> pa.Table:
@@ -70,43 +77,75 @@ def sequence_table(
 
 def word_table(scores: list[DocScore]) -> pa.Table:
     """The word rows of several documents as one Arrow table."""
-    rows = [s.word_rows() for s in scores]
-    counts = [len(s.words) for s in scores]
-    return pa.Table.from_arrays(
-        [
-            pa.array(np.repeat([s.doc for s in scores], counts).astype(np.int64)),
-            pa.array([s.id for s, n in zip(scores, counts) for _ in range(n)], pa.string()),
-            pa.array(_cat([r["word"] for r in rows], np.int32)),
-            pa.array([t for r in rows for t in r["text"]], pa.string()),
-            pa.array(_cat([r["start"] for r in rows], np.int32)),
-            pa.array(_cat([r["end"] for r in rows], np.int32)),
-            pa.array(_cat([r["n_tokens"] for r in rows], np.int32)),
-            pa.array(_cat([r["surprisal"] for r in rows], np.float64)),
-            pa.array(_cat([r["entropy"] for r in rows], np.float32)),
-        ],
-        schema=WORD_SCHEMA,
-    )
+    return pa.Table.from_batches(list(word_batches(scores)), WORD_SCHEMA)
+
+
+def word_batches(scores: list[DocScore], rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """The word rows of several documents as record batches of at most `rows` rows, in order."""
+    columns: dict[int, dict[str, np.ndarray]] = {}
+    for chunk in _slices(scores, [len(s.words) for s in scores], rows):
+        parts = []
+        for s, a, b in chunk:
+            if a == 0:  # a document's numbers are computed once, however many batches it spans
+                columns = {s.doc: s.word_columns()}
+            parts.append((s, a, b, columns[s.doc]))
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array(_cat([np.full(b - a, s.doc, np.int64) for s, a, b, _ in parts], np.int64)),
+                pa.array([s.id for s, a, b, _ in parts for _ in range(b - a)], pa.string()),
+                pa.array(_cat([np.arange(a, b) for _, a, b, _ in parts], np.int32)),
+                pa.array([t for s, a, b, _ in parts for t in s.word_texts(a, b)], pa.string()),
+                *(
+                    pa.array(_cat([c[name][a:b] for _, a, b, c in parts], field.type.to_pandas_dtype()), field.type)
+                    for name, field in ((n, WORD_SCHEMA.field(n)) for n in WORD_COLUMNS)
+                ),
+            ],
+            schema=WORD_SCHEMA,
+        )
 
 
 def token_table(scores: list[DocScore], stats: Iterable[str] = DEFAULT_STATS) -> pa.Table:
     """The token rows of several documents as one Arrow table."""
     schema = token_schema(stats)
-    counts = [s.n_rows for s in scores]
-    fixed = {
-        "doc": np.repeat([s.doc for s in scores], counts).astype(np.int64),
-        "id": [s.id for s, n in zip(scores, counts) for _ in range(n)],
-        "position": _cat([s.positions for s in scores], np.int32),
-        "token_id": _cat([s.token_ids for s in scores], np.int32),
-        "token": [t for s in scores for t in s.tokens],
-        "start": _cat([s.starts for s in scores], np.int32),
-        "end": _cat([s.ends for s in scores], np.int32),
-        "is_response": _cat([s.is_response for s in scores], np.bool_),
-    }
-    arrays = [
-        pa.array(fixed[f.name], f.type) if f.name in fixed else _column([s.stats[f.name] for s in scores], f.type)
-        for f in schema
-    ]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return pa.Table.from_batches(list(token_batches(scores, schema)), schema)
+
+
+def token_batches(scores: list[DocScore], schema: pa.Schema, rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """The token rows of several documents (`schema`'s columns) as record batches of at most `rows` rows."""
+    for chunk in _slices(scores, [s.n_rows for s in scores], rows):
+        fixed = {
+            "doc": _cat([np.full(b - a, s.doc, np.int64) for s, a, b in chunk], np.int64),
+            "id": [s.id for s, a, b in chunk for _ in range(b - a)],
+            "position": _cat([s.positions[a:b] for s, a, b in chunk], np.int32),
+            "token_id": _cat([s.token_ids[a:b] for s, a, b in chunk], np.int32),
+            "token": [t for s, a, b in chunk for t in s.tokens[a:b]],
+            "start": _cat([s.starts[a:b] for s, a, b in chunk], np.int32),
+            "end": _cat([s.ends[a:b] for s, a, b in chunk], np.int32),
+            "is_response": _cat([s.is_response[a:b] for s, a, b in chunk], np.bool_),
+        }
+        arrays = [
+            pa.array(fixed[f.name], f.type)
+            if f.name in fixed
+            else _column([s.stats[f.name][a:b] for s, a, b in chunk], f.type)
+            for f in schema
+        ]
+        yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _slices(scores: list[DocScore], counts: list[int], rows: int) -> Iterator[list[tuple[DocScore, int, int]]]:
+    """Group the documents' rows into runs of at most `rows` rows: (document, first row, end row) each."""
+    chunk: list[tuple[DocScore, int, int]] = []
+    size = 0
+    for s, n in zip(scores, counts):
+        for a in range(0, n, rows):
+            b = min(a + rows, n)
+            if chunk and size + b - a > rows:
+                yield chunk
+                chunk, size = [], 0
+            chunk.append((s, a, b))
+            size += b - a
+    if chunk:
+        yield chunk
 
 
 def _column(arrays: list[np.ndarray], kind: pa.DataType) -> pa.Array:

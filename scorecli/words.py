@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _WORD = re.compile(r"\S+")
+_SLICE = 1 << 20  # tokens at a time
 
 
 @dataclass
@@ -49,14 +50,32 @@ def assign_words(spans: np.ndarray, token_offsets: np.ndarray) -> Words:
     """
     if not len(spans) or not len(token_offsets):
         return Words(np.zeros(0, np.int64), np.zeros(0, np.int64), np.full(len(token_offsets), -1, np.int64))
+    # A huge document's tokens are taken a slice at a time, so that the intermediate arrays stay small.
+    index = np.empty(len(token_offsets), dtype=np.int64 if len(spans) >= 2**31 else np.int32)
+    for first in range(0, len(token_offsets), _SLICE):
+        index[first : first + _SLICE] = _word_of(spans, token_offsets[first : first + _SLICE])
+    if len(index) > 1 and not (index[1:] >= index[:-1]).all():
+        used, token_word = np.unique(index, return_inverse=True)
+        return Words(spans[used, 0], spans[used, 1], token_word.astype(np.int64))
+    # Tokens in text order have non-decreasing words: numbering the distinct ones needs no sort, which for
+    # millions of tokens would take several times their own memory.
+    new_word = np.empty(len(index), dtype=bool)
+    new_word[:1] = True
+    np.not_equal(index[1:], index[:-1], out=new_word[1:])
+    used = index[new_word]
+    token_word = np.cumsum(new_word, out=index)  # the word indices are not needed any more
+    token_word -= 1
+    return Words(spans[used, 0], spans[used, 1], token_word)
+
+
+def _word_of(spans: np.ndarray, token_offsets: np.ndarray) -> np.ndarray:
+    """The index of the word each token goes to (see assign_words), among all the `spans`."""
     starts, ends = token_offsets[:, 0], token_offsets[:, 1]
     # The last word that starts before the token ends holds its last non-space character if the two overlap;
     # if they do not, the token is whitespace between words and goes to the next one.
     last = np.searchsorted(spans[:, 0], ends, side="left") - 1
     overlaps = (last >= 0) & (spans[np.maximum(last, 0), 1] > starts)
-    index = np.minimum(np.where(overlaps, last, last + 1), len(spans) - 1)
-    used, token_word = np.unique(index, return_inverse=True)
-    return Words(spans[used, 0], spans[used, 1], token_word.astype(np.int64))
+    return np.minimum(np.where(overlaps, last, last + 1), len(spans) - 1)
 
 
 def word_stats(words: Words, logprobs: np.ndarray, entropies: np.ndarray) -> dict[str, np.ndarray]:
