@@ -1,7 +1,7 @@
 """Peak memory of `scorecli score` as the corpus grows (it must stay flat), and on one huge line (it must stay
 bounded), each run in a fresh process.
 
-    python benchmarks/bench_memory.py [--sizes 10000,100000] [--long-line-mb 50] [--keep]
+    python benchmarks/bench_memory.py [--sizes 10000,100000] [--long-line-mb 50] [--complete] [--keep]
 
 Generates, in a temporary folder and deterministically (seeded, from made-up syllables, no download),
 a JSONL corpus of short texts (5-40 words, fields `id` and `text`) for each size, and a tiny random GPT-2
@@ -17,9 +17,12 @@ of N MB (the same made-up prose, no line break), and measures two things in fres
 - scoring it in windows (no --truncate): scoring all of its millions of tokens would take hours on a CPU,
   so this measures, through the library as the CLI calls it, reading the record, tokenising the whole
   text (in pieces), cutting all its windows, packing their batches and scoring the first
-  FIRST_BATCHES batches, then stops; limit 1.5 GB. It is not the peak of a complete run: a document's
-  rows are assembled whole once all its windows are scored, which for a 50 MB text is itself several
-  hundred MB more.
+  FIRST_BATCHES batches, then stops; limit 1.5 GB.
+With `--complete` it also runs `scorecli score LINE` in windows to the end (whole CLI run, limit 1.5 GB):
+every window scored, the document's rows assembled, its part written and joined into the final files.
+With the tiny model scoring is cheap, so what is measured is the pipeline's memory; it still scores every
+window (about 2 tokens a character of this text, twice over at stride half the window), so it takes a
+while: minutes for a few MB, much longer for 50 MB on a small CPU (see --long-line-mb).
 """
 
 from __future__ import annotations
@@ -149,8 +152,10 @@ def first_batches(corpus: str, model: str, batches: int) -> None:
     )
 
 
-def long_line(tmp: Path, model: Path, scorecli: str, megabytes: int) -> list[tuple[str, float, float, float]]:
-    """Measure a single huge line, truncated (a whole CLI run) and in windows (the first batches)."""
+def long_line(
+    tmp: Path, model: Path, scorecli: str, megabytes: int, complete: bool = False
+) -> list[tuple[str, float, float, float]]:
+    """Measure a single huge line, truncated (a whole CLI run) and in windows (the first batches, or all)."""
     line = tmp / "line.jsonl"
     chars = write_long_line(line, megabytes)
     print(f"one line of {chars:,} characters", file=sys.stderr)
@@ -162,6 +167,10 @@ def long_line(tmp: Path, model: Path, scorecli: str, megabytes: int) -> list[tup
     wall, rss = timed([sys.executable, __file__, "--first-batches", str(line), str(model), str(FIRST_BATCHES)])
     rows.append((f"windows: read, tokenise, cut, first {FIRST_BATCHES} batches", wall, rss, LONG_LINE_WINDOWS_LIMIT_MB))
     print(f"  windows: {wall:.1f} s, {rss:.0f} MB", file=sys.stderr)
+    if complete:
+        wall, rss = timed([*cmd, "--overwrite"])
+        rows.append(("whole run, windows (complete)", wall, rss, LONG_LINE_WINDOWS_LIMIT_MB))
+        print(f"  complete: {wall:.1f} s, {rss:.0f} MB", file=sys.stderr)
     return rows
 
 
@@ -182,6 +191,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated corpus sizes, in texts")
     parser.add_argument("--long-line-mb", type=int, default=50, help="size of the single-line test, 0 to skip")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print its path")
+    parser.add_argument("--complete", action="store_true", help="also score the long line whole, in windows (slow)")
     parser.add_argument("--first-batches", nargs=3, metavar=("CORPUS", "MODEL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.first_batches:
@@ -205,7 +215,7 @@ def main() -> None:
             tokens = scored_tokens(out_dir, n)
             print(f"  {n:,} texts: {wall:.1f} s, {rss:.0f} MB", file=sys.stderr)
             rows.append((n, tokens, wall, rss))
-        line_rows = long_line(tmp, model, scorecli, args.long_line_mb) if args.long_line_mb else []
+        line_rows = long_line(tmp, model, scorecli, args.long_line_mb, args.complete) if args.long_line_mb else []
     finally:
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)

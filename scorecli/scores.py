@@ -95,7 +95,12 @@ class DocScore:
 
     def response_sum(self, column: str) -> float:
         """The sum of a per-token column over the response tokens, in float64."""
-        return float(self.stats[column][self.is_response].sum(dtype=np.float64))
+        return float(self.response_values(column).sum(dtype=np.float64))
+
+    def response_values(self, column: str) -> np.ndarray:
+        """A per-token column's values at the response tokens (the column itself where every row is one)."""
+        values = self.stats[column]
+        return values if self.is_response.all() else values[self.is_response]
 
     def response_mean(self, column: str) -> float | None:
         """The mean of a per-token column over the response tokens; None where there are none."""
@@ -108,8 +113,7 @@ class DocScore:
 
     def word_columns(self) -> dict[str, np.ndarray]:
         """The numeric columns of the document's rows of words.parquet: start, end and the word statistics."""
-        response = self.is_response
-        stats = word_stats(self.words, self.logprobs[response], self.entropies[response])
+        stats = word_stats(self.words, self.response_values("logprob"), self.response_values("entropy"))
         return {"start": self.words.starts, "end": self.words.ends, **stats}
 
     def word_texts(self, first: int = 0, end: int | None = None) -> list[str]:
@@ -192,7 +196,10 @@ SEQUENCE_COLUMNS = (
     ),
     SequenceColumn("truncated", pa.bool_(), lambda d: d.truncated),
     SequenceColumn(
-        "top1_rate", pa.float64(), _scored(lambda d: float(np.mean(d.stats["rank"][d.is_response] == 1))), "rank"
+        "top1_rate",
+        pa.float64(),
+        _scored(lambda d: np.count_nonzero(d.response_values("rank") == 1) / d.n_tokens),
+        "rank",
     ),
     SequenceColumn("ref_sum_logprob", pa.float64(), _scored(lambda d: d.response_sum("ref_logprob")), "ref_logprob"),
     SequenceColumn(

@@ -91,9 +91,9 @@ class Summary:
         self.sum_entropy += score.sum_entropy
         self.n_bytes += score.n_bytes
         if "rank" in score.stats:
-            self.n_top1 += int((score.stats["rank"][score.is_response] == 1).sum())
+            self.n_top1 += int(np.count_nonzero(score.response_values("rank") == 1))
         if "ref_logprob" in score.stats:
-            self.comparison.add({c: score.stats[c][score.is_response] for c in Comparison.COLUMNS})
+            self.comparison.add({c: score.response_values(c) for c in Comparison.COLUMNS})
         if row["n_words"]:  # texts of whitespace alone have tokens but no words
             self.n_words += row["n_words"]
             self.sum_word_surprisal -= score.sum_logprob

@@ -1,0 +1,85 @@
+"""Memory of one huge document: its rows are built and written a slice at a time, so what saving and joining
+allocate beyond the document itself does not grow with its length (tracemalloc counts Python objects and
+numpy arrays: deterministic, unlike the process's RSS). benchmarks/bench_memory.py measures whole runs."""
+
+import tracemalloc
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from scorecli.runs import RunWriter, claim_out_dir
+from scorecli.scores import DocScore, TokenStrings
+from scorecli.tables import sequence_table
+from scorecli.words import Words
+
+N_TOKENS = 1 << 21
+VOCAB = ["xy", " "]
+
+
+def _huge_doc(n: int) -> DocScore:
+    """A document of n tokens, alternately "xy" and " " (words "xy"), with made-up statistics."""
+    ids = (np.arange(n) % 2).astype(np.int32)
+    starts = (np.arange(n) // 2 * 3 + ids * 2).astype(np.int32)
+    ends = starts + 2 - ids
+    n_words = (n + 1) // 2
+    word_starts = np.arange(n_words, dtype=np.int64) * 3
+    stats = {
+        "logprob": -(np.arange(n) % 7).astype(np.float32) - 0.5,
+        "entropy": (np.arange(n) % 5).astype(np.float32),
+        "rank": (np.arange(n) % 11 + 1).astype(np.int32),
+    }
+    return DocScore(
+        doc=0,
+        id="huge",
+        text="xy " * n_words,
+        token_ids=ids,
+        positions=np.arange(n, dtype=np.int32),
+        starts=starts,
+        ends=ends,
+        tokens=TokenStrings(ids, lambda ids: [VOCAB[i] for i in ids]),
+        is_response=np.ones(n, dtype=bool),
+        n_bytes=3 * n_words,
+        truncated=False,
+        words=Words(word_starts, word_starts + 2, np.arange(n) // 2),
+        stats=stats,
+    )
+
+
+def _peak_while(action) -> int:
+    """The peak of memory traced while `action` runs, above what was allocated before it."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        action()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("words", [False, True])
+def test_saving_and_joining_a_huge_document_allocates_little_beyond_it(tmp_path, words):
+    doc = _huge_doc(N_TOKENS)
+    folder = claim_out_dir(tmp_path / "out")
+    writer = RunWriter(folder, {"model": "made-up"}, words=words)
+
+    def save_and_finish() -> None:
+        writer.save([doc], 1, {})
+        writer.finish(1, {}, errors_file=False)
+
+    sequence_table([_huge_doc(2)])  # what a first table costs once (pyarrow's set-up) is not the document's
+    peak = _peak_while(save_and_finish)
+    folder.release()
+    # A slice of rows at a time: about 6 MB whatever the length (3 bytes a token here). Words add their
+    # per-word statistics (about 13 bytes a token). Building all the rows at once took over 40 bytes a token
+    # (a list of ids and one of token texts alone are 16).
+    limit = 12 * 2**20 + (24 * N_TOKENS if words else 0)
+    assert peak < limit, f"{peak / N_TOKENS:.1f} bytes a token"
+    tokens = pq.read_table(tmp_path / "out" / "tokens.parquet")
+    assert tokens.num_rows == N_TOKENS
+    assert tokens["token"][:4].to_pylist() == ["xy", " ", "xy", " "]
+    assert tokens["id"][-1].as_py() == "huge" and tokens["start"][-1].as_py() == int(doc.starts[-1])
+    if words:
+        word_rows = pq.read_table(tmp_path / "out" / "words.parquet")
+        assert word_rows.num_rows == N_TOKENS // 2 and set(word_rows["text"].unique().to_pylist()) == {"xy"}
