@@ -24,7 +24,15 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from scorecli import __version__, interrupts
-from scorecli.corpus import corpus_metadata, count_corpus, decode_separator, expand_inputs, is_pattern, read_corpus
+from scorecli.corpus import (
+    corpus_bytes,
+    corpus_metadata,
+    count_corpus,
+    decode_separator,
+    expand_inputs,
+    is_pattern,
+    read_corpus,
+)
 from scorecli.errors import InputError, OutputError, ScorecliError, UsageError, one_line, shown
 from scorecli.inputs import STDIN, Fields, Record, Rejected, display_name
 from scorecli.prefix import DEFAULT_MIN_SHARED_PREFIX
@@ -966,12 +974,13 @@ _SAVED_OPTIONS = (
 
 
 def _expected_tokens(sources: list[str], limit: int | None) -> int | None:
-    """A rough count of the tokens a run scores, from its input files' size (None for stdin): for --compile auto."""
+    """A rough count of the tokens a run scores, from its input's size (None where unknown): for --compile auto."""
     from scorecli.compiled import BYTES_PER_TOKEN
 
-    if STDIN in sources:
+    size = corpus_bytes(sources)
+    if size is None:
         return None
-    tokens = sum(Path(s).stat().st_size for s in sources) // BYTES_PER_TOKEN
+    tokens = size // BYTES_PER_TOKEN
     total = count_corpus(sources) if limit else None
     return tokens if not total else tokens * min(limit, total) // total
 

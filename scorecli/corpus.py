@@ -238,6 +238,14 @@ def corpus_metadata(sources: Sequence[str]) -> dict[str, str]:
     }
 
 
+def corpus_bytes(sources: Sequence[str]) -> int | None:
+    """The corpus's size in bytes, or None where a size cannot be known (stdin, some URLs)."""
+    if STDIN in sources:
+        return None
+    sizes = [_file_info(s)[0] for s in sources]
+    return None if None in sizes else sum(sizes)
+
+
 def _file_info(source: str) -> tuple[int | None, int | None]:
     """A file's size and modification time in ns, where they can be known (a URL's time often cannot)."""
     if is_url(source):
