@@ -409,6 +409,7 @@ def score(
                     arg="ref_model",
                 )
 
+        records_total = count_corpus(sources) if separator is None or limit else None
         scorer = Scorer(
             loaded.model,
             loaded.tokenizer,
@@ -426,7 +427,7 @@ def score(
             # On stdout, lines are wanted as soon as they exist; a folder run keeps fixed buffers for resume.
             grow_buffers=out == STDIN,
             compile=compile,
-            expected_tokens=_expected_tokens(sources, limit),
+            expected_tokens=_expected_tokens(sources, limit, records_total),
             prefix_sharing=prefix_sharing,
             min_shared_prefix=min_shared_prefix,
         )
@@ -445,7 +446,7 @@ def score(
             _check_resumed_input(state, metadata, input, model, ref_model)
             check_resume(state, metadata)
         run.start(metadata, words, state, _saved_options(options, input, model), scorer.columns, kept)
-        total = 1 if separator is not None else count_corpus(sources)
+        total = 1 if separator is not None else records_total
         run.score(
             scorer,
             records,
@@ -973,16 +974,13 @@ _SAVED_OPTIONS = (
 )
 
 
-def _expected_tokens(sources: list[str], limit: int | None) -> int | None:
-    """A rough count of the tokens a run scores, from its input's size (None where unknown): for --compile auto."""
-    from scorecli.compiled import BYTES_PER_TOKEN
+def _expected_tokens(sources: list[str], limit: int | None, records: int | None = None) -> int | None:
+    """The tokens --compile auto weighs, from the input's size; `records`, where already counted, spares a count."""
+    from scorecli.compiled import expected_tokens
 
-    size = corpus_bytes(sources)
-    if size is None:
-        return None
-    tokens = size // BYTES_PER_TOKEN
-    total = count_corpus(sources) if limit else None
-    return tokens if not total else tokens * min(limit, total) // total
+    if limit and records is None:
+        records = count_corpus(sources)
+    return expected_tokens(corpus_bytes(sources), records, limit)
 
 
 def _checked_options(options: dict) -> tuple[Fields, list[str]]:

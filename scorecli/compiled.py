@@ -23,6 +23,14 @@ INDUCTOR_CACHE = "inductor"
 _WARM_UP_SHAPES = ((2, 16), (1, 16))
 
 
+def expected_tokens(size: int | None, records: int | None, limit: int | None) -> int | None:
+    """A rough count of the tokens a run scores, from its input's bytes and records: what `auto` weighs."""
+    if size is None:
+        return None
+    tokens = size // BYTES_PER_TOKEN
+    return tokens * min(limit, records) // records if limit and records else tokens
+
+
 def check_compile(choice: str) -> None:
     """Raise UsageError unless `choice` is one of auto, on, off."""
     if choice not in COMPILE_CHOICES:
