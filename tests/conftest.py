@@ -31,6 +31,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def interrupt_after(reports: int):
+    """A progress callback for Scorer.score_buffers that raises KeyboardInterrupt at its `reports`-th report."""
+    seen = []
+
+    def progress(state):
+        seen.append(state)
+        if len(seen) == reports:
+            raise KeyboardInterrupt
+
+    return progress
+
+
 def one_line_error(result, code: int) -> str:
     """The one `scorecli: error: …` line a CliRunner result printed, checking it exited with `code` and no traceback."""
     # A SystemExit is how the CLI ends; any other exception escaped its error handling.

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import one_line_error, sample_texts
+from conftest import interrupt_after, one_line_error, sample_texts
 from test_response import CHAT, _with_chat_template
 from typer.testing import CliRunner
 
@@ -261,15 +261,8 @@ def test_documents_finished_before_an_interrupt_get_their_kept_fields_back(tiny)
     column = pa.array([i * 1000 for i in range(len(texts))], pa.timestamp("ms"))
     records = [Record(i, t, kept={"n": i, "when": column.slice(i, 1)}) for i, t in enumerate(texts)]
     scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=48, workers=1)
-    calls = []
-
-    def interrupt_after_some_batches(state):
-        calls.append(state)
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-
     with pytest.raises(ScoringInterrupted) as caught:
-        list(scorer.score_buffers(records, progress=interrupt_after_some_batches))
+        list(scorer.score_buffers(records, progress=interrupt_after(6)))
     finished = caught.value.finished
     assert 0 < len(finished) < len(records) and all(d.kept is records[d.doc].kept for d in finished)
     # saved as JSON (the kept values are not: they are the input's), then resumed from the records

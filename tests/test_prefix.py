@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import reference_scores, sample_texts
+from conftest import interrupt_after, reference_scores, sample_texts
 from test_response import _with_chat_template
 from typer.testing import CliRunner
 
@@ -170,15 +170,8 @@ def test_interrupted_and_resumed_with_sharing_is_bit_for_bit(tiny):
     records = _grpo(n_prompts=4, n_responses=4) + [Record(16 + r.doc, r.text) for r in _edge_cases()]
     scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=96, min_shared_prefix=4, workers=1)
     [straight] = list(scorer.score_buffers(records))
-    reports = []
-
-    def interrupt(state):
-        reports.append(state)
-        if len(reports) == 4:
-            raise KeyboardInterrupt
-
     with pytest.raises(ScoringInterrupted) as caught:
-        list(scorer.score_buffers(records, progress=interrupt))
+        list(scorer.score_buffers(records, progress=interrupt_after(4)))
     done = {d.doc: d for d in caught.value.finished}
     assert 0 < len(done) < len(records)
     [resumed] = list(scorer.score_buffers(records, done=done))

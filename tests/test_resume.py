@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import sample_texts
+from conftest import interrupt_after, sample_texts
 from typer.testing import CliRunner
 
 from scorecli.cli import app
@@ -180,15 +180,8 @@ def test_finished_documents_of_an_interrupted_buffer_are_kept_and_not_scored_aga
     records = [Record(i, t) for i, t in enumerate(texts)]
     scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=48, max_length=24, stride=8, workers=1)
     [straight] = list(scorer.score_buffers(records))
-    reports = []
-
-    def interrupt_after_some_batches(state):
-        reports.append(state.docs_done)
-        if len(reports) == 12:
-            raise KeyboardInterrupt
-
     with pytest.raises(ScoringInterrupted) as caught:
-        list(scorer.score_buffers(records, progress=interrupt_after_some_batches))
+        list(scorer.score_buffers(records, progress=interrupt_after(12)))
     finished = caught.value.finished
     assert 0 < len(finished) < len(records)
     done = {d.doc: _doc_from_json(json.loads(json.dumps(_doc_to_json(d)))) for d in finished}
