@@ -425,7 +425,7 @@ def score(
             ref_model=None if ref is None else ref.model,
             ref_tokenizer=None if ref is None else ref.tokenizer,
             # On stdout, lines are wanted as soon as they exist; a folder run keeps fixed buffers for resume.
-            grow_buffers=out == STDIN,
+            stream=out == STDIN,
             compile=compile,
             expected_tokens=_expected_tokens(sources, limit, records_total),
             prefix_sharing=prefix_sharing,

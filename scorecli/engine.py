@@ -23,7 +23,16 @@ from scorecli.scores import DocScore, TokenStrings, perplexity
 from scorecli.stats import columns_of, concat
 from scorecli.words import assign_words, word_spans
 
-__all__ = ["DocScore", "ScoreProgress", "Scorer", "ScoringInterrupted", "get_response_log_probs", "perplexity"]
+__all__ = [
+    "BufferPlan",
+    "DocScore",
+    "Pass",
+    "ScoreProgress",
+    "Scorer",
+    "ScoringInterrupted",
+    "get_response_log_probs",
+    "perplexity",
+]
 
 
 # Measured on a 2-core AVX-512 CPU, a 1,024-token budget scores fastest (activations stay in cache);
@@ -31,7 +40,7 @@ __all__ = ["DocScore", "ScoreProgress", "Scorer", "ScoringInterrupted", "get_res
 DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 16384, "mps": 8192}
 MAX_CPU_WORKERS = 8
 BUFFER_CHARS_PER_BATCH_TOKEN = 256
-# Growing buffers start at about two batches (at ~4 characters a token): one for each of two workers.
+# A streaming run's first buffer is about two batches (at ~4 characters a token): one for each of two workers.
 FIRST_BUFFER_CHARS_PER_BATCH_TOKEN = 8
 
 
@@ -58,8 +67,47 @@ class ScoreProgress:
         return self.tokens_planned + round(unread * self.tokens_planned / self.docs_planned)
 
 
+# What a buffer is scored in: a group of windows sharing a prefix, or a batch of windows (by index).
+Task = SharedPrefix | list[int]
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass of the base model: `rows` sequences of `width` positions (pads included), `tokens` real.
+
+    A shared prefix's continuations also attend to its `cached` positions.
+    """
+
+    rows: int
+    width: int
+    tokens: int
+    cached: int = 0
+
+    @property
+    def padded(self) -> int:
+        """Positions fed, pads included."""
+        return self.rows * self.width
+
+
+@dataclass(frozen=True)
+class BufferPlan:
+    """A read-ahead buffer as scoring would meet it: its documents, characters, scored tokens, and tasks.
+
+    `unshared` is the tokens its windows would feed without shared prefixes. Each task (a batch, or a group
+    sharing a prefix) is its forward passes; workers take tasks in order. The buffer's documents are given
+    out in parts, each once as many tasks as `given` says are scored (one part at the end, unless streaming).
+    """
+
+    docs: int
+    chars: int
+    tokens: int
+    unshared: int
+    tasks: list[list[Pass]]
+    given: list[int]
+
+
 class ScoringInterrupted(KeyboardInterrupt):
-    """An interrupt while a buffer was being scored, carrying the documents of that buffer that were finished.
+    """An interrupt while a buffer was being scored, carrying the documents of that buffer finished (not given out).
 
     Given back to `Scorer.score_buffers` as `done`, they are not scored again. `interrupt` is the
     KeyboardInterrupt (or subclass) that stopped the run.
@@ -94,7 +142,7 @@ class Scorer:
         top_k: int = 0,
         ref_model: torch.nn.Module | None = None,
         ref_tokenizer: object | None = None,
-        grow_buffers: bool = False,
+        stream: bool = False,
         compile: str = "off",
         expected_tokens: int | None = None,
         prefix_sharing: bool = True,
@@ -110,10 +158,10 @@ class Scorer:
         adds its log-probs and entropies and the KL divergences between the two, from the same batches
         (`ref_tokenizer`, where given, is checked to be the same vocabulary as `tokenizer`).
         Records are read ahead in buffers of `buffer_docs` documents or `buffer_chars` characters;
-        `grow_buffers` starts them at about two batches and doubles them up to that size, so the first
-        documents come out within a few batches (for output that streams), at the price of sorting fewer
-        texts together at first. A run that saves and resumes must keep fixed buffers: only they meet the
-        same batches when resumed.
+        `stream` (for output that streams) gives each document out as soon as it and every one before it
+        are finished, and splits the first buffer: about two batches, then the rest of it, so that the first
+        documents come out within a few batches and the rest meet the batches of fixed buffers. A run that
+        saves and resumes must not stream: only fixed buffers meet the same batches when resumed.
         `compile` (auto, on, off) compiles the base model's forward pass with inductor on the CPU before
         scoring; auto does where `expected_tokens` (an estimate of the tokens to score) repay it.
         With `prefix_sharing`, windows of a buffer that begin with at least `min_shared_prefix` of the same
@@ -152,10 +200,9 @@ class Scorer:
         # enough that a run saves its work every minute or two.
         self.buffer_chars = buffer_chars or BUFFER_CHARS_PER_BATCH_TOKEN * batch_tokens
         self.first_buffer_chars = (
-            min(FIRST_BUFFER_CHARS_PER_BATCH_TOKEN * batch_tokens, self.buffer_chars)
-            if grow_buffers
-            else self.buffer_chars
+            min(FIRST_BUFFER_CHARS_PER_BATCH_TOKEN * batch_tokens, self.buffer_chars) if stream else self.buffer_chars
         )
+        self.stream = stream
         self.head = output_head(model)
         compiling, self.compile_mode = should_compile(compile, self.device, self.head.chunked, expected_tokens)
         if compiling:
@@ -257,25 +304,68 @@ class Scorer:
     ) -> Iterator[list[DocScore]]:
         """As score_records, one read-ahead buffer of documents at a time: the points to save a run at.
 
-        Buffers are cut by counts of records and characters only (fixed, unless `grow_buffers`), so a run
+        Streaming, a buffer comes in parts instead: each run of its documents as soon as they and every
+        document before them are finished.
+
+        Buffers are cut by counts of records and characters only (fixed, unless streaming), so a run
         resumed after a buffer's last record meets the very same buffers, batches and numbers as an
         uninterrupted one. An interrupt (KeyboardInterrupt) is raised as ScoringInterrupted, carrying the
         finished documents of the buffer in flight; given back as `done` (by input position), they are not
-        scored again, and the
-        batches that hold anything else are the same as before, so the numbers are too.
+        scored again, and the batches that hold anything else are the same as before, so the numbers are too.
         """
         state = ScoreProgress()
         report = progress or (lambda _: None)
+        for buffer in self._buffers(records, on_error):
+            yield from self._score_buffer(buffer, state, report, done or {})
+
+    def plan_buffers(
+        self, records: Iterable[Record], on_error: Callable[[Record, str], None] | None = None
+    ) -> Iterator[BufferPlan]:
+        """How score_buffers would cut the records into buffers and forward passes, without running the model.
+
+        For counting a run's work (benchmarks/bench_stream.py). A model whose cache cannot be copied to rows
+        scores shared-prefix groups as ordinary batches instead of the passes planned here.
+        """
+        for buffer in self._buffers(records, on_error):
+            encoded, work, _, tasks = self._plan(buffer)
+            lengths = [w.end - w.begin for w in work]
+            left = np.bincount([w.doc for w in work], minlength=len(buffer))
+            given, ready = [], 0
+            for k, task in enumerate(tasks, 1):
+                np.subtract.at(left, [work[i].doc for i in _rows(task)], 1)
+                if self.stream and (end := _ready(left, ready)) > ready:
+                    given, ready = [*given, k], end
+            yield BufferPlan(
+                docs=len(buffer),
+                chars=sum(len(r.text) for r in buffer),
+                tokens=sum(e.n_scored for e in encoded),
+                unshared=sum(n - 1 for n in lengths),
+                tasks=[self._passes(task, lengths) for task in tasks],
+                given=given + [len(tasks)] if ready < len(buffer) else given,
+            )
+
+    def _buffers(
+        self, records: Iterable[Record], on_error: Callable[[Record, str], None] | None
+    ) -> Iterator[list[Record]]:
+        """The read-ahead buffers of records (chats rendered), cut by counts of records and characters only.
+
+        Streaming splits only the first full buffer, in two: its first `first_buffer_chars` characters,
+        then the rest of it. The buffers after it are those of fixed buffers, and so are their batches.
+        """
         buffer: list[Record] = []
-        chars, limit = 0, self.first_buffer_chars
+        chars = full_docs = full_chars = 0
+        limit = self.first_buffer_chars
         for record in render_chats(records, self.tokenizer, self.roles, on_error):
             buffer.append(record)
-            chars += len(record.text)
-            if len(buffer) >= self.buffer_docs or chars >= limit:
-                yield self._score_buffer(buffer, state, report, done or {})
-                buffer, chars, limit = [], 0, min(2 * limit, self.buffer_chars)
+            chars, full_docs, full_chars = chars + len(record.text), full_docs + 1, full_chars + len(record.text)
+            full = full_docs >= self.buffer_docs or full_chars >= self.buffer_chars
+            if full or chars >= limit:
+                yield buffer
+                buffer, chars, limit = [], 0, self.buffer_chars
+            if full:
+                full_docs, full_chars = 0, 0
         if buffer:
-            yield self._score_buffer(buffer, state, report, done or {})
+            yield buffer
 
     def _encode(self, records: list[Record]) -> list[Encoded]:
         """Encode a buffer, plain texts and rendered chats each in one tokenizer call."""
@@ -303,20 +393,48 @@ class Scorer:
                 rows += len(targets)
         return out
 
-    def _score_buffer(
-        self,
-        records: list[Record],
-        state: ScoreProgress,
-        report: Callable[[ScoreProgress], None],
-        done: dict[int, DocScore],
-    ) -> list[DocScore]:
-        """Score one read-ahead buffer, longest windows first; its documents in input order."""
+    def _plan(self, records: list[Record]) -> tuple[list[Encoded], list[Window], list[int], list[Task]]:
+        """A buffer's encodings, windows (with their first rows) and tasks: shared prefixes, then batches."""
         encoded = self._encode(records)
         work, first_rows = [], []
         for i, enc in enumerate(encoded):
             for w, row in self._windows(i, enc):
                 work.append(w)
                 first_rows.append(row)
+        lengths = [w.end - w.begin for w in work]
+        groups = self._plan_prefixes(work, encoded)
+        grouped = {i for g in groups for i in g.members}
+        alone = [i for i in range(len(work)) if i not in grouped]
+        tasks: list[Task] = [
+            *sorted(groups, key=lambda g: -g.fed(lengths)),
+            *([alone[k] for k in rows] for rows in pack([lengths[i] - 1 for i in alone], self.batch_tokens)),
+        ]
+        return encoded, work, first_rows, tasks
+
+    def _passes(self, task: Task, lengths: Sequence[int]) -> list[Pass]:
+        """The forward passes of the base model that scoring a task runs (windows of `lengths` tokens)."""
+        if not isinstance(task, SharedPrefix):
+            return [Pass(len(task), max(lengths[i] for i in task) - 1, sum(lengths[i] - 1 for i in task))]
+        more = [i for i in task.members if lengths[i] - 1 > task.length]
+        passes = [Pass(1, task.length, task.length)]
+        for rows in _continuations([lengths[i] for i in more], self.batch_tokens):
+            grown = [lengths[more[r]] - 1 - task.length for r in rows]
+            passes.append(Pass(len(rows), max(grown), sum(grown), cached=task.length))
+        return passes
+
+    def _score_buffer(
+        self,
+        records: list[Record],
+        state: ScoreProgress,
+        report: Callable[[ScoreProgress], None],
+        done: dict[int, DocScore],
+    ) -> Iterator[list[DocScore]]:
+        """Score one read-ahead buffer, longest windows first; its documents in input order, all at once.
+
+        Streaming, each run of documents is given out as soon as it and every document before it are finished.
+        """
+        encoded, work, first_rows, tasks = self._plan(records)
+        lengths = [w.end - w.begin for w in work]
         left = np.bincount([w.doc for w in work], minlength=len(records))
         state.docs_planned += len(records)
         state.tokens_planned += sum(e.n_scored for e in encoded)
@@ -324,22 +442,15 @@ class Scorer:
         report(state)
         # Each document's statistics, filled in as its windows are scored: for a huge text, no copy of them all.
         columns: list[dict[str, np.ndarray] | None] = [None] * len(records)
-        # Tasks (shared prefixes, then batches) are planned over the whole buffer's content, then those that
-        # hold only finished documents skipped: a resumed buffer meets the very same tasks.
-        lengths = [w.end - w.begin for w in work]
-        groups = self._plan_prefixes(work, encoded)
-        grouped = {i for g in groups for i in g.members}
-        alone = [i for i in range(len(work)) if i not in grouped]
-        tasks: list[SharedPrefix | list[int]] = [
-            *sorted(groups, key=lambda g: -g.fed(lengths)),
-            *([alone[k] for k in rows] for rows in pack([lengths[i] - 1 for i in alone], self.batch_tokens)),
-        ]
+        # Tasks are planned over the whole buffer's content, then those that hold only finished documents
+        # skipped: a resumed buffer meets the very same tasks.
         tasks = [t for t in tasks if any(records[work[i].doc].doc not in done for i in _rows(t))]
         for i, record in enumerate(records):
             if record.doc in done:
                 state.docs_done += int(left[i] > 0)
                 state.tokens_done += encoded[i].n_scored
                 left[i] = 0
+        given = 0  # the documents before this one are given out (streaming: as soon as they all are finished)
         try:
             with self._batch_runner() as run:
                 for task, (scores, fed) in zip(tasks, run(lambda task: self._score_task(task, work, encoded), tasks)):
@@ -354,10 +465,17 @@ class Scorer:
                             state.tokens_done += len(score["logprob"])
                     report(state)
                     interrupts.checkpoint("batch")
+                    ready = _ready(left, given) if self.stream else given
+                    if ready > given:
+                        # Given out while the workers go on with the batches already handed to them.
+                        yield self._assemble(records, encoded, columns, done, range(given, ready))
+                        columns[given:ready] = [None] * (ready - given)
+                        given = ready
         except KeyboardInterrupt as e:
-            finished = [i for i in range(len(records)) if left[i] == 0]
+            finished = [i for i in range(given, len(records)) if left[i] == 0]
             raise ScoringInterrupted(self._assemble(records, encoded, columns, done, finished), e) from e
-        return self._assemble(records, encoded, columns, done, range(len(records)))
+        if given < len(records):
+            yield self._assemble(records, encoded, columns, done, range(given, len(records)))
 
     def _assemble(
         self,
@@ -409,7 +527,7 @@ class Scorer:
         return plan_prefixes([encoded[w.doc].ids[w.begin : w.end] for w in work], self.min_shared_prefix)
 
     def _score_task(
-        self, task: SharedPrefix | list[int], work: list[Window], encoded: list[Encoded]
+        self, task: Task, work: list[Window], encoded: list[Encoded]
     ) -> tuple[list[dict[str, np.ndarray]], int]:
         """The statistics of each window of a task (a batch of windows, or a group sharing a prefix); tokens fed."""
         if isinstance(task, SharedPrefix):
@@ -444,8 +562,7 @@ class Scorer:
             index = np.cumsum(scored) - 1
             parts = [{c: v[index[t[:length]]] for c, v in shared.items()} for t in wanted]
             more = [k for k, s in enumerate(seqs) if len(s) - 1 > length]
-            # The expanded cache counts in the token budget: each row holds `length` cached positions.
-            for rows in pack([len(seqs[k]) - 1 for k in more], self.batch_tokens):
+            for rows in _continuations([len(seqs[k]) for k in more], self.batch_tokens):
                 batch = [more[r] for r in rows]
                 input_ids, labels = collate([seqs[k][length:] for k in batch], pad_id=0)
                 select = torch.zeros(labels.shape, dtype=torch.bool)
@@ -548,7 +665,20 @@ class Scorer:
         return {**stats, "top_tokens": texts}
 
 
-def _rows(task: SharedPrefix | list[int]) -> Sequence[int]:
+def _ready(left: np.ndarray, given: int) -> int:
+    """How many of a buffer's first documents are finished (`left` windows to score), counting on from `given`."""
+    while given < len(left) and left[given] == 0:
+        given += 1
+    return given
+
+
+def _continuations(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Batches of the windows (of `lengths` tokens) of a shared-prefix group that go on past its start."""
+    # The expanded cache counts in the token budget: each row also holds the cached prefix.
+    return pack([n - 1 for n in lengths], batch_tokens)
+
+
+def _rows(task: Task) -> Sequence[int]:
     """The windows a task scores."""
     return task.members if isinstance(task, SharedPrefix) else task
 

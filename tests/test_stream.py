@@ -6,6 +6,7 @@ import os
 import select
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -111,22 +112,91 @@ def test_first_line_arrives_while_the_input_is_still_open(gpt2_dir, tmp_path):
     assert ids == [f"d{i}" for i in range(60)]
 
 
-def test_growing_buffers_double_up_to_the_full_size_and_change_no_score(tiny):
-    texts = sample_texts("long.jsonl")[:120]
-    records = [Record(i, t) for i, t in enumerate(texts)]
+def _long_records(n: int = 120) -> list[Record]:
+    """The first `n` texts of samples/long.jsonl as records: with a 64-token budget, several full buffers."""
+    return [Record(i, t) for i, t in enumerate(sample_texts("long.jsonl")[:n])]
+
+
+def test_streaming_splits_only_the_first_full_buffer_and_then_meets_the_folder_runs_batches(tiny):
+    records = _long_records()
     fixed = Scorer(tiny.model, tiny.tokenizer, batch_tokens=64, max_length=64)
-    growing = Scorer(tiny.model, tiny.tokenizer, batch_tokens=64, max_length=64, grow_buffers=True)
-    buffers = list(growing.score_buffers(records))
-    # about two batches of ~4 characters a token first (8 × 64), doubling up to 256 × 64 characters
-    expected, limit, chars, count = [], 8 * 64, 0, 0
-    for text in texts:
-        chars, count = chars + len(text), count + 1
-        if chars >= limit:
-            expected.append(count)
-            chars, count, limit = 0, 0, min(2 * limit, 256 * 64)
-    expected += [count] if count else []
-    assert [len(b) for b in buffers] == expected
-    assert expected[0] < expected[1] < expected[2] and len(list(fixed.score_buffers(records))) < len(buffers)
-    for got, want in zip((d for b in buffers for d in b), fixed.score_records(records)):
-        assert got.doc == want.doc
-        assert np.abs(got.logprobs - want.logprobs).max(initial=0) <= 1e-4
+    streaming = Scorer(tiny.model, tiny.tokenizer, batch_tokens=64, max_length=64, stream=True)
+    fixed_plan, stream_plan = list(fixed.plan_buffers(records)), list(streaming.plan_buffers(records))
+    # fixed buffers: 256 characters per batch token; the stream's first one: 8 per batch token (about two batches)
+    full, chars = [], 0
+    for count, r in enumerate(records, 1):
+        chars += len(r.text)
+        if chars >= 256 * 64:
+            full.append(count - sum(full))
+            chars = 0
+    full += [len(records) - sum(full)] if len(records) > sum(full) else []
+    first = next(k for k in range(1, len(records) + 1) if sum(len(r.text) for r in records[:k]) >= 8 * 64)
+    assert len(full) >= 3 and [b.docs for b in fixed_plan] == full
+    assert [b.docs for b in stream_plan] == [first, full[0] - first, *full[1:]]
+    assert stream_plan[2:] == fixed_plan[1:]  # the same tasks and forward passes after the first full buffer
+    streamed, straight = list(streaming.score_records(records)), list(fixed.score_records(records))
+    assert [d.doc for d in streamed] == [d.doc for d in straight] == list(range(len(records)))
+    for got, want in zip(streamed, straight):
+        if got.doc < full[0]:
+            assert np.abs(got.logprobs - want.logprobs).max(initial=0) <= 1e-4
+        else:  # the very same batches: the very same numbers
+            assert np.array_equal(got.logprobs, want.logprobs) and np.array_equal(got.entropies, want.entropies)
+
+
+def test_streaming_gives_documents_out_as_soon_as_they_and_those_before_are_scored(tiny):
+    """The hook is the progress report after each task: each part comes out right after the task that finished it."""
+    records = _long_records(60)
+    scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=64, max_length=64, stream=True)
+    plans = list(scorer.plan_buffers(records))
+    reports, parts = [], []
+    for part in scorer.score_buffers(records, progress=lambda state: reports.append(replace(state))):
+        parts.append((len(reports), reports[-1], [d.doc for d in part]))
+    # documents in input order, each once; more parts than buffers: a buffer's documents come out as they are done
+    assert [doc for _, _, docs in parts for doc in docs] == list(range(len(records)))
+    assert len(parts) == sum(len(b.given) for b in plans) > len(plans)
+    # the first line comes before the first buffer is scored, let alone the input
+    _, state, docs = parts[0]
+    assert state.tokens_done < plans[0].tokens and state.docs_done < len(records)
+    # each part comes out once its documents and all before them are finished, and not a task later
+    expected, reported = [], 0
+    for b in plans:
+        expected += [reported + 1 + k for k in b.given]  # a report as the buffer starts, then one per task
+        reported += 1 + len(b.tasks)
+    assert [n for n, _, _ in parts] == expected
+    for _, state, docs in parts:
+        assert state.docs_done >= docs[-1] + 1
+
+
+def test_plan_counts_the_tokens_the_run_feeds_and_shares(tiny):
+    records = _long_records()
+    records += [
+        Record(len(records) + i, "A preamble that every one of these texts shares, word for word. " * 3 + t)
+        for i, t in enumerate(sample_texts("mixed.jsonl"))
+    ]
+    for stream in (False, True):
+        scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=64, max_length=64, stream=stream)
+        plans = list(scorer.plan_buffers(records))
+        states = []
+        scored = [d for docs in scorer.score_buffers(records, progress=states.append) for d in docs]
+        fed = sum(p.tokens for b in plans for t in b.tasks for p in t)
+        assert fed == states[-1].tokens_fed
+        assert sum(b.unshared for b in plans) - fed == states[-1].tokens_shared > 0
+        assert sum(b.tokens for b in plans) == sum(d.n_tokens for d in scored) == states[-1].tokens_done
+        for p in (p for b in plans for t in b.tasks for p in t):
+            assert p.tokens <= p.padded == p.rows * p.width and (p.cached or p.padded <= 64)
+
+
+def test_stream_lines_equal_the_folder_runs_sequence_rows_over_several_buffers(gpt2_dir, tmp_path):
+    options = ["-m", str(gpt2_dir), "--batch-tokens", "64", "--max-length", "64", "--limit", "120", "-q"]
+    folder = runner.invoke(app, ["score", str(SAMPLES / "long.jsonl"), *options, "-o", str(tmp_path / "out")])
+    assert folder.exit_code == 0, folder.output
+    stdout = subprocess.run(
+        [*SCORECLI, "score", str(SAMPLES / "long.jsonl"), *options, "-o", "-"], capture_output=True, check=True
+    )
+    lines = [json.loads(line) for line in stdout.stdout.decode().splitlines()]
+    rows = pq.read_table(tmp_path / "out" / "sequences.parquet").to_pylist()
+    assert [(line["doc"], line["id"]) for line in lines] == [(row["doc"], row["id"]) for row in rows]
+    assert len(lines) == 120
+    for line, row in zip(lines, rows):
+        assert line["n_tokens"] == row["n_tokens"]
+        assert abs(line["mean_logprob"] - row["mean_logprob"]) <= 1e-4
