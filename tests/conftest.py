@@ -17,6 +17,7 @@ SAMPLES = ROOT / "samples"
 
 
 _TEMP_CACHE: list[str] = []
+COLD_CACHE_TEST = "test_a_cold_cache_says_it_is_converting_and_nothing_else_prints"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,9 +27,73 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["SCORECLI_CACHE_DIR"] = _TEMP_CACHE[0]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The cold-cache test first: it converts SmolLM2 into the suite's cache, so no other test converts it again.
+    first = [item for item in items if item.name == COLD_CACHE_TEST]
+    items[:] = first + [item for item in items if item.name != COLD_CACHE_TEST]
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     for folder in _TEMP_CACHE:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# Folders that tools, not tests, keep in the repository (pytest's cache, Hypothesis's example database).
+_TOOL_FOLDERS = {".pytest_cache", ".hypothesis", "__pycache__", ".ruff_cache"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_left_as_found():
+    """Fail the run if tests leave new files or folders in the repository root or samples/: they write under tmp."""
+    watched = (ROOT, SAMPLES)
+    before = {folder: set(os.listdir(folder)) for folder in watched}
+    yield
+    new = sorted(
+        str(folder / name) for folder in watched for name in set(os.listdir(folder)) - before[folder] - _TOOL_FOLDERS
+    )
+    assert not new, f"the tests left these in the repository (tests write only under tmp folders): {new}"
+
+
+# Ray clusters of the tests: on 127.0.0.1, without token authentication (no token file in the home folder).
+RAY_QUIET = {
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_AUTH_MODE": "disabled",
+}
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One Ray cluster for the session, started as a user starts one (`ray start --head`) on 127.0.0.1 with 2 CPUs."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = str(Path(sys.executable).with_name("ray"))
+    command = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port)]
+    command += ["--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"]
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **RAY_QUIET})
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def interrupt_after(reports: int):

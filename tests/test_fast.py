@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch._inductor.config
 from conftest import SAMPLES
 from typer.testing import CliRunner
 
@@ -30,6 +31,9 @@ def test_compiled_scores_equal_eager_ones_and_the_choice_is_recorded(llama_dir, 
     monkeypatch.setenv("SCORECLI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    # Compiled in this process: a pool of compiling subprocesses, each importing torch, costs more than it saves
+    # on the one C++ file a graph makes on the CPU.
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
     runs = {}
     for choice in ("on", "off"):
         out = tmp_path / choice

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,26 +16,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLES
+from conftest import RAY_QUIET, SAMPLES
 from typer.testing import CliRunner
 
 from scorecli.cli import app
 from scorecli.corpus import expand_inputs, read_corpus
 from scorecli.inputs import Fields
 from scorecli.rundocs import read_result, run_metadata
+from scorecli.scaleout import KILL_AFTER_PART_ENV
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
 
 SCORECLI = [sys.executable, "-m", "scorecli"]
-RAY = str(Path(sys.executable).with_name("ray"))
-# No token authentication: the clusters are on 127.0.0.1, and no token file is written into the home folder.
-QUIET = {
-    "RAY_DEDUP_LOGS": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-    "RAY_AUTH_MODE": "disabled",
-}
 # Small batches make small buffers (256 characters a batch token): shards save several parts each.
 SCORING = ["--batch-tokens", "64", "--threads", "1"]
 runner = CliRunner()
@@ -44,8 +36,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module", autouse=True)
 def quiet_ray():
-    saved = {k: os.environ.get(k) for k in QUIET}
-    os.environ.update(QUIET)
+    saved = {k: os.environ.get(k) for k in RAY_QUIET}
+    os.environ.update(RAY_QUIET)
     yield
     for k, v in saved.items():
         if v is None:
@@ -74,36 +66,6 @@ def single(corpus: Path, gpt2_dir: Path, tmp_path_factory: pytest.TempPathFactor
     result = runner.invoke(app, ["score", str(corpus), "-m", str(gpt2_dir), *SCORING, "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def head(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A Ray cluster started the way a user starts one, `ray start --head`, on 127.0.0.1 with 2 CPUs; stopped after."""
-    port = _free_port()
-    command = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port)]
-    command += ["--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"]
-    log = tmp_path_factory.mktemp("ray-head") / "head.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **QUIET})
-    try:
-        deadline = time.monotonic() + 120
-        while "Ray runtime started" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def assert_same_run(ray_run: Path, single_run: Path) -> None:
@@ -151,10 +113,10 @@ def test_plan_cuts_files_line_ranges_and_row_groups(corpus: Path):
     assert resumed == list(range(planned[1].first_doc + 3, planned[1].first_doc + planned[1].records))
 
 
-def test_joined_cluster_equals_single_process(corpus, single, head, gpt2_dir, tmp_path):
+def test_joined_cluster_equals_single_process(corpus, single, ray_head, gpt2_dir, tmp_path):
     out = tmp_path / "run"
     args = ["score", str(corpus), "-m", str(gpt2_dir), *SCORING, "-o", str(out)]
-    result = runner.invoke(app, [*args, "--ray", "--ray-address", head, "--workers", "2", "--shards", "5"])
+    result = runner.invoke(app, [*args, "--ray", "--ray-address", ray_head, "--workers", "2", "--shards", "5"])
     assert result.exit_code == 0, result.output
     files = sorted(p.name for p in (out / "tokens").iterdir())
     assert files == [f"{n:05d}.parquet" for n in range(len(files))] and len(files) >= 4
@@ -174,21 +136,30 @@ def test_joined_cluster_equals_single_process(corpus, single, head, gpt2_dir, tm
     result = runner.invoke(app, ["report", str(out)])
     assert result.exit_code == 0 and (out / "report.html").is_file()
     # The same command again: nothing to do.
-    result = runner.invoke(app, [*args, "--ray", "--ray-address", head, "--workers", "2", "--shards", "5"])
+    result = runner.invoke(app, [*args, "--ray", "--ray-address", ray_head, "--workers", "2", "--shards", "5"])
     assert result.exit_code == 0 and "nothing to do" in result.output
 
 
-def test_interrupted_driver_resumes_without_rescoring_complete_shards(corpus, single, head, gpt2_dir, tmp_path):
+def test_interrupted_driver_resumes_without_rescoring_complete_shards(corpus, single, ray_head, gpt2_dir, tmp_path):
     out = tmp_path / "run"
     command = [*SCORECLI, "score", str(corpus), "-m", str(gpt2_dir), *SCORING, "-o", str(out)]
-    command += ["--ray", "--ray-address", head, "--workers", "1", "--shards", "4"]
+    command += ["--ray", "--ray-address", ray_head, "--workers", "1", "--shards", "4"]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     first = out / "shards" / "00000"
     deadline = time.monotonic() + 180
-    while not (first / "summary.json").is_file():
+    while not first.is_dir():  # a worker has begun the first shard
         assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    # The driver is held while that shard completes: it hands out no other shard (one worker), so the interrupt
+    # comes with at least one shard complete and others not begun, however busy the machine is.
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        while not (first / "summary.json").is_file():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "run the same command again" in err
@@ -197,33 +168,32 @@ def test_interrupted_driver_resumes_without_rescoring_complete_shards(corpus, si
     assert 1 <= len(complete) < planned
     mtimes = {name: (out / "shards" / name / "tokens.parquet").stat().st_mtime_ns for name in complete}
     # --resume takes the saved INPUT and options, and finds the --ray layout by itself.
-    resume = [*SCORECLI, "score", "-o", str(out), "--resume", "--ray-address", head, "--workers", "1"]
-    rerun = subprocess.run(resume, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    scored, total = map(int, re.search(r"Ray: (\d+) of (\d+) shards scored", rerun.stderr).groups())
+    rerun = runner.invoke(app, ["score", "-o", str(out), "--resume", "--ray-address", ray_head, "--workers", "1"])
+    assert rerun.exit_code == 0, rerun.output
+    scored, total = map(int, re.search(r"Ray: (\d+) of (\d+) shards scored", rerun.output).groups())
     assert scored == total - len(complete) and total == planned
     for name, mtime in mtimes.items():  # moved into the dataset, never written again
         assert (out / "tokens" / f"{name}.parquet").stat().st_mtime_ns == mtime
     assert_same_run(out, single)
 
 
-def test_auto_started_cluster_survives_a_killed_worker(corpus, single, gpt2_dir, tmp_path):
+def test_auto_started_cluster_survives_a_killed_worker(corpus, single, gpt2_dir, tmp_path, monkeypatch):
     out, marker = tmp_path / "run", tmp_path / "killed"
-    command = [*SCORECLI, "score", str(corpus), "-m", str(gpt2_dir), *SCORING, "-o", str(out), "--ray"]
-    env = {**os.environ, "SCORECLI_TEST_KILL_AFTER_PART": str(marker)}
-    result = subprocess.run([*command, "--workers", "2"], capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr
+    monkeypatch.setenv(KILL_AFTER_PART_ENV, str(marker))  # the driver hands it to its workers
+    args = ["score", str(corpus), "-m", str(gpt2_dir), *SCORING, "-o", str(out), "--ray", "--workers", "2", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
     assert marker.is_file()  # a worker did SIGKILL itself after saving a part; its shard was retried
     assert_same_run(out, single)
 
 
 @pytest.mark.realmodel
-def test_smollm_on_ray_equals_single_process(head, tmp_path):
+def test_smollm_on_ray_equals_single_process(ray_head, tmp_path):
     args = ["score", str(SAMPLES / "long.jsonl"), "--limit", "6", "--max-length", "64", "--threads", "1"]
     result = runner.invoke(app, [*args, "-o", str(tmp_path / "single"), "-q"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(
-        app, [*args, "-o", str(tmp_path / "ray"), "--ray", "--ray-address", head, "--workers", "2", "-q"]
+        app, [*args, "-o", str(tmp_path / "ray"), "--ray", "--ray-address", ray_head, "--workers", "2", "-q"]
     )
     assert result.exit_code == 0, result.output
     assert_same_run(tmp_path / "ray", tmp_path / "single")
