@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -63,37 +68,47 @@ RAY_QUIET = {
 }
 
 
-@pytest.fixture(scope="session")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One Ray cluster for the session, started as a user starts one (`ray start --head`) on 127.0.0.1 with 2 CPUs."""
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
+def _start_ray_head(log: Path):
+    """`ray start --head --block` on a free port of 127.0.0.1 with 2 CPUs: the process and its address, once up."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray = str(Path(sys.executable).with_name("ray"))
     command = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port)]
     command += ["--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"]
-    log = tmp_path_factory.mktemp("ray-head") / "head.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **RAY_QUIET})
+    deadline = time.monotonic() + 120
+    while "Ray runtime started" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return proc, f"127.0.0.1:{port}"
+
+
+def _stop(proc) -> None:
+    """Stop a `ray start --block` process, which stops the processes it started."""
+    proc.send_signal(signal.SIGTERM)
     try:
-        deadline = time.monotonic() + 120
-        while "Ray runtime started" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One Ray cluster for the session, started as a user starts one (`ray start --head`) on 127.0.0.1 with 2 CPUs."""
+    folder = tmp_path_factory.mktemp("ray-head")
+    # Ray gives its raylet 30 s to register, which a busy machine can miss: a second try on a new port.
+    log = folder / "head.log"
+    proc, address = _start_ray_head(log)
+    if proc.poll() is not None:
+        log = folder / "head-2.log"
+        proc, address = _start_ray_head(log)
+    try:
+        assert proc.poll() is None and "Ray runtime started" in log.read_text(), log.read_text()
+        yield address
     finally:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 def interrupt_after(reports: int):
