@@ -1,13 +1,19 @@
 """Shared prefixes fed once: the plan by hand, and the scores with sharing against those without, in every mode."""
 
 import json
+import os
 import random
+import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import interrupt_after, reference_scores, sample_texts
-from test_response import _with_chat_template
+from test_engine import _LargestVocabTensor
+from test_response import TEMPLATE, _with_chat_template
+from test_resume import _assert_same_results
 from typer.testing import CliRunner
 
 from scorecli.cli import app
@@ -15,6 +21,7 @@ from scorecli.engine import Scorer, ScoringInterrupted
 from scorecli.head import output_head
 from scorecli.inputs import Record
 from scorecli.prefix import SharedPrefix, plan_prefixes
+from scorecli.runs import SIGNAL_AT_ENV
 
 TOL = 1e-4
 FLOATS = ("logprob", "entropy", "top_logprobs", "ref_logprob", "ref_entropy", "kl", "reverse_kl")
@@ -124,23 +131,67 @@ def test_prompt_and_response(tiny, all_tokens):
     _compare(tiny, _grpo(), all_tokens=all_tokens, batch_tokens=256)
 
 
-def test_windows_and_a_shared_start_longer_than_a_window(tiny):
+def _spy_groups(monkeypatch):
+    """Record each shared group the engine scores: its member windows, its shared length, their first targets."""
+    groups = []
+    original = Scorer._score_shared
+
+    def spy(self, group, length, encoded):
+        groups.append((list(group), length, [int(encoded[w.doc].targets.argmax()) for w in group]))
+        return original(self, group, length, encoded)
+
+    monkeypatch.setattr(Scorer, "_score_shared", spy)
+    return groups
+
+
+def test_windows_and_a_shared_start_longer_than_a_window(tiny, monkeypatch):
     long = " ".join(WORDS)
     texts = [long + " The end.", long + " Another end.", long[:300] + " cut short", WORDS[2], WORDS[2] + " more"]
     records = [Record(i, t) for i, t in enumerate(texts)]
+    groups = _spy_groups(monkeypatch)
     scores, _ = _compare(tiny, records, max_length=48, stride=16, batch_tokens=96)
     assert scores[0].n_tokens > 48  # scored in several windows
+    # A shared start lies within each member's window, never across its edge, even where the documents
+    # share far more than a window: then whole windows (48 tokens, 47 fed) are shared, none beyond.
+    assert all(length + 1 <= w.end - w.begin <= 48 for members, length, _ in groups for w in members)
+    assert max(length for _, length, _ in groups) == 47
+    assert any(w.begin > 0 for members, _, _ in groups for w in members)  # later windows share their own starts
 
 
-def test_chats(gpt2_dir, tmp_path):
+def _chats():
+    """Chats opening with one system prompt, two user turns among them, an answer each (one repeated)."""
+    system = ("system", " ".join(WORDS[:2]))
+    chats = [(system, ("user", WORDS[3 + i % 2]), ("assistant", WORDS[6 + i])) for i in range(6)]
+    return [Record(i, "", messages=m) for i, m in enumerate([*chats, chats[0]])]
+
+
+@pytest.mark.parametrize("all_tokens", [False, True])
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_chats(style, all_tokens, request, tmp_path):
     from scorecli.models import load_model
 
-    loaded = load_model(str(_with_chat_template(gpt2_dir, tmp_path / "model")), device="cpu")
-    system = ("system", " ".join(WORDS[:2]))
-    records = [
-        Record(i, "", messages=(system, ("user", WORDS[3 + i % 2]), ("assistant", WORDS[6 + i]))) for i in range(6)
-    ]
-    _compare(loaded, records, roles=("user", "assistant"))
+    folder = request.getfixturevalue(f"{style}_dir")
+    loaded = load_model(str(_with_chat_template(folder, tmp_path / "model")), device="cpu")
+    _compare(loaded, _chats(), roles=("user", "assistant"), all_tokens=all_tokens)
+
+
+def test_prompts_sharing_only_their_start_identical_records_and_one_the_start_of_another(tiny, monkeypatch):
+    """Prompt/response records whose prompts share an instruction but not their question, and edge cases."""
+    instruction = " ".join(WORDS[:2]) + "\n"
+    records = []
+    for q in range(5):
+        prompt = instruction + f"Question {q}: {WORDS[4 + q]}\nAnswer:"
+        for r in range(1 if q < 4 else 3):  # most questions have one response: they share the instruction only
+            records.append((prompt, " " + WORDS[10 + r]))
+    records += [records[-1], (records[-1][0], records[-1][1] + " And more.")]  # identical; one continues another
+    records.append((instruction, " " + WORDS[15]))  # the instruction alone as a prompt
+    records = [Record(i, p + r, spans=((len(p), len(p + r)),)) for i, (p, r) in enumerate(records)]
+    groups = _spy_groups(monkeypatch)
+    _compare(tiny, records, batch_tokens=512)
+    # A group shares only part of its members' prompts: its shared tokens end before their first scored one
+    assert any(sum(length + 1 < first for first in firsts) >= 2 for _, length, firsts in groups)
+    # The identical records and the one continuing them are scored from one shared start
+    assert any({6, 7, 8} <= {w.doc for w in members} for members, _, _ in groups)
 
 
 def test_reference_model_and_top_k(tiny_pair):
@@ -250,3 +301,116 @@ def test_a_base_model_replaced_for_plain_batches_leaves_the_shared_path_on_the_m
     assert progress[-1].tokens_shared > 0 and calls == [False]  # the one document that shares nothing
     for a, b in zip(shared, plain, strict=True):
         assert np.abs(a.logprobs - b.logprobs).max(initial=0) <= TOL
+
+
+def test_no_batch_by_seq_by_vocab_tensor_on_the_sharing_path(tiny, monkeypatch):
+    """The shared start's pass and the continuations after its cache keep vocabulary-wide tensors to one chunk."""
+    head = output_head(tiny.model)
+    monkeypatch.setattr(head, "chunk_rows", 8)
+    progress = []
+    scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=4096, min_shared_prefix=4, workers=1)
+    with _LargestVocabTensor(head.vocab_size) as probe:  # modes are per thread: one worker
+        scores = list(scorer.score_records(_grpo(n_prompts=2, n_responses=8), progress=progress.append))
+    assert progress[-1].tokens_shared > 200 and sum(s.n_tokens for s in scores) > 100
+    assert 0 < probe.largest <= 8 * head.vocab_size
+
+
+def test_compiled_with_sharing_equals_eager_and_compiles_nothing_per_prefix_length(llama_dir, tmp_path, monkeypatch):
+    """With --compile, shared starts of many lengths add no compiled graph, and scores equal eager ones."""
+    from torch._dynamo.utils import counters
+
+    from scorecli.models import load_model
+
+    monkeypatch.setenv("SCORECLI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    loaded = load_model(str(llama_dir), device="cpu", dtype="float32")
+    # Prompts of many lengths, each with a few responses, and documents sharing nothing, of many widths
+    records = []
+    rng = random.Random(1)
+    for p in range(6):
+        prompt = " ".join(WORDS[p : p + 1 + p % 3]) + f"\nQ{p}:"
+        for r in range(3):
+            response = " " + rng.choice(WORDS)[: 20 + 15 * r]
+            records.append(Record(len(records), prompt + response, spans=((len(prompt), len(prompt + response)),)))
+    records += [Record(len(records) + i, f"{i} " + WORDS[12 + i][: 10 + 9 * i]) for i in range(6)]
+    counters.clear()
+    scorer = Scorer(loaded.model, loaded.tokenizer, compile="on", min_shared_prefix=4, batch_tokens=256, workers=1)
+    assert scorer.metadata["compile"] == "inductor (dynamic shapes)"
+    warmed = counters["stats"]["unique_graphs"]
+    progress = []
+    compiled_scores = list(scorer.score_records(records, progress=progress.append))
+    eager = Scorer(loaded.model, loaded.tokenizer, prefix_sharing=False, batch_tokens=256, workers=1)
+    assert progress[-1].tokens_shared > 0
+    assert warmed > 0 and counters["stats"]["unique_graphs"] == warmed  # nothing compiled after warming up
+    for a, b in zip(compiled_scores, eager.score_records(records), strict=True):
+        assert a.token_ids.tolist() == b.token_ids.tolist()
+        assert np.abs(a.logprobs - b.logprobs).max(initial=0) <= TOL
+        assert np.abs(a.entropies - b.entropies).max(initial=0) <= TOL
+
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize("mode", ["windows", "all_tokens", "chats", "ref_model", "resume"])
+def test_smollm_modes(smollm, mode):
+    """SmolLM2 with and without sharing, each mode on a few short records (the tiny models cover the rest)."""
+    import copy
+    import dataclasses
+
+    preamble = " ".join(WORDS[:2]) + "\n"
+    plain = [Record(i, preamble + f"Q: {WORDS[10 + i]}") for i in range(3)]
+    if mode == "windows":  # the preamble (over 64 tokens) is longer than a window
+        _compare(smollm, plain, min_shared=8, max_length=64, stride=32, batch_tokens=256)
+    elif mode == "all_tokens":
+        _compare(smollm, _grpo(n_prompts=1, n_responses=3), min_shared=32, all_tokens=True, batch_tokens=512)
+    elif mode == "chats":
+        tokenizer = copy.deepcopy(smollm.tokenizer)
+        tokenizer.chat_template = TEMPLATE
+        loaded = dataclasses.replace(smollm, tokenizer=tokenizer)
+        _compare(loaded, _chats()[:4], min_shared=8, roles=("user", "assistant"))
+    elif mode == "ref_model":  # the same model as its own reference: KL 0, both share the start
+        shared, _ = _compare(smollm, plain, min_shared=32, ref_model=smollm.model, batch_tokens=512)
+        assert all(np.abs(s.stats["kl"]).max() <= TOL for s in shared)
+    else:
+        scorer = Scorer(smollm.model, smollm.tokenizer, batch_tokens=256, min_shared_prefix=8, workers=1)
+        records = plain + [Record(3, WORDS[16]), Record(4, WORDS[17])]
+        [straight] = list(scorer.score_buffers(records))
+        with pytest.raises(ScoringInterrupted) as caught:
+            list(scorer.score_buffers(records, progress=interrupt_after(2)))
+        done = {d.doc: d for d in caught.value.finished}
+        assert 0 < len(done) < len(records)
+        [resumed] = list(scorer.score_buffers(records, done=done))
+        for a, b in zip(straight, resumed, strict=True):
+            assert all(np.array_equal(a.stats[c], b.stats[c]) for c in a.stats)
+
+
+@pytest.mark.parametrize("where", ["first batch", "first part saved"])
+def test_ctrl_c_then_resume_with_sharing_equals_an_uninterrupted_run_bit_for_bit(gpt2_dir, tmp_path, where):
+    """SIGINT sent by the code's own test hooks (no timing): mid-buffer after a shared group, or as a part is saved."""
+    data = tmp_path / "grpo.jsonl"
+    with open(data, "w", encoding="utf-8") as f:
+        for r in _grpo(n_prompts=24, n_responses=4):
+            start, end = r.spans[0]
+            f.write(json.dumps({"prompt": r.text[:start], "response": r.text[start:end]}) + "\n")
+    args = [str(data), "-m", str(gpt2_dir), "--prompt-field", "prompt", "--response-field", "response"]
+    args += ["--batch-tokens", "64", "--words", "-q"]
+    hook = {"SCORECLI_TEST_SIGINT_AT": "batch"} if where == "first batch" else {SIGNAL_AT_ENV: "part-written"}
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [sys.executable, "-m", "scorecli", "score", *args, "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **hook},
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert not (out / "tokens.parquet").exists()
+    said = proc.stderr.strip().splitlines()
+    assert said[0].startswith("scorecli: interrupted after ")
+    command = shlex.split(said[-1])
+    assert command[0] == "scorecli" and command[-1] == "--resume"
+    resumed = subprocess.run([sys.executable, "-m", "scorecli", *command[1:]], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = runner.invoke(app, ["score", *args, "-o", str(tmp_path / "straight")])
+    assert straight.exit_code == 0, straight.output
+    _assert_same_results(out, tmp_path / "straight")
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["shared_tokens"] > 0 and summary["sessions"] == 2
