@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# A group costs an extra forward pass (a few milliseconds of fixed cost on a CPU, as much as a few tokens)
-# and one token fed again per document; from a few dozen shared tokens on it saves far more than that.
-# Not yet tuned on a quiet machine: benchmarks/bench_prefix.py compares runs with and without sharing.
+# A group costs an extra forward pass (a few milliseconds of fixed cost on a CPU, as much as a few tokens),
+# one token fed again per document, and padding: its continuations are batched apart from the buffer's other
+# windows. benchmarks/prefix_cost.py counts it (README, "Shared prefixes"): starts of hundreds of tokens share
+# the same from any minimum up to 128; on natural texts sharing starts by chance, minimums of 2-8 compute
+# about 20% more than no sharing, 32 about 5-10% more, 48 or more nothing. To be timed on a quiet machine.
 DEFAULT_MIN_SHARED_PREFIX = 32
 
 
