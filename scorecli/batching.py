@@ -10,6 +10,7 @@ import torch
 
 from scorecli.errors import ModelError, UsageError
 from scorecli.inputs import Spans
+from scorecli.words import joined
 
 # Texts longer than this many characters are tokenised in pieces of about this size (see Encoder._pieces),
 # so that tokenising a huge text never holds more than a piece's worth of the tokenizer's own structures.
@@ -98,22 +99,23 @@ def bos_token_id(tokenizer: object) -> int:
     raise ModelError("the tokenizer has neither a BOS nor an EOS token to prepend: pass `bos=False`")
 
 
-def partition_offsets(offsets: np.ndarray) -> np.ndarray:
+def partition_offsets(offsets: np.ndarray, in_place: bool = False) -> np.ndarray:
     """Character offsets [n, 2] made to partition the text the tokens cover: joined in order, they rebuild it.
 
     Byte-level tokenizers give every token that holds a byte of a character the whole character's span, so
     the tokens of one split character overlap. Here each token ends where the next one starts, if that is
     sooner (a token that only starts a character gets an empty span at its position, the token that
     completes it gets the character), and starts where the one before it ended (a gap, such as a space the
-    tokenizer's offsets trimmed, goes to the token that follows it).
+    tokenizer's offsets trimmed, goes to the token that follows it). With `in_place`, `offsets` is changed and
+    returned: a huge text's offsets are not copied.
     """
-    out = offsets.copy()
-    if len(offsets) < 2:
+    out = offsets if in_place else offsets.copy()
+    if len(out) < 2:
         return out
-    # In place in the copy: a huge text's offsets take no more than twice their size here.
+    # The ends change first, from the starts as the tokenizer gave them; the starts change last.
     ends = out[:, 1]
-    np.minimum(ends[:-1], offsets[1:, 0], out=ends[:-1])
-    np.maximum(ends, offsets[0, 0], out=ends)
+    np.minimum(ends[:-1], out[1:, 0], out=ends[:-1])
+    np.maximum(ends, out[0, 0], out=ends)
     np.maximum.accumulate(ends, out=ends)
     out[1:, 0] = ends[:-1]
     return out
@@ -208,7 +210,7 @@ class Encoder:
         piece = self._piece(text, start, size, chat)
         while start + size < len(text):
             if need is not None and kept >= need:
-                return _joined(kept_ids), _joined(kept_offsets)
+                return joined(kept_ids), joined(kept_offsets)
             lookahead = min(size // 2, LOOKAHEAD_CHARS)
             cut = _boundary(piece[1], start + size - lookahead)
             at = int(piece[1][cut - 1, 1]) if cut is not None else start
@@ -225,7 +227,7 @@ class Encoder:
         kept_ids.append(piece[0])
         kept_offsets.append(piece[1])
         del piece
-        return _joined(kept_ids), _joined(kept_offsets)
+        return joined(kept_ids), joined(kept_offsets)
 
     def _sequence(self, ids: np.ndarray, offsets: np.ndarray, spans: Spans | None) -> Encoded:
         """One text's sequence: BOS prepended unless it already starts with it, truncated where asked."""
@@ -236,25 +238,14 @@ class Encoder:
         # The tokenizer's own offsets decide what is response: a token that holds any byte of a response
         # character counts, even where its partitioned span is empty.
         response = response_mask(offsets, spans)
-        offsets = partition_offsets(offsets)
+        # The tokenizer's offsets are this text's own (a copy, or the whole text's where truncated): no copy.
+        offsets = partition_offsets(offsets, in_place=True)
         targets = np.zeros(len(prefix) + len(ids), dtype=bool)
         targets[len(prefix) :] = True if self.all_tokens else response
         targets[:1] = False  # the first token of the sequence has no context to be predicted from
         return Encoded(
             np.concatenate([np.asarray(prefix, ids.dtype), ids]), offsets, len(prefix), truncated, response, targets
         )
-
-
-def _joined(pieces: list[np.ndarray]) -> np.ndarray:
-    """The arrays of `pieces` joined into one, each let go as it is copied (the list is emptied)."""
-    out = np.empty((sum(len(p) for p in pieces), *pieces[0].shape[1:]), pieces[0].dtype)
-    at = 0
-    pieces.reverse()
-    while pieces:
-        piece = pieces.pop()
-        out[at : at + len(piece)] = piece
-        at += len(piece)
-    return out
 
 
 def _boundary(offsets: np.ndarray, after: int) -> int | None:

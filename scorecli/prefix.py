@@ -45,8 +45,7 @@ def plan_prefixes(sequences: Sequence[np.ndarray], min_shared: int) -> list[Shar
     the sequences, never on their order.
     """
     candidates = [i for i, s in enumerate(sequences) if len(s) >= max(min_shared, 2)]
-    # Byte order of the int32 tokens: sequences sharing a start in tokens share it in bytes, so lie together.
-    order = sorted(candidates, key=lambda i: (np.ascontiguousarray(sequences[i], dtype=np.int32).tobytes(), i))
+    order = _sorted(sequences, candidates, max(min_shared, 2))
     lcp = np.zeros(len(order), dtype=np.int64)  # lcp[k]: tokens order[k - 1] and order[k] share at their start
     for k in range(1, len(order)):
         a, b = sequences[order[k - 1]], sequences[order[k]]
@@ -64,6 +63,29 @@ def plan_prefixes(sequences: Sequence[np.ndarray], min_shared: int) -> list[Shar
                 ]
             start = k
     return sorted(groups, key=lambda g: g.members)
+
+
+def _key(sequence: np.ndarray, first: int = 0, end: int | None = None) -> bytes:
+    """The bytes of tokens `first` to `end` of a sequence, as int32."""
+    return np.ascontiguousarray(sequence[first:end], dtype=np.int32).tobytes()
+
+
+def _sorted(sequences: Sequence[np.ndarray], candidates: list[int], head: int) -> list[int]:
+    """The candidates in byte order of their int32 tokens (ties by index): those sharing a start lie together.
+
+    Every candidate has at least `head` tokens, so sorting by the bytes of the first `head` first, then, among
+    those that agree there, by the rest, is the same order; but keys of whole sequences (a huge text's
+    windows: thousands of bytes each, for each of its tens of thousands) are made only where starts agree.
+    """
+    order = sorted(candidates, key=lambda i: (_key(sequences[i], 0, head), i))
+    heads = [_key(sequences[i], 0, head) for i in order]
+    out, start = [], 0
+    for k in range(1, len(order) + 1):
+        if k == len(order) or heads[k] != heads[start]:
+            run = order[start:k]
+            out += run if len(run) == 1 else sorted(run, key=lambda i: (_key(sequences[i], head), i))
+            start = k
+    return out
 
 
 def _best_groups(lcp: np.ndarray, first: int, last: int) -> list[tuple[int, int, int]]:

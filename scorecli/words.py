@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 _WORD = re.compile(r"\S+")
+_SPACE = re.compile(r"\s")
 _SLICE = 1 << 20  # tokens at a time
+_TEXT_SLICE = 1 << 20  # characters at a time
 
 
 @dataclass
@@ -34,11 +36,33 @@ def word_spans(text: str, spans: tuple[tuple[int, int], ...] | None = None, reac
         after = _WORD.search(text, reach)
         limit = after.end() if after else len(text)
         regions = [(start, min(end, limit)) for start, end in regions if start < limit]
-    # Straight into an array: a list of (start, end) tuples costs about 15 times as much for a huge text.
-    found = np.fromiter(
-        (i for start, end in regions for m in _WORD.finditer(text, start, end) for i in m.span()), dtype=np.int64
-    )
-    return found.reshape(-1, 2)
+    # Straight into arrays of int32 (where every offset fits), a slice of the text at a time: a list of
+    # (start, end) tuples costs about 15 times as much for a huge text, and one array grown as words come
+    # would take up to twice its final size.
+    dtype = np.int32 if len(text) < 2**31 else np.int64
+    pieces = []
+    for start, end in regions:
+        while start < end:
+            stop = min(start + _TEXT_SLICE, end)
+            if stop < end:
+                # Cut at the next whitespace (or the region's end), so that no word is split.
+                space = _SPACE.search(text, stop, end)
+                stop = space.start() if space else end
+            pieces.append(np.fromiter((i for m in _WORD.finditer(text, start, stop) for i in m.span()), dtype=dtype))
+            start = stop
+    return joined(pieces).reshape(-1, 2) if pieces else np.zeros((0, 2), dtype)
+
+
+def joined(pieces: list[np.ndarray]) -> np.ndarray:
+    """The arrays of `pieces` joined into one, each let go as it is copied (the list is emptied)."""
+    out = np.empty((sum(len(p) for p in pieces), *pieces[0].shape[1:]), pieces[0].dtype)
+    at = 0
+    pieces.reverse()
+    while pieces:
+        piece = pieces.pop()
+        out[at : at + len(piece)] = piece
+        at += len(piece)
+    return out
 
 
 def assign_words(spans: np.ndarray, token_offsets: np.ndarray) -> Words:
@@ -65,6 +89,8 @@ def assign_words(spans: np.ndarray, token_offsets: np.ndarray) -> Words:
     used = index[new_word]
     token_word = np.cumsum(new_word, out=index)  # the word indices are not needed any more
     token_word -= 1
+    if len(used) == len(spans):  # every word got a token (tokens cover the text): views, not copies
+        return Words(spans[:, 0], spans[:, 1], token_word)
     return Words(spans[used, 0], spans[used, 1], token_word)
 
 
