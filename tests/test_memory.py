@@ -8,10 +8,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from scorecli.batching import windows
+from scorecli.prefix import _sorted, plan_prefixes
 from scorecli.runs import RunWriter, claim_out_dir
 from scorecli.scores import DocScore, TokenStrings
 from scorecli.tables import sequence_table
-from scorecli.words import Words
+from scorecli.words import Words, assign_words, word_spans
 
 N_TOKENS = 1 << 21
 VOCAB = ["xy", " "]
@@ -83,3 +85,57 @@ def test_saving_and_joining_a_huge_document_allocates_little_beyond_it(tmp_path,
     if words:
         word_rows = pq.read_table(tmp_path / "out" / "words.parquet")
         assert word_rows.num_rows == N_TOKENS // 2 and set(word_rows["text"].unique().to_pylist()) == {"xy"}
+
+
+def _traced(action) -> tuple[object, int, int]:
+    """What `action` returns, the peak of memory traced while it runs, and what it still holds after it."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        result = action()
+        current, peak = tracemalloc.get_traced_memory()
+        return result, peak - before, current - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_planning_the_windows_of_a_huge_document_allocates_little_per_window():
+    # A 1M-token text in windows of 512 at stride 256, as the engine plans shared prefixes over them.
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50_000, 1 << 20).astype(np.int32)
+    sequences = [ids[w.begin : w.end] for w in windows(0, len(ids), 512, 256)]
+    groups, peak, _ = _traced(lambda: plan_prefixes(sequences, 32))
+    assert groups == []  # random windows share no start
+    # Sorting by the bytes of whole windows took 2 kB a window (4 bytes a token of each): over 16 MB here.
+    # Now only the first 32 tokens of each are keyed, unless starts agree: a few hundred bytes a window.
+    assert peak < 512 * len(sequences), f"{peak / len(sequences):.0f} bytes a window"
+
+
+def test_planning_in_pieces_sorts_as_whole_windows_do():
+    # Windows that agree on their first tokens but not later, some shorter than others: the same groups as
+    # sorting the whole windows' bytes (which test_prefix.py checks against brute force).
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 5, 64).astype(np.int32)
+    sequences = [
+        np.concatenate([base[:40], rng.integers(0, 3, int(n)).astype(np.int32)]) for n in rng.integers(0, 9, 60)
+    ]
+    keyed = sorted(range(len(sequences)), key=lambda i: (sequences[i].tobytes(), i))
+    assert _sorted(sequences, list(range(len(sequences))), 32) == keyed
+
+
+def test_the_words_of_a_huge_document_take_a_few_bytes_each():
+    n_words = 1 << 20
+    text = "xy " * n_words
+    spans, _, held = _traced(lambda: word_spans(text))
+    assert spans.tolist()[:2] == [[0, 2], [3, 5]] and len(spans) == n_words
+    # int32 (start, end) pairs: 8 bytes a word (as int64, 16).
+    assert held <= 8 * n_words + 2**16, f"{held / n_words:.1f} bytes a word"
+    offsets = np.stack([np.arange(2 * n_words) // 2 * 3 + np.arange(2 * n_words) % 2 * 2] * 2, axis=1)
+    offsets[:, 1] += 2 - np.arange(2 * n_words) % 2  # "xy", then " ", as the tokens of _huge_doc
+    offsets = offsets.astype(np.int32)
+    words, _, held = _traced(lambda: assign_words(spans, offsets))
+    assert words.token_word.tolist()[:4] == [0, 1, 1, 2]  # a space goes to the next word; the last to the last
+    # Every word gets a token: its starts and ends are views of the spans, and only the word of each token
+    # is new (4 bytes a token); copying the starts and ends took 8 bytes a word more.
+    assert held <= 4 * len(offsets) + 2**16, f"{held / len(offsets):.1f} bytes a token"
