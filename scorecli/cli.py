@@ -327,7 +327,7 @@ def score(
             "gpus_per_worker": gpus_per_worker,
         }
         if ray or (resume and out not in (None, STDIN) and is_sharded_run(out)):
-            _score_on_ray(ctx, options, console, out, resume, overwrite, rows, ray_options)
+            _score_on_ray(ctx, options, console, out, resume, overwrite, rows, ray_options, cleanup)
             return
         for name, value in ray_options.items():
             if value is not None:
@@ -468,14 +468,21 @@ def _score_on_ray(
     overwrite: bool,
     rows: Rows | None,
     ray_options: dict,
+    cleanup: ExitStack,
 ) -> None:
-    """`score --ray`: the same scoring as Ray tasks, one per shard of the input, joined into Parquet datasets."""
+    """`score --ray`: the same scoring as Ray tasks, one per shard of the input, joined into Parquet datasets.
+
+    With `--out -`, the shards go to a temporary folder, removed afterwards (by `cleanup`), and their rows to
+    stdout as JSON lines, in input order, as the shards complete.
+    """
     from scorecli import scaleout
     from scorecli.models import resolve_device, resolve_dtype
 
     scaleout.require_ray()
-    if out is None or out == STDIN:
-        raise UsageError("--ray writes Parquet datasets into a folder: give --out DIR")
+    if out is None:
+        raise UsageError("--ray writes Parquet datasets into a folder: give --out DIR (or --out - for JSON lines)")
+    if out == STDIN:
+        _check_run_options("", out, resume, overwrite, options["words"], rows)
     if resume and overwrite:
         raise UsageError("--resume and --overwrite cannot be used together")
     saved = scaleout.saved_options(out)
@@ -497,9 +504,9 @@ def _score_on_ray(
     if STDIN in sources:
         raise UsageError("--ray needs input files: standard input cannot be cut into shards")
     fields, role_names = _checked_options(options)
-    if fields.keep:
-        # Each shard would type kept JSON fields over its own documents, and shards can disagree.
-        raise UsageError("--keep-fields cannot be combined with --ray yet: its shards could type kept fields apart")
+    from scorecli.kept import kept_types
+
+    kept = kept_types(sources, fields.keep)
     _check_run_options("", out, False, overwrite, options["words"], rows)
     if options["top_k"] < 0:
         raise UsageError(f"must be at least 0, not {options['top_k']}", arg="top_k")
@@ -515,6 +522,7 @@ def _score_on_ray(
         **_input_metadata(sources, fields, None),
         "scored": _scored(fields, tuple(role_names), options["all_tokens"]),
         **({"limit": str(limit)} if limit else {}),
+        **({"keep_fields": json.dumps(fields.keep, ensure_ascii=False)} if fields.keep else {}),
         "words": str(options["words"]).lower(),
         "scorecli_version": __version__,
     }
@@ -532,19 +540,32 @@ def _score_on_ray(
         },
         ref_model=_resolved(options["ref_model"]),
         ref_load={"device": device, "dtype": ref_dtype, "trust_remote_code": options["trust_remote_code"]},
-        words=options["words"],
+        words=options["words"] or rows is Rows.words,
         skip_bad=OnError(options["on_error"]) is OnError.skip,
         metadata=metadata,
         options=_saved_options(options, input, options["model"]),
+        kept=kept,
     )
     progress, advance = _sharded_progress_bar(console)
     command = shlex.join(["scorecli", *sys.argv[1:]])
+    on_shard, folder = None, Path(out).resolve()
+    if out == STDIN:
+        import shutil
+        import tempfile
+
+        from scorecli.outputs import write_result_lines
+
+        # A multi-node cluster's workers write there too: TMPDIR must then be a folder every node shares.
+        folder = Path(tempfile.mkdtemp(prefix="scorecli-ray-"))
+        cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
+        name = f"{(rows or Rows.sequences).value}.parquet"
+        on_shard = scaleout.InOrder(lambda shard_dir: write_result_lines(sys.stdout, shard_dir / name))
     try:
         with _sigterm_as_interrupt(), progress:
             result = scaleout.score_sharded(
                 job,
                 [_resolved(s) for s in sources],  # workers may run in another folder
-                Path(out).resolve(),
+                folder,
                 address=ray_options["ray_address"],
                 shards=ray_options["shards"],
                 workers=ray_options["workers"],
@@ -554,9 +575,13 @@ def _score_on_ray(
                 overwrite=overwrite,
                 command=command,
                 progress=advance,
+                on_shard=on_shard,
             )
     except KeyboardInterrupt as e:
         code = EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
+        if out == STDIN:
+            typer.echo("scorecli: interrupted", err=True)
+            raise typer.Exit(code) from None
         typer.echo(
             f"scorecli: interrupted; complete shards and the parts of the others are kept in {out}; "
             f"run the same command again (or: scorecli score -o {shlex.quote(out)} --resume) to go on",
@@ -575,7 +600,7 @@ def _score_on_ray(
         highlight=False,
         soft_wrap=True,
     )
-    for path in result.written:
+    for path in result.written if out != STDIN else ():
         console.print(f"wrote {path}", soft_wrap=True)
 
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from scorecli.errors import UsageError
 from scorecli.inputs import Rejected
-from scorecli.kept import json_default, json_value
+from scorecli.kept import JSON_MARK, json_default, json_value
 from scorecli.scores import DEFAULT_STATS, DocScore
 from scorecli.tables import sequence_table, token_table, word_table
 
@@ -74,6 +74,18 @@ class JsonlOutput:
     def abort(self) -> None:
         """Flush what was written."""
         self.stream.flush()
+
+
+def write_result_lines(stream: TextIO, path: str | Path) -> None:
+    """Write the rows of a scorecli Parquet file as JsonlOutput writes rows: kept JSON text as the values it holds."""
+    with pq.ParquetFile(path) as source:
+        texts = [f.name for f in source.schema_arrow if f.metadata == JSON_MARK]
+        for batch in source.iter_batches():
+            for row in batch.to_pylist():
+                for name in texts:
+                    row[name] = None if row[name] is None else json.loads(row[name])
+                stream.write(json.dumps(_finite(row), ensure_ascii=False, default=json_default) + "\n")
+            stream.flush()
 
 
 def _finite(row: dict) -> dict:

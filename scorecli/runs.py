@@ -447,10 +447,12 @@ class RunWriter:
         options: dict | None = None,
         stats: tuple[str, ...] = DEFAULT_STATS,
         kept: KeptTypes | None = None,
+        type_kept: bool = True,
     ) -> None:
         """Start a run in a claimed folder, or continue the one it holds; `options` are saved for --resume.
 
-        `stats` are the run's token columns, `kept` the input fields copied into sequences.parquet.
+        `stats` are the run's token columns, `kept` the input fields copied into sequences.parquet. Without
+        `type_kept`, kept JSON fields stay JSON text in the final file, for a join of several runs to type.
         """
         state = folder.state
         self.out_dir = folder.out_dir
@@ -459,6 +461,7 @@ class RunWriter:
         self.words = words
         self.stats = stats
         self.kept = kept or {}
+        self.type_kept = type_kept
         self.parts = state.parts if state else 0
         self.records_done = state.records_done if state else 0
         self.docs_saved = state.docs_saved if state else 0
@@ -581,7 +584,7 @@ class RunWriter:
             try:
                 shutil.rmtree(staged, ignore_errors=True)
                 staged.mkdir()
-                finals = {SEQUENCES_FILE: self._final_sequence_schema()} if self.kept else {}
+                finals = {SEQUENCES_FILE: self._final_sequence_schema()} if self.kept and self.type_kept else {}
                 names = [self._join(kind, schema, staged, finals.get(kind)) for kind, schema in self.kinds]
                 # Rejects saved by an earlier session that skipped them are written even if this one stops on them.
                 if errors_file or self.rejected:

@@ -28,6 +28,7 @@ from pathlib import Path
 from scorecli.corpus import is_text_file, read_corpus
 from scorecli.errors import OutputError, ScorecliError, UsageError, first_line
 from scorecli.inputs import Fields, Record, Rejected, display_name, is_parquet, read_records
+from scorecli.kept import types_metadata
 from scorecli.remote import is_url
 
 RAY_INSTALL = "pip install 'scorecli[ray]'"
@@ -83,6 +84,7 @@ class Job:
     skip_bad: bool = False
     metadata: dict[str, str] = field(default_factory=dict)  # the input's, added to the model's and scorer's
     options: dict = field(default_factory=dict)  # saved in each shard's folder, as a plain run's
+    kept: dict = field(default_factory=dict)  # the kept fields' Arrow types (kept.KeptTypes): None for JSON values
 
 
 @dataclass
@@ -275,7 +277,8 @@ def score_shard(shard: Shard, job: Job, shard_dir: Path, report: Callable[[int, 
         state = folder.state
         if state is not None:
             check_resume(state, metadata)
-        writer = RunWriter(folder, metadata, job.words, job.options, scorer.columns)
+        # Kept JSON fields stay JSON text in the shard's files: the join types them over every shard's values.
+        writer = RunWriter(folder, metadata, job.words, job.options, scorer.columns, job.kept, type_kept=False)
         summary = Summary()
         if state is not None and state.summary is not None:
             summary = Summary.from_state(state.summary)
@@ -295,8 +298,11 @@ def score_shard(shard: Shard, job: Job, shard_dir: Path, report: Callable[[int, 
 
         records = shard_records(shard, job.fields, reject if job.skip_bad else None, skip=done_before)
         last = [0.0]
+        fed, shared = summary.fed_tokens, summary.shared_tokens
 
         def progress(p) -> None:
+            # Tokens fed to the model (and spared it by shared prefixes), over all of the shard's sessions.
+            summary.fed_tokens, summary.shared_tokens = fed + p.tokens_fed, shared + p.tokens_shared
             now = time.monotonic()
             if report is not None and now - last[0] >= _PROGRESS_SECONDS:
                 last[0] = now
@@ -361,13 +367,15 @@ def score_sharded(
     overwrite: bool = False,
     command: str | None = None,
     progress: Callable[[ShardedProgress], None] | None = None,
+    on_shard: Callable[[Shard, Path], None] | None = None,
 ) -> ShardedResult:
     """Score a corpus on Ray, one task per shard, into `out_dir`; resume the sharded run it holds.
 
     Without `address` a local cluster is started with this machine's CPUs (and GPUs); with it (a host:port
     or "auto"), the running cluster is joined. `workers` tasks run at once (default: as many as the
     cluster's CPUs, or GPUs, allow), each on `threads` CPU threads (default 1) and `gpus_per_worker` GPUs
-    (default 1 where CUDA is present). `shards` defaults to a few per worker.
+    (default 1 where CUDA is present). `shards` defaults to a few per worker. `on_shard(shard, folder)` is
+    told of each complete shard, with the run folder holding its files, before they are joined.
     """
     require_ray()
     from scorecli.runs import SUMMARY_FILE, lock_out_dir, read_summary
@@ -418,7 +426,7 @@ def score_sharded(
             job.scorer = {**job.scorer, "threads": threads}
             # Shards are length-sorted and batched apart, which can change float rounding (never beyond 1e-4).
             job.metadata = {**job.metadata, "shards": str(len(planned))}
-            state = _Driver(ray, job, out_dir, planned, workers, threads, gpus_per_worker, report)
+            state = _Driver(ray, job, out_dir, planned, workers, threads, gpus_per_worker, report, on_shard)
             try:
                 scored = state.run()
             finally:
@@ -428,7 +436,7 @@ def score_sharded(
                     plan["seconds"] += time.perf_counter() - state.first_report
                 _write_json(plan_path, plan)
             report(ShardedProgress("joining", len(planned), len(planned), state.docs_total, state.docs_total))
-            figures, metadata, written = _join(out_dir, planned, plan["seconds"], state.session_tokens)
+            figures, metadata, written = _join(out_dir, planned, plan["seconds"], state.session_tokens, job.kept)
             return ShardedResult(figures, metadata, written, len(planned), scored, ray_seconds=ray_seconds)
         finally:
             with contextlib.suppress(Exception):
@@ -472,10 +480,11 @@ def _cluster_resources(ray) -> tuple[float, float]:
 class _Driver:
     """Keep `workers` shard tasks running until every shard is complete, reporting progress as they go."""
 
-    def __init__(self, ray, job, out_dir, planned, workers, threads, gpus, report) -> None:
-        """Run `planned` shards of `job` into `out_dir`'s shard folders."""
+    def __init__(self, ray, job, out_dir, planned, workers, threads, gpus, report, on_shard=None) -> None:
+        """Run `planned` shards of `job` into `out_dir`'s shard folders, telling `on_shard` of each complete one."""
         self.ray, self.job, self.out_dir, self.planned = ray, job, out_dir, planned
         self.workers, self.threads, self.gpus, self.report = workers, threads, gpus, report
+        self.on_shard = on_shard or (lambda shard, folder: None)
         self.docs_total = sum(s.records for s in planned)
         self.session_tokens = 0
         self.first_report: float | None = None  # when the first shard began to score
@@ -487,6 +496,9 @@ class _Driver:
         ray = self.ray
         folders = {s.number: self.out_dir / SHARDS_DIR / s.name for s in self.planned}
         todo = [s for s in self.planned if not (folders[s.number] / SUMMARY_FILE).is_file()]
+        for shard in self.planned:
+            if shard not in todo:
+                self.on_shard(shard, folders[shard.number])
         done_docs = sum(s.records for s in self.planned if s not in todo)
         shards_done = len(self.planned) - len(todo)
         tracker = ray.remote(num_cpus=0)(_Tracker).remote()
@@ -526,6 +538,7 @@ class _Driver:
                     shard = pending.pop(ref)
                     self._result(ref, shard)
                     finished[shard.number] = shard.records
+                    self.on_shard(shard, folders[shard.number])
                 show()
         except BaseException:
             for ref in pending:
@@ -552,6 +565,23 @@ class _Driver:
                 f"shard {shard.name} ({display_name(shard.source)}) could not be scored ({type(e).__name__}: "
                 f"{first_line(e)}); its saved parts are kept: run the same command again to resume"
             ) from None
+
+
+class InOrder:
+    """An `on_shard` callback that hands complete shards' folders on in input order, each once all before it are."""
+
+    def __init__(self, emit: Callable[[Path], None]) -> None:
+        """Call `emit(folder)` for each shard, in order."""
+        self.emit = emit
+        self.next = 0
+        self.waiting: dict[int, Path] = {}
+
+    def __call__(self, shard: Shard, folder: Path) -> None:
+        """Note a complete shard, and emit it and those after it that wait for it."""
+        self.waiting[shard.number] = folder
+        while self.next in self.waiting:
+            self.emit(self.waiting.pop(self.next))
+            self.next += 1
 
 
 class _Tracker:
@@ -583,10 +613,12 @@ def _score_shard_task(shard: Shard, job: Job, folder: str, tracker) -> dict:
 
 
 def _join(
-    out_dir: Path, planned: list[Shard], seconds: float, session_tokens: int
+    out_dir: Path, planned: list[Shard], seconds: float, session_tokens: int, kept: dict | None = None
 ) -> tuple[dict, dict[str, str], list[Path]]:
     """Move the shards' files into the datasets, write summary.json, remove the shard folders.
 
+    The kept JSON fields (`kept`, None-typed) are typed over all shards' values, as one process types them
+    over its parts, and the sequences files written with those types; `kept_types` joins the metadata.
     Idempotent: a join cut short is completed by the next run.
     """
     from scorecli.bootstrap import corpus_intervals, sequence_sums
@@ -598,18 +630,27 @@ def _join(
     total = Summary()
     metadata: dict[str, str] = {}
     errors: list[str] = []
-    for shard in planned:
-        folder = out_dir / SHARDS_DIR / shard.name
+    folders = [out_dir / SHARDS_DIR / shard.name for shard in planned]
+    for folder in folders:
         figures, meta = read_summary(folder)
         total.merge(Summary.from_state(figures["state"]))
         metadata = metadata or meta
         if (folder / ERRORS_FILE).is_file():
             errors.append((folder / ERRORS_FILE).read_text(encoding="utf-8"))
+    final = _kept_fields(folders, kept) if kept else None
+    if final is not None:
+        metadata = {**metadata, "kept_types": types_metadata(final)}
+    for shard, folder in zip(planned, folders):
         for kind in RESULT_KINDS:
-            source = folder / f"{kind}.parquet"
-            if source.is_file():
-                (out_dir / kind).mkdir(exist_ok=True)
-                os.replace(source, out_dir / kind / f"{shard.name}.parquet")
+            source, target = folder / f"{kind}.parquet", out_dir / kind / f"{shard.name}.parquet"
+            if not source.is_file():
+                continue
+            target.parent.mkdir(exist_ok=True)
+            if kind == "sequences" and final is not None:
+                # Written typed, the shard's own file kept until the end: a join cut short types it again alike.
+                _write_typed(source, target, [f for f in final if kept[f.name] is None], metadata)
+            else:
+                os.replace(source, target)
     written = [out_dir / kind for kind in RESULT_KINDS if (out_dir / kind).is_dir()]
     if errors:
         _write_file(out_dir / ERRORS_FILE, "".join(errors).encode())
@@ -626,6 +667,39 @@ def _join(
     written.append(out_dir / SUMMARY_FILE)
     shutil.rmtree(out_dir / SHARDS_DIR, ignore_errors=True)
     return read_summary(out_dir) + (written,)
+
+
+def _kept_fields(folders: Sequence[Path], kept: dict) -> list:
+    """The kept columns of the joined sequences: each JSON field's type over every shard's values (or JSON text)."""
+    import pyarrow.parquet as pq
+
+    from scorecli.kept import final_fields, json_types
+
+    names = [name for name, kind in kept.items() if kind is None]
+
+    def parts():
+        for folder in folders:
+            yield pq.read_table(folder / "sequences.parquet", columns=names)
+
+    return final_fields(kept, json_types(parts, names) if names else {})
+
+
+def _write_typed(source: Path, target: Path, kept: list, metadata: dict[str, str]) -> None:
+    """A shard's sequences file with its kept JSON text columns as their final fields `kept`, and `metadata`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scorecli.kept import typed
+    from scorecli.runs import ROW_GROUP_ROWS, _write_file
+
+    table = pq.read_table(source)
+    for field_ in kept:
+        at = table.schema.get_field_index(field_.name)
+        table = table.set_column(at, field_, typed(table[field_.name].combine_chunks(), field_))
+    table = table.replace_schema_metadata({k.encode(): str(v).encode() for k, v in metadata.items()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS)
+    _write_file(target, sink.getvalue())
 
 
 def _response_tokens(out_dir: Path, columns: Sequence[str], read_result) -> dict:

@@ -47,6 +47,8 @@ _ADDED = (
     "sum_doc_perplexity",
     "n_top1",
     "session_tokens",
+    "fed_tokens",
+    "shared_tokens",
 )
 
 

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,6 +67,35 @@ def single(corpus: Path, gpt2_dir: Path, tmp_path_factory: pytest.TempPathFactor
     result = runner.invoke(app, ["score", str(corpus), "-m", str(gpt2_dir), *SCORING, "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output
     return out
+
+
+# Two files, so two shards at least, whose kept fields are typed apart: ints here, floats there (double over the
+# run), a string here, a number there (JSON text), objects of other keys. Each file's documents share a long
+# start (its own), so prefix sharing spares tokens within each file's shard and a single run's buffer alike.
+FIELD_FILES = {
+    "a.jsonl": (
+        "This shared opening paragraph of file a introduces every record that follows it in the same way. ",
+        lambda i: {"lang": "en", "n": i, "tag": f"t{i}", "meta": {"x": i}},
+    ),
+    "b.jsonl": (
+        "File b begins each of its records with another common preamble, long enough to be fed only once. ",
+        lambda i: {"lang": "de", "n": i + 0.5, "tag": i, "meta": {"y": "s"} if i else None},
+    ),
+}
+KEPT = "lang,n,tag,meta"
+
+
+@pytest.fixture(scope="module")
+def fields_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two JSONL files whose kept fields have different JSON types in each, and whose documents share starts."""
+    folder = tmp_path_factory.mktemp("ray-fields")
+    for name, (start, fields) in FIELD_FILES.items():
+        records = [
+            {"id": f"{name[0]}{i}", "text": f"{start}Then record {i} says its own thing.", **fields(i)}
+            for i in range(5)
+        ]
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return folder
 
 
 def assert_same_run(ray_run: Path, single_run: Path) -> None:
@@ -213,10 +243,10 @@ def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch, tmp
     ("args", "message"),
     [
         (["--shards", "4"], "--shards goes with --ray"),
-        (["--ray", "-o", "-"], "--ray writes Parquet datasets into a folder"),
+        (["--ray", "-o", "-", "--words"], "--rows words writes word rows"),
+        (["--ray", "--rows", "tokens"], "--rows is for --out -"),
         (["--ray", "--join", " "], "--join scores the input as one document"),
         (["--ray", "--workers", "0"], "--workers must be at least 1, not 0"),
-        (["--ray", "--keep-fields", "lang"], "--keep-fields cannot be combined with --ray yet"),
     ],
 )
 def test_ray_usage_errors(args, message, tmp_path):
@@ -224,3 +254,71 @@ def test_ray_usage_errors(args, message, tmp_path):
     result = runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), *out, *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_kept_fields_typed_apart_in_shards_equal_a_single_process_run(fields_corpus, ray_head, gpt2_dir, tmp_path):
+    args = ["score", str(fields_corpus), "-m", str(gpt2_dir), "--threads", "1", "--keep-fields", KEPT]
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "single"), "-q"])
+    assert result.exit_code == 0, result.output
+    ray_args = ["--ray", "--ray-address", ray_head, "--workers", "2", "--shards", "2", "-q"]
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "ray"), *ray_args])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "ray" / "sequences").iterdir())) == 2  # a shard per file
+    single = pq.read_table(tmp_path / "single" / "sequences.parquet")
+    sharded = pq.read_table(tmp_path / "ray" / "sequences")
+    assert sharded.schema.remove_metadata() == single.schema.remove_metadata()
+    for name in ("lang", "n", "tag", "meta"):  # the kept fields: same types (and field metadata), same values
+        assert sharded.schema.field(name).equals(single.schema.field(name), check_metadata=True), name
+        assert sharded.column(name).to_pylist() == single.column(name).to_pylist(), name
+    assert single.schema.field("n").type == pa.float64() and single.column("n").to_pylist()[:2] == [0.0, 1.0]
+    assert run_metadata(tmp_path / "single")["kept_types"] == run_metadata(tmp_path / "ray")["kept_types"]
+    assert json.loads(run_metadata(tmp_path / "ray")["kept_types"])["tag"] == "json"
+    assert_same_run(tmp_path / "ray", tmp_path / "single")
+    # Each file's documents share a start within the file, so within a shard: tokens fed and shared are equal too.
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text())["summary"]
+    want = json.loads((tmp_path / "single" / "summary.json").read_text())["summary"]
+    assert (summary["fed_tokens"], summary["shared_tokens"]) == (want["fed_tokens"], want["shared_tokens"])
+    assert summary["shared_tokens"] > 0 and summary["fed_tokens"] + summary["shared_tokens"] >= summary["scored_tokens"]
+
+
+def _same_line(got: dict, want: dict) -> None:
+    """Equal JSON lines: the same keys in order, values exactly but for floats (to 1e-4)."""
+    assert list(got) == list(want)
+    for key, value in want.items():
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, abs=1e-4, rel=1e-5), key
+        else:
+            assert got[key] == value, key
+
+
+@pytest.mark.parametrize("rows", ["sequences", "words"])
+def test_stdout_streams_the_lines_of_a_single_process_run(
+    fields_corpus, ray_head, gpt2_dir, tmp_path, monkeypatch, rows
+):
+    args = ["score", str(fields_corpus), "-m", str(gpt2_dir), "--threads", "1", "--keep-fields", KEPT, "-o", "-"]
+    args += ["--rows", rows]
+    single = runner.invoke(app, args)
+    assert single.exit_code == 0, single.output
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where --ray -o - keeps its shards while it runs
+    result = runner.invoke(app, [*args, "--ray", "--ray-address", ray_head, "--workers", "2", "--shards", "2"])
+    assert result.exit_code == 0, result.output
+    want = [json.loads(line) for line in single.stdout.splitlines()]
+    got = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(got) == len(want) >= 10
+    for a, b in zip(got, want):
+        _same_line(a, b)
+    assert "perplexity" in result.stderr and "Ray: 2 of 2 shards scored" in result.stderr  # the summary: stderr
+    assert list(temp.iterdir()) == []  # the shards' folder is gone
+
+
+def test_in_order_hands_shards_on_in_input_order():
+    from scorecli.scaleout import InOrder, Shard
+
+    emitted = []
+    callback = InOrder(emitted.append)
+    for number in (2, 0, 3, 1, 4):
+        callback(Shard(number, "f.jsonl", number * 10, 10), Path(f"s{number}"))
+        assert emitted == [Path(f"s{n}") for n in range(len(emitted))]
+    assert len(emitted) == 5

@@ -96,6 +96,8 @@ def _env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["HF_HUB_OFFLINE"] = "1"  # a hub example must be a ```text block: fail at once rather than download
     env["COLUMNS"] = "100"
+    # The --ray examples' local clusters (on 127.0.0.1): no token authentication, no token file in the home folder.
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     return env
 
 

@@ -78,8 +78,10 @@ def _readline(stream, timeout: float) -> bytes:
     return stream.readline() if ready else b""
 
 
-def test_first_line_arrives_while_the_input_is_still_open(gpt2_dir, tmp_path):
-    """The first documents' lines come out before the rest of the input is even written.
+@pytest.mark.parametrize("reference", [False, True])
+def test_first_line_arrives_while_the_input_is_still_open(gpt2_dir, gpt2_ref_dir, tmp_path, reference):
+    """The first documents' lines come out before the rest of the input is even written (against a reference
+    model too).
 
     The input is stdin, held open: a run that waited for a full read-ahead buffer (4,096 documents or
     256 characters per batch token) could not write a line before it closes, whatever the machine's speed.
@@ -87,8 +89,9 @@ def test_first_line_arrives_while_the_input_is_still_open(gpt2_dir, tmp_path):
     records = [json.dumps({"id": f"d{i}", "text": f"Document {i} says the lamp is on. " * 8}) for i in range(60)]
     first, rest = records[:30], records[30:]
     assert sum(len(r) for r in first) < 256 * 64  # far less than a fixed buffer of a 64-token budget
+    ref = ["--ref-model", str(gpt2_ref_dir)] if reference else []
     proc = subprocess.Popen(
-        [*SCORECLI, "score", "-", "-m", str(gpt2_dir), "-o", "-", "-q", "--batch-tokens", "64"],
+        [*SCORECLI, "score", "-", "-m", str(gpt2_dir), *ref, "-o", "-", "-q", "--batch-tokens", "64"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -101,6 +104,7 @@ def test_first_line_arrives_while_the_input_is_still_open(gpt2_dir, tmp_path):
         assert line, "no line before the input was closed"
         assert proc.poll() is None  # still running: the input is open
         assert json.loads(line)["id"] == "d0"
+        assert ("mean_kl" in json.loads(line)) == reference
         proc.stdin.write(("\n".join(rest) + "\n").encode())
         proc.stdin.close()
         out = proc.stdout.read()
