@@ -251,7 +251,9 @@ def score(
         None, "--threads", help="CPU threads to use (batches run side by side, one thread each). Default: all cores."
     ),
     compile: str = typer.Option(
-        "auto", "--compile", help="Compile the model's forward pass on the CPU: auto (for large inputs), on or off."
+        "auto",
+        "--compile",
+        help="Compile the model's decoder layers on the CPU: on, off or auto (off on the CPU for now).",
     ),
     revision: Optional[str] = typer.Option(
         None, "--revision", help="Hub model revision: a branch, tag or commit hash. Default: main."

@@ -165,8 +165,9 @@ class Scorer:
         are finished, and splits the first buffer: about two batches, then the rest of it, so that the first
         documents come out within a few batches and the rest meet the batches of fixed buffers. A run that
         saves and resumes must not stream: only fixed buffers meet the same batches when resumed.
-        `compile` (auto, on, off) compiles the base model's forward pass with inductor on the CPU before
-        scoring; auto does where `expected_tokens` (an estimate of the tokens to score) repay it.
+        `compile` (auto, on, off) compiles the base model's decoder layers with inductor on the CPU before
+        scoring; auto does where compiling pays (nowhere on the CPU for now, compiled.py) and
+        `expected_tokens` (an estimate of the tokens to score) repay it.
         With `prefix_sharing`, windows of a buffer that begin with at least `min_shared_prefix` of the same
         tokens have that start fed once, its key/value cache serving each of them.
         """

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from scorecli import compiled
 from scorecli.cli import app
-from scorecli.compiled import AUTO_MIN_TOKENS, should_compile
+from scorecli.compiled import _WARM_UP_SHAPES, AUTO_MIN_TOKENS, should_compile
 from scorecli.engine import Scorer
 from scorecli.errors import UsageError
 from scorecli.outputs import read_metadata
@@ -44,7 +44,7 @@ def test_compiled_scores_equal_eager_ones_and_the_choice_is_recorded(llama_dir, 
         assert result.exit_code == 0, result.output
         runs[choice] = (_tokens(out), read_metadata(out / "tokens.parquet"))
     (on, on_meta), (off, off_meta) = runs["on"], runs["off"]
-    assert on_meta["compile"] == "inductor (dynamic shapes)"
+    assert on_meta["compile"] == "inductor (dynamic shapes, decoder layers)"
     assert off_meta["compile"] == "off"
     assert list(on["doc"]) == list(off["doc"]) and list(on["position"]) == list(off["position"])
     assert len(on) > 100
@@ -73,7 +73,14 @@ def test_a_failed_compile_falls_back_to_eager_and_says_why(llama_dir, monkeypatc
         assert np.array_equal(a.logprobs, b.logprobs)
 
 
-def test_auto_compiles_only_large_inputs_on_the_cpu():
+def test_auto_compiles_nothing_on_the_cpu_and_says_why():
+    # Whole runs were slower compiled (compiled.py's AUTO_COMPILES_ON_CPU): `auto` must not slow a large run.
+    assert should_compile("auto", CPU, True, 10**9) == (False, compiled.AUTO_CPU_REASON)
+    assert should_compile("on", CPU, True, 10**9) == (True, "")
+
+
+def test_auto_compiles_only_large_inputs_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(compiled, "AUTO_COMPILES_ON_CPU", True)
     assert should_compile("auto", CPU, True, AUTO_MIN_TOKENS) == (True, "")
     assert should_compile("on", CPU, True, 10) == (True, "")
     compiling, why = should_compile("auto", CPU, True, AUTO_MIN_TOKENS - 1)
@@ -89,12 +96,43 @@ def test_auto_compiles_only_large_inputs_on_the_cpu():
         should_compile("yes", CPU, True, 10)
 
 
+def test_compiling_once_serves_every_width_and_row_count_without_a_causal_mask(llama_dir, tmp_path, monkeypatch):
+    # The regression: a whole-model graph materialised the causal mask (transformers takes compiling for
+    # exporting on torch < 2.14) and later batches could recompile; the layers compiled alone do neither.
+    from torch._dynamo.utils import counters
+
+    from scorecli.models import load_model
+
+    monkeypatch.setenv("SCORECLI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    loaded = load_model(str(llama_dir), device="cpu", dtype="float32")
+    torch._dynamo.reset()
+    counters.clear()
+    scorer = Scorer(loaded.model, loaded.tokenizer, compile="on", max_length=64)
+    warm = counters["stats"]["unique_graphs"]
+    assert 1 <= warm <= len(_WARM_UP_SHAPES)  # one graph for all the layers, per warm-up shape at most
+    texts = ["word " * n for n in (3, 17, 40, 90, 150)] + ["A short one.", "Two rows of different widths here."]
+    got = scorer.score_texts(texts)
+    assert counters["stats"]["unique_graphs"] == warm and not counters["recompiles"]
+    masks = []
+    first = scorer.head.base.compiled.layers[0]  # hooks on the compiled wrapper run eagerly, outside its graph
+    first.register_forward_pre_hook(
+        lambda module, args, kwargs: masks.append(kwargs["attention_mask"]), with_kwargs=True
+    )
+    scorer.score_texts(texts[:2])
+    assert masks and all(m is None for m in masks)  # no [B, 1, T, T] mask: attention keeps the fused causal kernel
+    eager = Scorer(loaded.model, loaded.tokenizer, compile="off", max_length=64).score_texts(texts)
+    for a, b in zip(got, eager):
+        assert np.abs(a.logprobs - b.logprobs).max() <= 1e-4
+
+
 def test_auto_on_a_small_input_does_not_compile(llama_dir, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), "-m", str(llama_dir), "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output
     size = (SAMPLES / "mixed.jsonl").stat().st_size // compiled.BYTES_PER_TOKEN
-    assert read_metadata(out / "tokens.parquet")["compile"].startswith(f"off (auto: an input of about {size:,} tokens")
+    assert read_metadata(out / "tokens.parquet")["compile"] == compiled.AUTO_CPU_REASON
+    assert size < AUTO_MIN_TOKENS
 
 
 def test_a_bad_compile_value_is_one_line_naming_the_flag(tmp_path):
