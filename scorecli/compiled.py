@@ -14,10 +14,10 @@ COMPILE_CHOICES = ("auto", "on", "off")
 # `auto` compiles nothing on the CPU (AUTO_COMPILES_ON_CPU): the issue's gain, 737 -> 910 tokens/s for
 # SmolLM2's base forward in float32 on 2 threads, was measured on batches of 8 x 128 tokens, but whole
 # runs of samples/long.jsonl (29,139 tokens, windows up to 1,024) took 256 s and 251 s compiled against
-# about 90 s eager (a loaded machine, warm inductor cache). One cause found: under torch.compile, torch
-# < 2.14 makes transformers' `is_torchdynamo_exporting()` true, so a whole-model graph materialises the
-# causal mask [B, 1, T, T] and attention loses the fused causal kernel; the decoder layers are now
-# compiled one by one instead (the mask made eagerly, as `None`), which is not yet timed on a quiet machine.
+# about 90 s eager (warm inductor cache). A likely cause, read in transformers' code but not measured:
+# under torch.compile, torch < 2.14 makes transformers' `is_torchdynamo_exporting()` true, so a whole-model
+# graph materialises the causal mask [B, 1, T, T] and attention loses the fused causal kernel; the decoder
+# layers are now compiled one by one instead (the mask made eagerly, as `None`).
 AUTO_COMPILES_ON_CPU = False
 # Break-even of `auto` where it compiles, in scored tokens: 0.26 ms saved a token after about 27 s of
 # compiling with a cold cache repays it after about 100,000 tokens; twice that leaves a margin for the

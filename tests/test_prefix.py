@@ -220,9 +220,14 @@ def test_expanded_cache_stays_within_the_token_budget(tiny, monkeypatch):
 def test_interrupted_and_resumed_with_sharing_is_bit_for_bit(tiny):
     records = _grpo(n_prompts=4, n_responses=4) + [Record(16 + r.doc, r.text) for r in _edge_cases()]
     scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=96, min_shared_prefix=4, workers=1)
+    _assert_resumed_bit_for_bit(scorer, records, interrupt_after(4))
+
+
+def _assert_resumed_bit_for_bit(scorer: Scorer, records: list[Record], interrupt: object) -> None:
+    """Scoring interrupted by `interrupt`, then resumed from what it finished, equals scoring straight through."""
     [straight] = list(scorer.score_buffers(records))
     with pytest.raises(ScoringInterrupted) as caught:
-        list(scorer.score_buffers(records, progress=interrupt_after(4)))
+        list(scorer.score_buffers(records, progress=interrupt))
     done = {d.doc: d for d in caught.value.finished}
     assert 0 < len(done) < len(records)
     [resumed] = list(scorer.score_buffers(records, done=done))
@@ -379,14 +384,7 @@ def test_smollm_modes(smollm, mode):
     else:
         scorer = Scorer(smollm.model, smollm.tokenizer, batch_tokens=256, min_shared_prefix=8, workers=1)
         records = plain + [Record(3, WORDS[16]), Record(4, WORDS[17])]
-        [straight] = list(scorer.score_buffers(records))
-        with pytest.raises(ScoringInterrupted) as caught:
-            list(scorer.score_buffers(records, progress=interrupt_after(2)))
-        done = {d.doc: d for d in caught.value.finished}
-        assert 0 < len(done) < len(records)
-        [resumed] = list(scorer.score_buffers(records, done=done))
-        for a, b in zip(straight, resumed, strict=True):
-            assert all(np.array_equal(a.stats[c], b.stats[c]) for c in a.stats)
+        _assert_resumed_bit_for_bit(scorer, records, interrupt_after(2))
 
 
 @pytest.mark.parametrize("where", ["first batch", "first part saved"])
