@@ -33,16 +33,15 @@ def test_compiled_scores_equal_eager_ones_and_the_choice_is_recorded(llama_dir, 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     # Compiled in this process: a pool of compiling subprocesses, each importing torch, costs more than it saves
     # on the one C++ file a graph makes on the CPU.
-    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
+    # (config.patch, not monkeypatch: undoing a monkeypatch deletes the setting from torch's config module.)
     runs = {}
-    for choice in ("on", "off"):
-        out = tmp_path / choice
-        result = runner.invoke(
-            app,
-            ["score", str(SAMPLES / "mixed.jsonl"), "-m", str(llama_dir), "-o", str(out), "-q", "--compile", choice],
-        )
-        assert result.exit_code == 0, result.output
-        runs[choice] = (_tokens(out), read_metadata(out / "tokens.parquet"))
+    with torch._inductor.config.patch(compile_threads=1):
+        for choice in ("on", "off"):
+            out = tmp_path / choice
+            args = ["score", str(SAMPLES / "mixed.jsonl"), "-m", str(llama_dir), "-o", str(out), "-q"]
+            result = runner.invoke(app, [*args, "--compile", choice])
+            assert result.exit_code == 0, result.output
+            runs[choice] = (_tokens(out), read_metadata(out / "tokens.parquet"))
     (on, on_meta), (off, off_meta) = runs["on"], runs["off"]
     assert on_meta["compile"] == "inductor (dynamic shapes, decoder layers)"
     assert off_meta["compile"] == "off"
@@ -58,11 +57,12 @@ def test_a_failed_compile_falls_back_to_eager_and_says_why(llama_dir, monkeypatc
 
     loaded = load_model(str(llama_dir), device="cpu", dtype="float32")
 
-    def broken(module, **kwargs):
-        def run(**inputs):
+    class Broken(torch.nn.Module):
+        def forward(self, *args, **kwargs):
             raise RuntimeError("no C++ compiler found\nsecond line")
 
-        return run
+    def broken(module, **kwargs):
+        return Broken()
 
     monkeypatch.setattr(torch, "compile", broken)
     texts = ["A short text to score.", "Another one, a little longer than the first."]
