@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -35,9 +36,10 @@ class Encoded:
     response: np.ndarray
     targets: np.ndarray
 
-    @property
+    @cached_property
     def n_scored(self) -> int:
         """How many of the sequence's tokens get a log-probability."""
+        # Counted once: a huge text's targets are millions long, and each of its windows asks.
         return int(self.targets.sum())
 
 

@@ -441,9 +441,7 @@ class Scorer:
         lengths = [w.end - w.begin for w in work]
         left = np.bincount([w.doc for w in work], minlength=len(records))
         state.docs_planned += len(records)
-        # Counted once: a huge text's targets are millions long, and its windows are tens of thousands.
-        n_scored = [e.n_scored for e in encoded]
-        state.tokens_planned += sum(n_scored)
+        state.tokens_planned += sum(e.n_scored for e in encoded)
         state.docs_done += int((left == 0).sum())
         report(state)
         # Each document's statistics, filled in as its windows are scored: for a huge text, no copy of them all.
@@ -454,7 +452,7 @@ class Scorer:
         for i, record in enumerate(records):
             if record.doc in done:
                 state.docs_done += int(left[i] > 0)
-                state.tokens_done += n_scored[i]
+                state.tokens_done += encoded[i].n_scored
                 left[i] = 0
         given = 0  # the documents before this one are given out (streaming: as soon as they all are finished)
         try:
@@ -465,7 +463,7 @@ class Scorer:
                     for i, score in zip(_rows(task), scores):
                         doc = work[i].doc
                         if records[doc].doc not in done:
-                            columns[doc] = _fill(columns[doc], score, first_rows[i], n_scored[doc])
+                            columns[doc] = _fill(columns[doc], score, first_rows[i], encoded[doc].n_scored)
                             left[doc] -= 1
                             state.docs_done += int(left[doc] == 0)
                             state.tokens_done += len(score["logprob"])
