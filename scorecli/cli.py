@@ -313,6 +313,7 @@ def score(
         with interrupts.deferred("imports"):
             from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (their native parts too)
 
+            from scorecli.allocator import return_large_blocks
             from scorecli.compiled import check_compile
             from scorecli.engine import Scorer
             from scorecli.kept import kept_types
@@ -412,6 +413,7 @@ def score(
                 )
 
         records_total = count_corpus(sources) if separator is None or limit else None
+        return_large_blocks()  # this process scores: its batches' temporaries go back when freed
         scorer = Scorer(
             loaded.model,
             loaded.tokenizer,
