@@ -24,6 +24,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from scorecli import __version__, interrupts
+from scorecli.checks import check_compile, check_device, check_dtype, check_limits
 from scorecli.corpus import (
     corpus_bytes,
     corpus_metadata,
@@ -310,15 +311,11 @@ def score(
     console = Console(stderr=True, quiet=quiet)
     options = {name: value for name, value in locals().items() if name in _SAVED_OPTIONS}
     with _reported_errors(), ExitStack() as cleanup:
-        with interrupts.deferred("imports"):
-            from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (their native parts too)
-
-            from scorecli.compiled import check_compile
-            from scorecli.engine import Scorer
+        with interrupts.deferred("tables"):  # pyarrow's native parts, held like torch's below
             from scorecli.kept import kept_types
-            from scorecli.models import load_model, resolve_device, resolve_dtype
             from scorecli.runs import check_resume
-        # Options, input and output folder are all checked before the model is loaded, so mistakes fail fast.
+        # Options, input and output folder are all checked before torch imports and the model loads, so
+        # mistakes fail at once.
         fields, role_names = _checked_options(options)
         from scorecli.scaleout import is_sharded_run
 
@@ -369,16 +366,6 @@ def score(
         if fields.keep and separator is not None:
             raise UsageError("--keep-fields cannot be combined with --join, whose one document has no fields")
         kept = kept_types(sources, fields.keep)
-        if top_k < 0:
-            raise UsageError(f"must be at least 0, not {top_k}", arg="top_k")
-        resolve_dtype(dtype, resolve_device(device))
-        check_compile(compile)
-        if ref_model is not None:
-            try:
-                resolve_dtype(ref_dtype or dtype, resolve_device(device))
-            except UsageError as e:
-                raise UsageError(e.message, arg="ref_dtype" if ref_dtype else e.arg) from None
-
         records = read_corpus(
             sources,
             fields,
@@ -389,6 +376,11 @@ def score(
         )
         selected = _Selected(records, fields, role_names)
         records = run.peek(iter(selected))  # reads and validates the first record before any model work
+        with interrupts.deferred("imports"):
+            from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (their native parts too)
+
+            from scorecli.engine import Scorer
+            from scorecli.models import load_model
         interrupts.checkpoint("model")
         with console.status("loading model…") as status:
             loaded = load_model(
@@ -478,7 +470,6 @@ def _score_on_ray(
     stdout as JSON lines, in input order, as the shards complete.
     """
     from scorecli import scaleout
-    from scorecli.models import resolve_device, resolve_dtype
 
     scaleout.require_ray()
     if out is None:
@@ -510,15 +501,10 @@ def _score_on_ray(
 
     kept = kept_types(sources, fields.keep)
     _check_run_options("", out, False, overwrite, options["words"], rows)
-    if options["top_k"] < 0:
-        raise UsageError(f"must be at least 0, not {options['top_k']}", arg="top_k")
-    from scorecli.compiled import check_compile
-
-    check_compile(options["compile"])
     dtype, device, ref_dtype = options["dtype"], options["device"], options["ref_dtype"] or options["dtype"]
-    resolve_dtype(dtype, resolve_device(device))
-    if options["ref_model"] is not None:
-        resolve_dtype(ref_dtype, resolve_device(device))
+    from scorecli.models import resolve_device
+
+    resolve_device(device)
     limit = options["limit"]
     metadata = {
         **_input_metadata(sources, fields, None),
@@ -1011,13 +997,18 @@ def _expected_tokens(sources: list[str], limit: int | None, records: int | None 
 
 
 def _checked_options(options: dict) -> tuple[Fields, list[str]]:
-    """Check the option values and combinations that need no model; return the fields and chat roles."""
-    from scorecli.batching import check_limits
-
+    """Check the option values and combinations that need no model (nor torch); return the fields and chat roles."""
     check_limits(options["batch_tokens"], options["max_length"], options["stride"], options["truncate"])
     _check_at_least_one(limit=options["limit"], threads=options["threads"])
     if options["min_shared_prefix"] < 2:
         raise UsageError(f"must be at least 2, not {options['min_shared_prefix']}", arg="min_shared_prefix")
+    if options["top_k"] < 0:
+        raise UsageError(f"must be at least 0, not {options['top_k']}", arg="top_k")
+    check_compile(options["compile"])
+    check_device(options["device"])
+    check_dtype(options["dtype"])
+    if options["ref_model"] is not None and options["ref_dtype"] is not None:
+        check_dtype(options["ref_dtype"], arg="ref_dtype")
     fields = _fields(
         *(options[k] for k in ("text_field", "id_field", "prompt_field", "response_field")), options["messages_field"]
     )
