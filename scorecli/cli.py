@@ -326,7 +326,7 @@ def score(
             "gpus_per_worker": gpus_per_worker,
         }
         if ray or (resume and out not in (None, STDIN) and is_sharded_run(out)):
-            _score_on_ray(ctx, options, console, out, resume, overwrite, rows, ray_options, cleanup)
+            _score_on_ray(ctx, options, console, out, resume, overwrite, rows, ray_options)
             return
         for name, value in ray_options.items():
             if value is not None:
@@ -462,12 +462,10 @@ def _score_on_ray(
     overwrite: bool,
     rows: Rows | None,
     ray_options: dict,
-    cleanup: ExitStack,
 ) -> None:
     """`score --ray`: the same scoring as Ray tasks, one per shard of the input, joined into Parquet datasets.
 
-    With `--out -`, the shards go to a temporary folder, removed afterwards (by `cleanup`), and their rows to
-    stdout as JSON lines, in input order, as the shards complete.
+    With `--out -`, the shards' rows go to stdout as JSON lines, in input order, as the shards complete.
     """
     from scorecli import scaleout
 
@@ -536,35 +534,23 @@ def _score_on_ray(
     )
     progress, advance = _sharded_progress_bar(console)
     command = shlex.join(["scorecli", *sys.argv[1:]])
-    on_shard, folder = None, Path(out).resolve()
-    if out == STDIN:
-        import shutil
-        import tempfile
-
-        from scorecli.outputs import write_result_lines
-
-        # A multi-node cluster's workers write there too: TMPDIR must then be a folder every node shares.
-        folder = Path(tempfile.mkdtemp(prefix="scorecli-ray-"))
-        cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
-        name = f"{(rows or Rows.sequences).value}.parquet"
-        on_shard = scaleout.InOrder(lambda shard_dir: write_result_lines(sys.stdout, shard_dir / name))
+    run = {
+        "address": ray_options["ray_address"],
+        "shards": ray_options["shards"],
+        "workers": ray_options["workers"],
+        "threads": options["threads"],
+        "gpus_per_worker": ray_options["gpus_per_worker"],
+        "limit": limit,
+        "command": command,
+        "progress": advance,
+    }
+    resolved = [_resolved(s) for s in sources]  # workers may run in another folder
     try:
         with _sigterm_as_interrupt(), progress:
-            result = scaleout.score_sharded(
-                job,
-                [_resolved(s) for s in sources],  # workers may run in another folder
-                folder,
-                address=ray_options["ray_address"],
-                shards=ray_options["shards"],
-                workers=ray_options["workers"],
-                threads=options["threads"],
-                gpus_per_worker=ray_options["gpus_per_worker"],
-                limit=limit,
-                overwrite=overwrite,
-                command=command,
-                progress=advance,
-                on_shard=on_shard,
-            )
+            if out == STDIN:
+                result = scaleout.stream_sharded(job, resolved, sys.stdout, (rows or Rows.sequences).value, **run)
+            else:
+                result = scaleout.score_sharded(job, resolved, Path(out).resolve(), overwrite=overwrite, **run)
     except KeyboardInterrupt as e:
         code = EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
         if out == STDIN:

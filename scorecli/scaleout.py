@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TextIO
 
 from scorecli.corpus import is_text_file, read_corpus
 from scorecli.errors import OutputError, ScorecliError, UsageError, first_line
@@ -441,6 +442,27 @@ def score_sharded(
         finally:
             with contextlib.suppress(Exception):
                 ray.shutdown()
+
+
+def stream_sharded(
+    job: Job, sources: Sequence[str], stream: TextIO, rows: str = "sequences", **options
+) -> ShardedResult:
+    """Score a corpus on Ray as `score_sharded` does, writing its `rows` to `stream` as JSON lines in input order.
+
+    The shards are scored into a temporary folder, removed afterwards (on a multi-node cluster, TMPDIR must
+    be a folder every node shares). Each complete shard's lines are written once those of all shards before
+    it are. `options` are `score_sharded`'s keywords.
+    """
+    import tempfile
+
+    from scorecli.outputs import write_result_lines
+
+    folder = Path(tempfile.mkdtemp(prefix="scorecli-ray-"))
+    try:
+        on_shard = InOrder(lambda shard_dir: write_result_lines(stream, shard_dir / f"{rows}.parquet"))
+        return score_sharded(job, sources, folder, on_shard=on_shard, **options)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _start_ray(address: str | None):
