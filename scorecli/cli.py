@@ -548,7 +548,14 @@ def _score_on_ray(
     try:
         with _sigterm_as_interrupt(), progress:
             if out == STDIN:
-                result = scaleout.stream_sharded(job, resolved, sys.stdout, (rows or Rows.sequences).value, **run)
+                typed = dict(zip(resolved, sources))
+
+                def skipped(rejected: Rejected) -> None:
+                    """Report a skipped record under its file's name as typed, as a single process does."""
+                    _report_skipped(replace(rejected, source=typed.get(rejected.source, rejected.source)))
+
+                row_kind = (rows or Rows.sequences).value
+                result = scaleout.stream_sharded(job, resolved, sys.stdout, row_kind, on_reject=skipped, **run)
             else:
                 result = scaleout.score_sharded(job, resolved, Path(out).resolve(), overwrite=overwrite, **run)
     except KeyboardInterrupt as e:
@@ -713,8 +720,7 @@ class _Run:
             return
         self.writer.reject(rejected)
         if self.out == STDIN:
-            where = f"{shown(rejected.source)}: line {rejected.line}"
-            typer.echo(f"scorecli: skipped {where}: {one_line(rejected.reason)}", err=True)
+            _report_skipped(rejected)
 
     def start(
         self,
@@ -877,6 +883,12 @@ class _Run:
     def _resume_command(self, *extra: str) -> str:
         """The command line that resumes this run (its input and options are saved in its folder)."""
         return shlex.join(["scorecli", "score", "-o", self.out, "--resume", *extra])
+
+
+def _report_skipped(rejected: Rejected) -> None:
+    """Say on stderr that a record was skipped (with results on stdout, there is no errors.jsonl to hold it)."""
+    where = f"{shown(rejected.source)}: line {rejected.line}"
+    typer.echo(f"scorecli: skipped {where}: {one_line(rejected.reason)}", err=True)
 
 
 class _Selected:
