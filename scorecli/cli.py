@@ -309,6 +309,7 @@ def score(
 ) -> None:
     """Score every token of every text in INPUT and write per-token and per-sequence scores."""
     console = Console(stderr=True, quiet=quiet)
+    # Read by name from here on: a resumed run's options are those saved in its folder, where not given.
     options = {name: value for name, value in locals().items() if name in _SAVED_OPTIONS}
     with _reported_errors(), ExitStack() as cleanup:
         with interrupts.deferred("tables"):  # pyarrow's native parts, held like torch's below
@@ -346,32 +347,23 @@ def score(
         if state is not None:
             # Options not given are those the run was started with; those given must agree (check_resume).
             options = _resumed_options(ctx, options, state.options)
-            (input, model, text_field, id_field, prompt_field, response_field, messages_field, roles) = (
-                options[k] for k in _SAVED_OPTIONS[:8]
-            )
-            (all_tokens, words, batch_tokens, max_length, stride, truncate, bos, device, dtype, on_error) = (
-                options[k] for k in _SAVED_OPTIONS[8:18]
-            )
-            (limit, threads, revision, trust_remote_code, join) = (options[k] for k in _SAVED_OPTIONS[18:23])
-            (top_k, ref_model, ref_dtype, keep_fields) = (options[k] for k in _SAVED_OPTIONS[23:27])
-            compile = options["compile"]
-            prefix_sharing, min_shared_prefix = options["prefix_sharing"], options["min_shared_prefix"]
             fields, role_names = _checked_options(options)
+            input = options["input"]
             input = [input] if isinstance(input, str) else input  # a run saved before INPUT became a list
             sources = expand_inputs(input)
             source = sources[0] if len(sources) == 1 else ""
-            _check_run_options(source, out, resume, overwrite, words, rows)
+            _check_run_options(source, out, resume, overwrite, options["words"], rows)
             run.source = sources[0]
-        separator = _join_separator(join, fields, on_error)
+        separator = _join_separator(options["join"], fields, options["on_error"])
         if fields.keep and separator is not None:
             raise UsageError("--keep-fields cannot be combined with --join, whose one document has no fields")
         kept = kept_types(sources, fields.keep)
         records = read_corpus(
             sources,
             fields,
-            on_error=run.reject if on_error is OnError.skip else None,
+            on_error=run.reject if options["on_error"] is OnError.skip else None,
             skip=state.records_done if state else 0,
-            limit=limit,
+            limit=options["limit"],
             join=separator,
         )
         selected = _Selected(records, fields, role_names)
@@ -384,68 +376,69 @@ def score(
         interrupts.checkpoint("model")
         with console.status("loading model…") as status:
             loaded = load_model(
-                model,
-                device=device,
-                dtype=dtype,
-                revision=revision,
-                trust_remote_code=trust_remote_code,
+                options["model"],
+                device=options["device"],
+                dtype=options["dtype"],
+                revision=options["revision"],
+                trust_remote_code=options["trust_remote_code"],
                 progress=lambda step: _loading(console, status, step),
             )
         ref = None
-        if ref_model is not None:
+        if options["ref_model"] is not None:
             with console.status("loading reference model…") as status:
                 ref = load_model(
-                    ref_model,
-                    device=device,
-                    dtype=ref_dtype or dtype,
-                    trust_remote_code=trust_remote_code,
+                    options["ref_model"],
+                    device=options["device"],
+                    dtype=options["ref_dtype"] or options["dtype"],
+                    trust_remote_code=options["trust_remote_code"],
                     progress=lambda step: _loading(console, status, step),
                     arg="ref_model",
                 )
 
-        records_total = count_corpus(sources) if separator is None or limit else None
+        records_total = count_corpus(sources) if separator is None or options["limit"] else None
         scorer = Scorer(
             loaded.model,
             loaded.tokenizer,
-            bos=bos,
-            max_length=max_length,
-            stride=stride,
-            truncate=truncate,
-            all_tokens=all_tokens,
+            bos=options["bos"],
+            max_length=options["max_length"],
+            stride=options["stride"],
+            truncate=options["truncate"],
+            all_tokens=options["all_tokens"],
             roles=role_names,
-            batch_tokens=batch_tokens,
-            threads=threads,
-            top_k=top_k,
+            batch_tokens=options["batch_tokens"],
+            threads=options["threads"],
+            top_k=options["top_k"],
             ref_model=None if ref is None else ref.model,
             ref_tokenizer=None if ref is None else ref.tokenizer,
             # On stdout, lines are wanted as soon as they exist; a folder run keeps fixed buffers for resume.
             stream=out == STDIN,
-            compile=compile,
-            expected_tokens=_expected_tokens(sources, limit, records_total),
-            prefix_sharing=prefix_sharing,
-            min_shared_prefix=min_shared_prefix,
+            compile=options["compile"],
+            expected_tokens=_expected_tokens(sources, options["limit"], records_total),
+            prefix_sharing=options["prefix_sharing"],
+            min_shared_prefix=options["min_shared_prefix"],
         )
         metadata = {
             **loaded.info,
             **({} if ref is None else {f"ref_{k}": v for k, v in ref.info.items()}),
             **scorer.metadata,
             **_input_metadata(sources, fields, separator),
-            "scored": _scored(fields, scorer.roles, all_tokens),
-            **({"limit": str(limit)} if limit else {}),
+            "scored": _scored(fields, scorer.roles, options["all_tokens"]),
+            **({"limit": str(options["limit"])} if options["limit"] else {}),
             **({"keep_fields": json.dumps(fields.keep, ensure_ascii=False)} if fields.keep else {}),
-            "words": str(words).lower(),
+            "words": str(options["words"]).lower(),
             "scorecli_version": __version__,
         }
         if state is not None:
-            _check_resumed_input(state, metadata, input, model, ref_model)
+            _check_resumed_input(state, metadata, input, options["model"], options["ref_model"])
             check_resume(state, metadata)
-        run.start(metadata, words, state, _saved_options(options, input, model), scorer.columns, kept)
+        saved = _saved_options(options, input, options["model"])
+        run.start(metadata, options["words"], state, saved, scorer.columns, kept)
         total = 1 if separator is not None else records_total
         run.score(
             scorer,
             records,
-            min(total, limit) if total and limit else total,
-            skip_bad=on_error is OnError.skip,
+            min(total, options["limit"]) if total and options["limit"] else total,
+            skip_bad=options["on_error"] is OnError.skip,
             nothing=selected.why_none,
         )
         console.print(render(run.summary.as_dict(), metadata))
@@ -1045,7 +1038,13 @@ def _resolved_inputs(input: list[str] | str) -> list[str]:
 
 
 def _resumed_options(ctx: typer.Context, given: dict, saved: dict) -> dict:
-    """The options of a resumed run: those given on the command line, else those the run was started with."""
+    """The options of a resumed run: those given on the command line, else those the run was started with.
+
+    An option a run saved by an older version lacks is as it was before it existed, where there is such a value.
+    """
+    from scorecli.runs import OPTIONS_BEFORE_THEY_EXISTED
+
+    saved = {**OPTIONS_BEFORE_THEY_EXISTED, **saved}
     options = {}
     for name, value in given.items():
         source = ctx.get_parameter_source(name)

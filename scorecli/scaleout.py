@@ -764,6 +764,9 @@ def _remove_results(out_dir: Path) -> None:
 
 def _check_same(was: dict, now: dict, out_dir: Path) -> None:
     """OutputError where a rerun's options differ from those the sharded run was started with."""
+    from scorecli.runs import OPTIONS_BEFORE_THEY_EXISTED
+
+    was = {**OPTIONS_BEFORE_THEY_EXISTED, **was}  # a run started by an older version was scored without them
     for key in dict.fromkeys([*was, *now]):
         if was.get(key) != now.get(key):
             raise OutputError(
