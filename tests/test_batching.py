@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from scorecli.batching import check_limits, collate, pack
+from scorecli.batching import collate, pack
+from scorecli.checks import check_limits
 from scorecli.errors import UsageError
 
 

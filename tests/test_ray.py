@@ -322,3 +322,25 @@ def test_in_order_hands_shards_on_in_input_order():
         callback(Shard(number, "f.jsonl", number * 10, 10), Path(f"s{number}"))
         assert emitted == [Path(f"s{n}") for n in range(len(emitted))]
     assert len(emitted) == 5
+
+
+def test_stdout_with_skip_reports_each_skipped_record_as_a_single_process_does(
+    ray_head, gpt2_dir, tmp_path, monkeypatch
+):
+    # Bad records in both files (so in both shards): each is named on stderr, the file as typed (relative here).
+    for name in ("a.jsonl", "b.jsonl"):
+        good = [json.dumps({"id": f"{name[0]}{i}", "text": f"Record {i} of file {name}."}) for i in range(4)]
+        lines = [good[0], '{"id": "cut", "text": "an unfinished', good[1], json.dumps({"text": 7}), *good[2:]]
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        (tmp_path / "bad" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    args = ["score", "bad", "-m", str(gpt2_dir), "--threads", "1", "--on-error", "skip", "-o", "-"]
+    single = runner.invoke(app, args)
+    assert single.exit_code == 0, single.output
+    result = runner.invoke(app, [*args, "--ray", "--ray-address", ray_head, "--workers", "2", "--shards", "2"])
+    assert result.exit_code == 0, result.output
+    want = [line for line in single.stderr.splitlines() if line.startswith("scorecli: skipped")]
+    got = [line for line in result.stderr.splitlines() if line.startswith("scorecli: skipped")]
+    assert len(want) == 4 and want[0].startswith("scorecli: skipped bad/a.jsonl: line 2: ")
+    assert got == want
+    assert len(result.stdout.splitlines()) == len(single.stdout.splitlines()) == 8

@@ -196,3 +196,43 @@ def test_finished_documents_of_an_interrupted_buffer_are_kept_and_not_scored_aga
         assert a.doc == b.doc and np.array_equal(a.logprobs, b.logprobs) and np.array_equal(a.entropies, b.entropies)
         assert a.sequence_row() == b.sequence_row() and a.tokens == b.tokens
         assert a.stats.keys() == b.stats.keys() and all(np.array_equal(a.stats[c], b.stats[c]) for c in a.stats)
+
+
+def test_resume_alone_reads_every_saved_option_by_name(gpt2_dir, corpus, tmp_path):
+    # A run with many options away from their defaults, stopped by a bad record, resumed with none of them:
+    # each must come back as itself (a value read into another option would change the results or be refused).
+    lines = corpus.read_text(encoding="utf-8").splitlines()[:300]
+    lines[250] = '{"text": 12}'
+    data = tmp_path / "bad.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    options = ["-m", gpt2_dir, "--batch-tokens", 64, "--max-length", 24, "--stride", 8, "--top-k", 2, "--no-bos"]
+    options += ["--words", "--min-shared-prefix", 3, "--no-prefix-sharing", "--limit", 280, "--threads", 1]
+    assert _score(data, *options, "-o", tmp_path / "cut").exit_code == 3
+    resumed = _score("-o", tmp_path / "cut", "--resume", "--on-error", "skip")
+    assert resumed.exit_code == 0, resumed.output
+    assert _score(data, *options, "--on-error", "skip", "-o", tmp_path / "straight").exit_code == 0
+    _assert_same_results(tmp_path / "cut", tmp_path / "straight")
+    saved = json.loads((tmp_path / "cut" / "summary.json").read_text())["metadata"]
+    assert (saved["max_length"], saved["stride"], saved["top_k"], saved["limit"]) == ("24", "8", "2", "280")
+
+
+def test_a_run_saved_before_prefix_sharing_existed_resumes_without_it(gpt2_dir, corpus, tmp_path):
+    # Such a run was scored without sharing and its folder says nothing of it: resumed, it goes on without
+    # sharing (and says so), giving the results of a run without sharing.
+    lines = corpus.read_text(encoding="utf-8").splitlines()[:300]
+    lines[250] = '{"text": 12}'
+    data = tmp_path / "bad.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    options = ["-m", gpt2_dir, "--batch-tokens", 64, "--words"]
+    assert _score(data, *options, "--no-prefix-sharing", "-o", tmp_path / "old").exit_code == 3
+    run_file = tmp_path / "old" / "parts" / "run.json"
+    run = json.loads(run_file.read_text())
+    del run["metadata"]["prefix_sharing"], run["options"]["prefix_sharing"]
+    run_file.write_text(json.dumps(run))
+
+    resumed = _score("-o", tmp_path / "old", "--resume", "--on-error", "skip")
+    assert resumed.exit_code == 0, resumed.output
+    straight = _score(data, *options, "--no-prefix-sharing", "--on-error", "skip", "-o", tmp_path / "straight")
+    assert straight.exit_code == 0
+    _assert_same_results(tmp_path / "old", tmp_path / "straight")
+    assert json.loads((tmp_path / "old" / "summary.json").read_text())["metadata"]["prefix_sharing"] == "off"

@@ -1,0 +1,45 @@
+"""Checks of option values that need neither torch nor a model, so that a mistake is reported at once."""
+
+from __future__ import annotations
+
+from scorecli.errors import UsageError
+
+COMPILE_CHOICES = ("auto", "on", "off")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def check_limits(
+    batch_tokens: int | None, max_length: int | None, stride: int | None = None, truncate: bool = False
+) -> None:
+    """Reject a token budget, length limit or stride that cannot work (None means the default)."""
+    if batch_tokens is not None and batch_tokens < 1:
+        raise UsageError(f"must be at least 1, not {batch_tokens}", arg="batch_tokens")
+    if max_length is not None and max_length < 2:
+        raise UsageError(f"must be at least 2, not {max_length}", arg="max_length")
+    if stride is not None:
+        if truncate:
+            raise UsageError("and `truncate` cannot be used together: truncation scores no windows", arg="stride")
+        if stride < 1:
+            raise UsageError(f"must be at least 1, not {stride}", arg="stride")
+        if max_length is not None and stride >= max_length:
+            # A window that starts where the last one ended would leave its first token without context.
+            raise UsageError(f"must be less than `max_length` ({max_length}), not {stride}", arg="stride")
+
+
+def check_compile(choice: str) -> None:
+    """Raise UsageError unless `choice` is one of auto, on, off."""
+    if choice not in COMPILE_CHOICES:
+        raise UsageError(f"must be one of {', '.join(COMPILE_CHOICES)}, not '{choice}'", arg="compile")
+
+
+def check_device(name: str) -> None:
+    """Raise UsageError unless `name` is a --device choice (whether it is present here needs torch)."""
+    if name not in DEVICES:
+        raise UsageError(f"must be one of {', '.join(DEVICES)}, not '{name}'", arg="device")
+
+
+def check_dtype(name: str, arg: str = "dtype") -> None:
+    """Raise UsageError unless `name` is a --dtype choice; `arg` names the argument it was given as."""
+    if name != "auto" and name not in DTYPE_NAMES:
+        raise UsageError(f"must be one of auto, {', '.join(DTYPE_NAMES)}, not '{name}'", arg=arg)
