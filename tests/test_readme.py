@@ -3,8 +3,10 @@
 The convention (stated in the README's Development section): ```bash blocks run line by line, in order,
 from a temporary folder that holds a copy of samples/, with this environment's bin folder on PATH and the
 embedded SmolLM2 as the default model; lines that set up the machine (make, source, pip, git) are shown,
-not run. Then the ```python blocks run in order in one interpreter (so a block may use names defined by
-an earlier one), in the same folder. A ```text block is output or a command that cannot run here; one
+not run. Each `scorecli` there is a forked child of a process that imported torch and transformers once
+(forkserver.py), with the line's own arguments, folder, environment and streams. Then the ```python
+blocks run in order in one interpreter (so a block may use names defined by an earlier one), in the same
+folder. A ```text block is output or a command that cannot run here; one
 made of JSON lines right after a ```bash block is that block's last command's output, and must match it
 (same keys in the same order, same values, floats to 1e-3).
 """
