@@ -19,6 +19,7 @@ import gc
 import importlib
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -44,7 +45,10 @@ with socket.socket(socket.AF_UNIX) as s:
     s.sendall(json.dumps(request).encode())
     s.shutdown(socket.SHUT_WR)
     reply = b""
-    while chunk := s.recv(64):
+    while not reply.endswith(b"\\n"):  # not the end of the stream: a later child may hold a copy of the socket
+        chunk = s.recv(64)
+        if not chunk:
+            break
         reply += chunk
 code = int(reply)
 if code < 0:
@@ -103,10 +107,20 @@ def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
 
 
 def _answer(conn: socket.socket, pid: int) -> None:
-    """Tell the shim how the child ended: its exit code, or minus the signal that killed it."""
-    _, status = os.waitpid(pid, 0)
+    """Tell the shim how the child ended: its exit code, or minus the signal that killed it.
+
+    A shim that ends first (killed by a test's timeout) takes its child with it, as killing the installed
+    `scorecli` would: its end of the socket closes, which makes ours readable.
+    """
     with conn:
-        conn.sendall(str(os.waitstatus_to_exitcode(status)).encode())
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if select.select([conn], [], [], 0.1)[0]:
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
 
 
 def serve(address: str) -> dict | None:
