@@ -42,8 +42,8 @@ with socket.socket(socket.AF_UNIX) as s:
     here = os.path.dirname(os.path.abspath(__file__))
     os.environ["PATH"] = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != here)
     request = {{"argv": [{entry!r}, *sys.argv[1:]], "cwd": os.getcwd(), "env": dict(os.environ)}}
-    s.sendall(json.dumps(request).encode())
-    s.shutdown(socket.SHUT_WR)
+    data = json.dumps(request).encode()
+    s.sendall(len(data).to_bytes(8, "big") + data)
     reply = b""
     while not reply.endswith(b"\\n"):  # not the end of the stream: a later child may hold a copy of the socket
         chunk = s.recv(64)
@@ -52,7 +52,8 @@ with socket.socket(socket.AF_UNIX) as s:
         reply += chunk
 code = int(reply)
 if code < 0:
-    signal.signal(-code, signal.SIG_DFL)
+    if -code not in (signal.SIGKILL, signal.SIGSTOP):
+        signal.signal(-code, signal.SIG_DFL)
     os.kill(os.getpid(), -code)
 sys.exit(code)
 """
@@ -98,19 +99,22 @@ def _preload() -> None:
 
 
 def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
-    """The command a shim sent: its three descriptors, then a JSON request up to the end of its stream."""
+    """The command a shim sent: its three descriptors, then a JSON request after its length in 8 bytes."""
     _, fds, _, _ = socket.recv_fds(conn, 1, 3)
     data = b""
-    while chunk := conn.recv(1 << 16):
+    while len(data) < 8 or len(data) < 8 + int.from_bytes(data[:8], "big"):
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            raise EOFError("the shim closed its socket before sending its whole request")
         data += chunk
-    return json.loads(data), fds
+    return json.loads(data[8:]), fds
 
 
 def _answer(conn: socket.socket, pid: int) -> None:
     """Tell the shim how the child ended: its exit code, or minus the signal that killed it.
 
     A shim that ends first (killed by a test's timeout) takes its child with it, as killing the installed
-    `scorecli` would: its end of the socket closes, which makes ours readable.
+    `scorecli` would: its end of the socket closes, which makes ours readable (it sends nothing more).
     """
     with conn:
         while True:
