@@ -22,7 +22,9 @@ SAMPLES = ROOT / "samples"
 
 
 _TEMP_CACHE: list[str] = []
-COLD_CACHE_TEST = "test_a_cold_cache_says_it_is_converting_and_nothing_else_prints"
+# The slowest files first: with `--dist loadfile` (pyproject.toml) each file runs whole on one worker, in this
+# order, so the long ones start at once instead of last, beside everything else.
+SLOW_FILES_FIRST = ("test_readme.py", "test_ray.py", "test_cli.py", "test_resume.py", "test_run_folder.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,12 +32,16 @@ def pytest_configure(config: pytest.Config) -> None:
     if "SCORECLI_CACHE_DIR" not in os.environ:
         _TEMP_CACHE.append(tempfile.mkdtemp(prefix="scorecli-test-cache-"))
         os.environ["SCORECLI_CACHE_DIR"] = _TEMP_CACHE[0]
+    # A pytest started with SIGINT ignored (a background job of a non-interactive shell, say) passes SIG_IGN
+    # on to every process it starts, whose Python then installs no KeyboardInterrupt handler: the tests'
+    # Ctrl-Cs would do nothing. Handled here, SIGINT starts at its default in every child, as from a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The cold-cache test first: it converts SmolLM2 into the suite's cache, so no other test converts it again.
-    first = [item for item in items if item.name == COLD_CACHE_TEST]
-    items[:] = first + [item for item in items if item.name != COLD_CACHE_TEST]
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order stays
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

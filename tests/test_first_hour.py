@@ -111,11 +111,10 @@ def test_the_library_prints_nothing_while_loading(gpt2_dir, capfd, monkeypatch):
 
 @pytest.mark.realmodel
 def test_a_cold_cache_says_it_is_converting_and_nothing_else_prints(tmp_path, capfd, monkeypatch):
-    # conftest runs this test first: where the suite's cache is still cold, its conversion is the suite's only one.
-    cache = models.cache_dir()
-    if (cache / "gguf").is_dir() and any((cache / "gguf").iterdir()):
-        cache = tmp_path / "cache"
-        monkeypatch.setenv("SCORECLI_CACHE_DIR", str(cache))
+    # A cache of its own: the suite's is shared with tests that run beside this one (pytest-xdist), which
+    # may be converting SmolLM2 into it at this very moment.
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SCORECLI_CACHE_DIR", str(cache))
     monkeypatch.setattr(models, "_loaded", {})
     out = tmp_path / "o"
     result = runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), "-o", str(out), "--limit", "2"])

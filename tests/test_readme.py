@@ -3,8 +3,10 @@
 The convention (stated in the README's Development section): ```bash blocks run line by line, in order,
 from a temporary folder that holds a copy of samples/, with this environment's bin folder on PATH and the
 embedded SmolLM2 as the default model; lines that set up the machine (make, source, pip, git) are shown,
-not run. Then the ```python blocks run in order in one interpreter (so a block may use names defined by
-an earlier one), in the same folder. A ```text block is output or a command that cannot run here; one
+not run. Each `scorecli` there is a forked child of a process that imported torch and transformers once
+(forkserver.py), with the line's own arguments, folder, environment and streams. Then the ```python
+blocks run in order in one interpreter (so a block may use names defined by an earlier one), in the same
+folder. A ```text block is output or a command that cannot run here; one
 made of JSON lines right after a ```bash block is that block's last command's output, and must match it
 (same keys in the same order, same values, floats to 1e-3).
 """
@@ -18,9 +20,12 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import forkserver
 import pytest
 from conftest import ROOT, SAMPLES
 
@@ -30,6 +35,8 @@ README = ROOT / "README.md"
 # Set-up commands: shown in the README, not run by the test (they install things or change the shell).
 NOT_RUN = ("make", "source", ".", "pip", "git", "python3 -m venv")
 TIMEOUT_S = 300
+# Set to 1 to run each `scorecli` line in a fresh interpreter instead of a child of the fork server.
+FRESH_ENV = "SCORECLI_TEST_README_FRESH"
 
 
 @dataclass
@@ -91,9 +98,43 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
-def _env() -> dict[str, str]:
+@pytest.fixture(scope="module")
+def scorecli_bin(folder: Path):
+    """A folder whose `scorecli` runs each command in a forked child of a server that imported torch and
+    transformers once (see forkserver.py), or None where FRESH_ENV asks for the installed one."""
+    if os.environ.get(FRESH_ENV) == "1":
+        yield None
+        return
+    # A short path of its own: a Unix socket's address has at most 107 bytes.
+    place = Path(tempfile.mkdtemp(prefix="scorecli-readme-"))
+    address, log = str(place / "server.sock"), place / "server.log"
+    with open(log, "w") as f:
+        server = subprocess.Popen(
+            [sys.executable, forkserver.__file__, address],
+            cwd=folder,
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not os.path.exists(address):
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        forkserver.shim(place, address)
+        yield place
+    finally:
+        server.terminate()
+        server.wait(60)
+        shutil.rmtree(place, ignore_errors=True)
+
+
+def _env(scorecli_bin: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if scorecli_bin is not None:
+        env["PATH"] = f"{scorecli_bin}{os.pathsep}{env['PATH']}"
     env["HF_HUB_OFFLINE"] = "1"  # a hub example must be a ```text block: fail at once rather than download
     env["COLUMNS"] = "100"
     # The --ray examples' local clusters (on 127.0.0.1): no token authentication, no token file in the home folder.
@@ -115,12 +156,12 @@ def test_readme_has_examples():
 
 
 @pytest.mark.parametrize("block", BASH, ids=[b.id for b in BASH])
-def test_bash_block(folder, block):
+def test_bash_block(folder, scorecli_bin, block):
     for line, command in commands(block):
         proc = subprocess.run(
             ["bash", "-o", "pipefail", "-c", command],
             cwd=folder,
-            env=_env(),
+            env=_env(scorecli_bin),
             capture_output=True,
             text=True,
             timeout=TIMEOUT_S,
