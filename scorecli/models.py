@@ -131,7 +131,7 @@ def load_model(
 
     `revision` (a branch, tag or commit) and `trust_remote_code` go to transformers' `from_pretrained`;
     `progress` is told each step of loading (converting a GGUF file takes a while, once). Errors name
-    `arg`, the argument that gave `spec` (a reference model's, say).
+    `arg`, the argument that gave `spec` (a reference model's, say), and its revision's (`ref_revision`).
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -143,6 +143,10 @@ def load_model(
                 _loaded[key] = _load(spec, torch_device, torch_dtype, hub, progress or (lambda _: None))
         except ModelError as e:
             raise ModelError(e.message, arg=arg if e.arg == "model" else e.arg) from None
+        except UsageError as e:
+            # A reference model's revision is its own argument (`ref_revision` for `ref_model`).
+            name = arg.removesuffix("model") + "revision" if e.arg == "revision" else e.arg
+            raise UsageError(e.message, arg=name) from None
         except (MemoryError, torch.OutOfMemoryError) as e:
             gc.collect()  # the half-loaded weights
             what = "beside the models already loaded" if _loaded else "here"

@@ -390,3 +390,107 @@ def test_library_checks_the_reference_tokenizer_where_given(gpt2_dir, llama_dir)
     gpt2, llama = (load_model(str(d), device="cpu", dtype="float32") for d in (gpt2_dir, llama_dir))
     with pytest.raises(ModelError, match="tokenizer differs from the model's: it maps '.*' to id"):
         Scorer(gpt2.model, gpt2.tokenizer, ref_model=llama.model, ref_tokenizer=llama.tokenizer)
+
+
+def _spy_on_revisions(monkeypatch) -> dict:
+    """Record the revision from_pretrained is given for each model folder (model and tokenizer alike)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from scorecli import models
+
+    seen = {}
+    for auto in (AutoModelForCausalLM, AutoTokenizer):
+        original = auto.from_pretrained.__func__
+
+        def spy(cls, source, *args, _original=original, **kwargs):
+            seen.setdefault(str(source), set()).add(kwargs.get("revision"))
+            return _original(cls, source, *args, **kwargs)
+
+        monkeypatch.setattr(auto, "from_pretrained", classmethod(spy))
+    monkeypatch.setattr(models, "_loaded", {})
+    return seen
+
+
+def test_ref_revision_reaches_the_reference_only_and_is_saved_for_resume(gpt2_dir, gpt2_ref_dir, tmp_path, monkeypatch):
+    from scorecli.outputs import read_metadata
+
+    seen = _spy_on_revisions(monkeypatch)
+    texts = sample_texts()
+    lines = [json.dumps({"text": texts[i % len(texts)]}) for i in range(300)]
+    lines[250] = '{"text": 5}'
+    data = tmp_path / "late-bad.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    args = [data, "-m", gpt2_dir, "--ref-model", gpt2_ref_dir, "--batch-tokens", 64]
+    assert _score(*args, "--ref-revision", "main", "-o", tmp_path / "o").exit_code == 3  # parts saved
+    assert seen == {str(gpt2_dir): {None}, str(gpt2_ref_dir): {"main"}}
+    # Resumed with no options, the reference is loaded at the saved revision again.
+    seen.clear()
+    monkeypatch.setattr("scorecli.models._loaded", {})
+    resumed = _score("--resume", "-o", tmp_path / "o", "--on-error", "skip")
+    assert resumed.exit_code == 0, resumed.output
+    assert seen == {str(gpt2_dir): {None}, str(gpt2_ref_dir): {"main"}}
+    meta = read_metadata(tmp_path / "o" / "tokens.parquet")
+    assert meta["ref_revision"] == "main" and "revision" not in meta
+    # --revision pins the model only.
+    seen.clear()
+    monkeypatch.setattr("scorecli.models._loaded", {})
+    assert _score(*args, "--revision", "main", "--on-error", "skip", "-o", tmp_path / "r").exit_code == 0
+    assert seen == {str(gpt2_dir): {"main"}, str(gpt2_ref_dir): {None}}
+    meta = read_metadata(tmp_path / "r" / "tokens.parquet")
+    assert meta["revision"] == "main" and "ref_revision" not in meta
+    fake = tmp_path / "m.gguf"
+    fake.write_bytes(b"GGUF")
+    result = _score(SAMPLES / "mixed.jsonl", "-m", gpt2_dir, "--ref-model", fake, "--ref-revision", "v1")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "scorecli: error: --ref-revision applies to hub models and model folders, not to GGUF files"
+    )
+
+
+def test_a_run_saved_before_ref_revision_existed_resumes(gpt2_dir, gpt2_ref_dir, tmp_path, monkeypatch):
+    seen = _spy_on_revisions(monkeypatch)
+    texts = sample_texts()
+    lines = [json.dumps({"text": texts[i % len(texts)]}) for i in range(300)]
+    lines[250] = '{"text": 5}'
+    data = tmp_path / "late-bad.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    args = [data, "-m", gpt2_dir, "--ref-model", gpt2_ref_dir, "--batch-tokens", 64]
+    assert _score(*args, "-o", tmp_path / "old").exit_code == 3
+    run_file = tmp_path / "old" / "parts" / "run.json"
+    run = json.loads(run_file.read_text())
+    del run["options"]["ref_revision"]
+    run_file.write_text(json.dumps(run))
+    seen.clear()
+    monkeypatch.setattr("scorecli.models._loaded", {})
+    resumed = _score("--resume", "-o", tmp_path / "old", "--on-error", "skip")
+    assert resumed.exit_code == 0, resumed.output
+    assert seen == {str(gpt2_dir): {None}, str(gpt2_ref_dir): {None}}
+    assert _score(*args, "--on-error", "skip", "-o", tmp_path / "straight").exit_code == 0
+    for name in ("tokens.parquet", "sequences.parquet"):
+        assert pq.read_table(tmp_path / "old" / name).equals(pq.read_table(tmp_path / "straight" / name)), name
+
+
+def test_ray_jobs_load_the_reference_at_ref_revision(gpt2_dir, gpt2_ref_dir, tmp_path, monkeypatch):
+    # The job --ray builds, scored as one shard here (the Ray tests run real clusters).
+    from scorecli import scaleout
+    from scorecli.cli import EXIT_INTERRUPTED
+    from scorecli.outputs import read_metadata
+
+    jobs = []
+
+    def captured(job, *args, **kwargs):
+        jobs.append(job)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scaleout, "require_ray", lambda: None)
+    monkeypatch.setattr(scaleout, "score_sharded", captured)
+    data = str(SAMPLES / "mixed.jsonl")
+    args = ["--ray", "-m", gpt2_dir, "--ref-model", gpt2_ref_dir, "--ref-revision", "main", "-o", tmp_path / "o"]
+    assert _score(data, *args).exit_code == EXIT_INTERRUPTED
+    [job] = jobs
+    assert job.options["ref_revision"] == "main" and job.options["revision"] is None
+    seen = _spy_on_revisions(monkeypatch)
+    scaleout.score_shard(scaleout.plan_shards([data], 1)[0], job, tmp_path / "shard")
+    assert seen == {str(gpt2_dir): {None}, str(gpt2_ref_dir): {"main"}}
+    meta = read_metadata(tmp_path / "shard" / "tokens.parquet")
+    assert meta["ref_revision"] == "main" and "revision" not in meta
