@@ -109,7 +109,24 @@ def word_stats(words: Words, logprobs: np.ndarray, entropies: np.ndarray) -> dic
     n = len(words)
     if not n:  # a text of whitespace alone: its tokens belong to no word
         return {"n_tokens": np.zeros(0, np.int64), "surprisal": np.zeros(0), "entropy": np.zeros(0, np.float32)}
-    counts = np.bincount(words.token_word, minlength=n)
-    surprisal = np.bincount(words.token_word, weights=-logprobs.astype(np.float64), minlength=n)
-    first = np.searchsorted(words.token_word, np.arange(n))  # tokens are in text order, so words' are sorted
-    return {"n_tokens": counts, "surprisal": surprisal, "entropy": entropies[first]}
+    token_word = words.token_word
+    counts = np.zeros(n, np.int64)
+    surprisal = np.zeros(n)
+    entropy = np.empty(n, entropies.dtype)
+    # A slice of tokens at a time: float64 and platform-integer copies of a huge document's log-probs and
+    # word indices would take up to 16 bytes a token. Each slice's sums start from 0 and are added on in token
+    # order, as one bincount over all the tokens adds them: the same sums, to the bit.
+    previous = -1
+    for first in range(0, len(token_word), _SLICE):
+        part = token_word[first : first + _SLICE]
+        low, high = int(part.min()), int(part.max()) + 1
+        local = part - low
+        counts[low:high] += np.bincount(local, minlength=high - low)
+        surprisal[low:high] += np.bincount(local, weights=-logprobs[first : first + _SLICE], minlength=high - low)
+        # Tokens are in text order, so words' are sorted: a word's first token is where the word changes.
+        starts = np.empty(len(part), dtype=bool)
+        starts[0] = part[0] != previous
+        np.not_equal(part[1:], part[:-1], out=starts[1:])
+        entropy[part[starts]] = entropies[first : first + _SLICE][starts]
+        previous = part[-1]
+    return {"n_tokens": counts, "surprisal": surprisal, "entropy": entropy}

@@ -8,11 +8,12 @@ import pytest
 from conftest import SAMPLES, sample_texts
 from typer.testing import CliRunner
 
+from scorecli import words as words_module
 from scorecli.cli import app
 from scorecli.engine import Scorer
 from scorecli.inputs import Record
 from scorecli.tables import WORD_SCHEMA
-from scorecli.words import assign_words, word_spans, word_stats
+from scorecli.words import Words, assign_words, word_spans, word_stats
 
 
 def test_words_by_hand():
@@ -28,6 +29,30 @@ def test_words_by_hand():
     assert stats["n_tokens"].tolist() == [2, 2, 2, 1]
     assert stats["surprisal"].tolist() == [3, 7, 11, 7]
     assert stats["entropy"].tolist() == [9, 7, 5, 3]  # each word's first token
+
+
+@pytest.mark.parametrize("slice_tokens", [1, 7, 1 << 20])
+def test_word_stats_equal_a_plain_loop_over_each_words_tokens(monkeypatch, slice_tokens):
+    # Slices of a few tokens cut words apart: the sums are still those of adding each word's tokens in order.
+    monkeypatch.setattr(words_module, "_SLICE", slice_tokens)
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 6, 200)
+    token_word = np.repeat(np.arange(len(lengths)), lengths).astype(np.int32)
+    logprobs = (rng.standard_normal(len(token_word)) * 4 - 3).astype(np.float32)
+    entropies = rng.random(len(token_word)).astype(np.float32) * 5
+    spans = np.arange(2 * len(lengths)).reshape(-1, 2)
+    stats = word_stats(Words(spans[:, 0], spans[:, 1], token_word), logprobs, entropies)
+    surprisal, first = [], 0
+    for length in lengths.tolist():
+        total = 0.0
+        for lp in logprobs[first : first + length].tolist():
+            total += -lp
+        surprisal.append(total)
+        first += length
+    np.testing.assert_array_equal(stats["n_tokens"], lengths)
+    assert stats["surprisal"].dtype == np.float64 and stats["surprisal"].tolist() == surprisal
+    assert stats["entropy"].dtype == np.float32
+    np.testing.assert_array_equal(stats["entropy"], entropies[np.cumsum(lengths) - lengths])
 
 
 def test_trailing_space_goes_to_the_last_word_and_response_spans_limit_words():
