@@ -17,7 +17,9 @@ from scorecli.errors import first_line
 # about 90 s eager (warm inductor cache). A likely cause, read in transformers' code but not measured:
 # under torch.compile, torch < 2.14 makes transformers' `is_torchdynamo_exporting()` true, so a whole-model
 # graph materialises the causal mask [B, 1, T, T] and attention loses the fused causal kernel; the decoder
-# layers are now compiled one by one instead (the mask made eagerly, as `None`).
+# layers are now compiled one by one instead (the mask made eagerly, as `None`). That runs the base forward
+# 1.05-1.11x as fast as eager on one thread, after about 23 s of compiling: whole runs of long.jsonl still
+# took 99 s and 121 s compiled against 89 s and 100 s eager (README, "Compiled, on request").
 AUTO_COMPILES_ON_CPU = False
 # Break-even of `auto` where it compiles, in scored tokens: 0.26 ms saved a token after about 27 s of
 # compiling with a cold cache repays it after about 100,000 tokens; twice that leaves a margin for the
@@ -30,7 +32,7 @@ INDUCTOR_CACHE = "inductor"
 # window), the two cases dynamic shapes specialise on; any other width or row count reuses them.
 _WARM_UP_SHAPES = ((2, 16), (1, 16))
 AUTO_CPU_REASON = (
-    "off (auto: compiling did not pay on the CPU, 2.8x slower on whole runs of windows up to 1,024 tokens)"
+    "off (auto: compiling did not pay on the CPU: whole runs of windows up to 1,024 tokens were slower compiled)"
 )
 
 
