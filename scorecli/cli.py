@@ -377,7 +377,6 @@ def score(
         with interrupts.deferred("imports"):
             from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (their native parts too)
 
-            from scorecli.allocator import return_large_blocks
             from scorecli.engine import Scorer
             from scorecli.models import load_model
         interrupts.checkpoint("model")
@@ -404,7 +403,6 @@ def score(
                 )
 
         records_total = count_corpus(sources) if separator is None or options["limit"] else None
-        return_large_blocks()  # this process scores: its batches' temporaries go back when freed
         scorer = Scorer(
             loaded.model,
             loaded.tokenizer,

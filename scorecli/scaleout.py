@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
-from scorecli.allocator import return_large_blocks
 from scorecli.corpus import is_text_file, read_corpus
 from scorecli.errors import OutputError, ScorecliError, UsageError, first_line
 from scorecli.inputs import Fields, Record, Rejected, display_name, is_parquet, read_records
@@ -646,7 +645,6 @@ class _Tracker:
 def _score_shard_task(shard: Shard, job: Job, folder: str, tracker) -> dict:
     """The Ray task: score one shard in this worker process (which keeps its model loaded between tasks)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return_large_blocks()
 
     def report(docs: int, tokens: int) -> None:
         tracker.update.remote(shard.number, docs, tokens)

@@ -2,16 +2,11 @@
 allocate beyond the document itself does not grow with its length (tracemalloc counts Python objects and
 numpy arrays: deterministic, unlike the process's RSS). benchmarks/bench_memory.py measures whole runs."""
 
-import platform
-import subprocess
-import sys
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLES
 
 from scorecli import words as words_module
 from scorecli.batching import windows
@@ -163,47 +158,3 @@ def test_the_words_of_a_huge_document_take_a_few_bytes_each():
     # Every word gets a token: its starts and ends are views of the spans, and only the word of each token
     # is new (4 bytes a token); copying the starts and ends took 8 bytes a word more.
     assert held <= 4 * len(offsets) + 2**16, f"{held / len(offsets):.1f} bytes a token"
-
-
-# Allocates 64 blocks of 3 MiB after one such block was freed (glibc then serves blocks that size from its heap),
-# frees every other one and prints how far the resident set grew, in MiB: half the blocks (96 MiB) are live.
-_FRAGMENTED = """
-import sys, torch
-from scorecli.allocator import return_large_blocks
-if sys.argv[1] == "on":
-    assert return_large_blocks()
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
-torch.ones(3 * 2**18)  # made and freed at once
-base = rss()
-blocks = [torch.ones(3 * 2**18) for _ in range(64)]
-del blocks[::2]
-print(rss() - base)
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not Path("/proc/self/statm").exists(), reason="glibc on Linux")
-def test_freed_batch_temporaries_go_back_to_the_system():
-    grown = {
-        how: float(subprocess.run([sys.executable, "-c", _FRAGMENTED, how], check=True, capture_output=True).stdout)
-        for how in ("off", "on")
-    }
-    assert grown["off"] > 96 + 64  # glibc's own policy holds most of the freed 96 MiB
-    assert grown["on"] < 96 + 16
-
-
-def test_the_cli_gives_large_blocks_back_before_scoring(tiny, tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    import scorecli.allocator
-    import scorecli.engine
-    from scorecli.cli import app
-
-    calls = []
-    monkeypatch.setattr(scorecli.allocator, "return_large_blocks", lambda: calls.append("allocator"))
-    scorer = scorecli.engine.Scorer
-    monkeypatch.setattr(scorecli.engine, "Scorer", lambda *a, **k: calls.append("scorer") or scorer(*a, **k))
-    args = ["score", str(SAMPLES / "mixed.jsonl"), "-m", tiny.info["model_path"], "-o", str(tmp_path / "o"), "-q"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert calls == ["allocator", "scorer"]
