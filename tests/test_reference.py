@@ -5,6 +5,7 @@ import math
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -411,16 +412,21 @@ def _spy_on_revisions(monkeypatch) -> dict:
     return seen
 
 
-def test_ref_revision_reaches_the_reference_only_and_is_saved_for_resume(gpt2_dir, gpt2_ref_dir, tmp_path, monkeypatch):
-    from scorecli.outputs import read_metadata
-
-    seen = _spy_on_revisions(monkeypatch)
+def _late_bad_corpus(tmp_path) -> Path:
+    """300 sample texts with a bad record at line 251: a run stops there with its first parts saved."""
     texts = sample_texts()
     lines = [json.dumps({"text": texts[i % len(texts)]}) for i in range(300)]
     lines[250] = '{"text": 5}'
     data = tmp_path / "late-bad.jsonl"
     data.write_text("\n".join(lines) + "\n")
-    args = [data, "-m", gpt2_dir, "--ref-model", gpt2_ref_dir, "--batch-tokens", 64]
+    return data
+
+
+def test_ref_revision_reaches_the_reference_only_and_is_saved_for_resume(gpt2_dir, gpt2_ref_dir, tmp_path, monkeypatch):
+    from scorecli.outputs import read_metadata
+
+    seen = _spy_on_revisions(monkeypatch)
+    args = [_late_bad_corpus(tmp_path), "-m", gpt2_dir, "--ref-model", gpt2_ref_dir, "--batch-tokens", 64]
     assert _score(*args, "--ref-revision", "main", "-o", tmp_path / "o").exit_code == 3  # parts saved
     assert seen == {str(gpt2_dir): {None}, str(gpt2_ref_dir): {"main"}}
     # Resumed with no options, the reference is loaded at the saved revision again.
@@ -449,12 +455,7 @@ def test_ref_revision_reaches_the_reference_only_and_is_saved_for_resume(gpt2_di
 
 def test_a_run_saved_before_ref_revision_existed_resumes(gpt2_dir, gpt2_ref_dir, tmp_path, monkeypatch):
     seen = _spy_on_revisions(monkeypatch)
-    texts = sample_texts()
-    lines = [json.dumps({"text": texts[i % len(texts)]}) for i in range(300)]
-    lines[250] = '{"text": 5}'
-    data = tmp_path / "late-bad.jsonl"
-    data.write_text("\n".join(lines) + "\n")
-    args = [data, "-m", gpt2_dir, "--ref-model", gpt2_ref_dir, "--batch-tokens", 64]
+    args = [_late_bad_corpus(tmp_path), "-m", gpt2_dir, "--ref-model", gpt2_ref_dir, "--batch-tokens", 64]
     assert _score(*args, "-o", tmp_path / "old").exit_code == 3
     run_file = tmp_path / "old" / "parts" / "run.json"
     run = json.loads(run_file.read_text())
