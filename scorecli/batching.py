@@ -9,7 +9,6 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from scorecli.checks import check_limits  # noqa: F401  (engine.py imports it from here)
 from scorecli.errors import ModelError
 from scorecli.inputs import Spans
 from scorecli.words import joined

@@ -27,6 +27,16 @@ def check_limits(
             raise UsageError(f"must be less than `max_length` ({max_length}), not {stride}", arg="stride")
 
 
+def check_counts(min_shared_prefix: int, threads: int | None, top_k: int) -> None:
+    """Reject a shared-prefix minimum, thread count or top-k that cannot work (threads None: the default)."""
+    if min_shared_prefix < 2:
+        raise UsageError(f"must be at least 2, not {min_shared_prefix}", arg="min_shared_prefix")
+    if threads is not None and threads < 1:
+        raise UsageError(f"must be at least 1, not {threads}", arg="threads")
+    if top_k < 0:
+        raise UsageError(f"must be at least 0, not {top_k}", arg="top_k")
+
+
 def check_compile(choice: str) -> None:
     """Raise UsageError unless `choice` is one of auto, on, off."""
     if choice not in COMPILE_CHOICES:

@@ -24,7 +24,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from scorecli import __version__, interrupts
-from scorecli.checks import check_compile, check_device, check_dtype, check_limits
+from scorecli.checks import check_compile, check_counts, check_device, check_dtype, check_limits
 from scorecli.corpus import (
     corpus_bytes,
     corpus_metadata,
@@ -998,11 +998,8 @@ def _expected_tokens(sources: list[str], limit: int | None, records: int | None 
 def _checked_options(options: dict) -> tuple[Fields, list[str]]:
     """Check the option values and combinations that need no model (nor torch); return the fields and chat roles."""
     check_limits(options["batch_tokens"], options["max_length"], options["stride"], options["truncate"])
-    _check_at_least_one(limit=options["limit"], threads=options["threads"])
-    if options["min_shared_prefix"] < 2:
-        raise UsageError(f"must be at least 2, not {options['min_shared_prefix']}", arg="min_shared_prefix")
-    if options["top_k"] < 0:
-        raise UsageError(f"must be at least 0, not {options['top_k']}", arg="top_k")
+    _check_at_least_one(limit=options["limit"])
+    check_counts(options["min_shared_prefix"], options["threads"], options["top_k"])
     check_compile(options["compile"])
     check_device(options["device"])
     check_dtype(options["dtype"])

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from scorecli import interrupts
-from scorecli.batching import Encoded, Encoder, TokenTexts, Window, check_limits, collate, default_stride, pack, windows
+from scorecli.batching import Encoded, Encoder, TokenTexts, Window, collate, default_stride, pack, windows
 from scorecli.chat import DEFAULT_ROLES, render_chats
+from scorecli.checks import check_counts, check_limits
 from scorecli.compiled import CompiledForward, should_compile
 from scorecli.errors import ModelError, UsageError
 from scorecli.head import get_response_log_probs, output_head
@@ -171,12 +172,7 @@ class Scorer:
         With `prefix_sharing`, windows of a buffer that begin with at least `min_shared_prefix` of the same
         tokens have that start fed once, its key/value cache serving each of them.
         """
-        if min_shared_prefix < 2:
-            raise UsageError(f"must be at least 2, not {min_shared_prefix}", arg="min_shared_prefix")
-        if threads is not None and threads < 1:
-            raise UsageError(f"must be at least 1, not {threads}", arg="threads")
-        if top_k < 0:
-            raise UsageError(f"must be at least 0, not {top_k}", arg="top_k")
+        check_counts(min_shared_prefix, threads, top_k)
         self.device = next(model.parameters()).device
         if batch_tokens is None:
             batch_tokens = DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
