@@ -6,7 +6,6 @@ import itertools
 import json
 import os
 import shlex
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -546,7 +545,7 @@ def _score_on_ray(
     }
     resolved = [_resolved(s) for s in sources]  # workers may run in another folder
     try:
-        with _sigterm_as_interrupt(), progress:
+        with interrupts.as_exceptions(), progress:
             if out == STDIN:
                 typed = dict(zip(resolved, sources))
 
@@ -559,7 +558,7 @@ def _score_on_ray(
             else:
                 result = scaleout.score_sharded(job, resolved, Path(out).resolve(), overwrite=overwrite, **run)
     except KeyboardInterrupt as e:
-        code = EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
+        code = EXIT_TERMINATED if isinstance(e, interrupts.Terminated) else EXIT_INTERRUPTED
         if out == STDIN:
             typer.echo("scorecli: interrupted", err=True)
             raise typer.Exit(code) from None
@@ -786,7 +785,7 @@ class _Run:
 
         on_chat_error = self._chat_reject if skip_bad else None
         try:
-            with _sigterm_as_interrupt():
+            with interrupts.as_exceptions():
                 with progress:
                     for docs in scorer.score_buffers(records, progress=step, on_error=on_chat_error, done=self.done):
                         for doc in docs:
@@ -800,6 +799,7 @@ class _Run:
                         self.writer.save(docs, docs[-1].doc + 1, self.summary.state())
                         # Saved: let the buffer go before the next is read, and before the finish joins the parts.
                         del docs, doc
+                interrupts.reraise()  # a signal whose exception was swallowed during the last batch
                 if self.summary.n_docs and not self.summary.n_tokens and (error := nothing()):
                     if self._to_folder:
                         self.writer.discard()  # a run the options made empty is not worth resuming
@@ -813,7 +813,7 @@ class _Run:
             finished = []
             if isinstance(e, ScoringInterrupted):  # it carries the finished documents of the buffer in flight
                 finished, e = e.finished, e.interrupt
-            code = EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
+            code = EXIT_TERMINATED if isinstance(e, interrupts.Terminated) else EXIT_INTERRUPTED
             if getattr(self.writer, "finished", False):  # the finish holds signals until it is done
                 typer.echo(
                     f"scorecli: interrupted as the run finished; its results are complete in {self.out}", err=True
@@ -926,28 +926,6 @@ class _Selected:
                 f"--response-field {self.fields.response}: the response is empty in every record, so nothing was scored"
             )
         return None
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as an interrupt: finished work is kept, the exit code says which signal it was."""
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into a _Terminated exception in the main thread while the block runs."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise _Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (an embedding application): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # The options a run saves in its output folder, so that `score --resume -o DIR` needs no other.

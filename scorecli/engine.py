@@ -465,6 +465,7 @@ class Scorer:
                             state.tokens_done += len(score["logprob"])
                     report(state)
                     interrupts.checkpoint("batch")
+                    interrupts.reraise()
                     ready = _ready(left, given) if self.stream else given
                     if ready > given:
                         # Given out while the workers go on with the batches already handed to them.

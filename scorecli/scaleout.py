@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
+from scorecli import interrupts
 from scorecli.corpus import is_text_file, read_corpus
 from scorecli.errors import OutputError, ScorecliError, UsageError, first_line
 from scorecli.inputs import Fields, Record, Rejected, display_name, is_parquet, read_records
@@ -583,6 +584,7 @@ class _Driver:
                     finished[shard.number] = shard.records
                     self.on_shard(shard, folders[shard.number])
                 show()
+                interrupts.reraise()
         except BaseException:
             for ref in pending:
                 with contextlib.suppress(Exception):

@@ -1,11 +1,13 @@
 """Never lose work: bad records skipped into errors.jsonl, runs saved in parts, interrupted and resumed."""
 
 import json
+import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
+import weakref
 
 import numpy as np
 import pandas as pd
@@ -14,8 +16,10 @@ import pytest
 from conftest import interrupt_after, sample_texts
 from typer.testing import CliRunner
 
+from scorecli import interrupts
 from scorecli.cli import app
 from scorecli.outputs import read_metadata
+from scorecli.runs import RunWriter
 
 SCORECLI = [sys.executable, "-m", "scorecli"]
 RESULTS = ("tokens.parquet", "sequences.parquet", "words.parquet")
@@ -120,6 +124,64 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(gpt2_dir, corpus, tmp
 
     resumed = subprocess.run([*SCORECLI, *command[1:]], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
+    assert _score(*args, "-o", tmp_path / "straight").exit_code == 0
+    _assert_same_results(out, tmp_path / "straight")
+
+
+def _signal_where_it_is_swallowed(sig):
+    """Send this process `sig` inside a weakref callback, where Python swallows what its handler raises."""
+
+    class Garbage:
+        pass
+
+    garbage = Garbage()
+    ref = weakref.ref(garbage, lambda _: os.kill(os.getpid(), sig))
+    del garbage  # the callback runs now, and the handler inside it
+    return ref
+
+
+@pytest.mark.parametrize(
+    ("sig", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, interrupts.Terminated)]
+)
+def test_a_signal_whose_exception_was_swallowed_is_raised_again(monkeypatch, sig, raised):
+    heard = []
+    monkeypatch.setattr(sys, "unraisablehook", heard.append)
+
+    class Noisy:
+        def __del__(self):
+            raise ValueError("not ours")
+
+    with interrupts.as_exceptions():
+        _signal_where_it_is_swallowed(sig)  # returns: the handler's exception was swallowed
+        Noisy()
+        with pytest.raises(raised):
+            interrupts.reraise()
+        interrupts.reraise()  # raised once, not again
+    interrupts.reraise()  # nor after the block
+    # No "Exception ignored in" traceback for the signal's exception; others' swallowed errors still reach the hook
+    assert [type(u.exc_value) for u in heard] == [ValueError]
+    assert sys.unraisablehook == heard.append
+
+
+def test_sigterm_swallowed_by_the_garbage_collector_still_stops_the_run(gpt2_dir, corpus, tmp_path, monkeypatch):
+    # What CI once met: SIGTERM arrived while a weakref callback ran, Python printed "Exception ignored in"
+    # and the run went on to the end with exit code 0.
+    save = RunWriter.save
+
+    def save_then_signal(self, *args):
+        save(self, *args)
+        if self.parts == 2:
+            _signal_where_it_is_swallowed(signal.SIGTERM)
+
+    monkeypatch.setattr(RunWriter, "save", save_then_signal)
+    args = [corpus, "-m", gpt2_dir, "--batch-tokens", "64", "--words", "-q"]
+    out = tmp_path / "o"
+    stopped = _score(*args, "-o", out)
+    assert stopped.exit_code == 143, stopped.output
+    assert stopped.stderr.startswith("scorecli: interrupted after ") and "Traceback" not in stopped.stderr
+    assert not (out / "sequences.parquet").exists()
+    monkeypatch.undo()
+    assert _score("-o", out, "--resume", "-q").exit_code == 0
     assert _score(*args, "-o", tmp_path / "straight").exit_code == 0
     _assert_same_results(out, tmp_path / "straight")
 
