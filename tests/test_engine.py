@@ -114,6 +114,20 @@ def test_scores_do_not_depend_on_batching_or_order(tiny, batch_tokens):
             assert np.abs(shuffled[pos].entropies - alone[i].entropies).max() <= TOL
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_a_small_buffer_is_split_so_every_worker_has_a_batch(tiny, workers):
+    scorer = Scorer(tiny.model, tiny.tokenizer, workers=workers, threads=workers, batch_tokens=100_000)
+    records = [Record(i, text, None) for i, text in enumerate(TEXTS)]
+    [plan] = scorer.plan_buffers(records)
+    fed = [n - 1 for n in (len(e.ids) for e in scorer._encode(records)) if n > 1]
+    # One batch of 100,000 tokens would hold them all; with several workers, each gets at least one
+    share = 100_000 if workers == 1 else max(max(fed), -(-sum(fed) // workers))
+    assert all(p.padded <= share for passes in plan.tasks for p in passes)
+    assert len(plan.tasks) >= workers and (workers > 1 or len(plan.tasks) == 1)
+    scores = scorer.score_records(records)
+    _assert_matches_reference(tiny, scores, TEXTS)
+
+
 def test_bos_is_scored_context_and_never_doubled(llama_dir):
     from scorecli.models import load_model
 
