@@ -104,8 +104,9 @@ def test_stop_keeps_finished_parts_and_resume_with_skip_completes(gpt2_dir, corp
     assert not (tmp_path / "o" / "parts").exists()
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_then_resume_equals_an_uninterrupted_run(gpt2_dir, corpus, tmp_path, sig, code):
+def test_interrupt_then_resume_equals_an_uninterrupted_run(gpt2_dir, corpus, tmp_path):
+    # Ctrl-C in a real process; SIGTERM's handling is the same code, tested in-process below (where its
+    # exception is swallowed) and in a real process by test_run_folder's finish tests.
     out = tmp_path / "o"
     args = [str(corpus), "-m", str(gpt2_dir), "--batch-tokens", "64", "--words", "-q"]
     proc = subprocess.Popen([*SCORECLI, "score", *args, "-o", str(out)], stderr=subprocess.PIPE, text=True)
@@ -113,9 +114,9 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(gpt2_dir, corpus, tmp
     while not (out / "parts" / "000001.json").exists():  # two parts saved, many to go
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"
         time.sleep(0.01)
-    proc.send_signal(sig)
+    proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == code, err
+    assert proc.returncode == 130, err
     assert not (out / "sequences.parquet").exists()
     said = err.strip().splitlines()
     assert said[0].startswith("scorecli: interrupted after ") and "documents, saved in" in said[0]

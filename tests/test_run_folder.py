@@ -173,6 +173,18 @@ def test_sigterm_during_the_finish_of_a_real_process_waits_for_it(args, solo, tm
     _assert_same_results(out, solo)
 
 
+def test_sigterm_mid_run_of_a_real_process_stops_with_143_and_resumes(args, solo, tmp_path):
+    out = tmp_path / "o"
+    env = {**os.environ, SIGNAL_AT_ENV: "part-written:TERM"}
+    proc = subprocess.run(
+        [*SCORECLI, "score", *map(str, args), "-o", str(out)], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.startswith("scorecli: interrupted after ") and "Traceback" not in proc.stderr
+    assert _score(*args, "-o", out, "--resume").exit_code == 0
+    _assert_same_results(out, solo)
+
+
 @pytest.mark.parametrize("stage", ["part-written", "joined", "committed", "moving"])
 def test_a_run_killed_at_any_stage_resumes_or_completes_to_the_same_results(args, solo, tmp_path, stage):
     out = tmp_path / "o"
