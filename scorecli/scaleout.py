@@ -493,7 +493,9 @@ def _start_ray(address: str | None):
         os.environ.setdefault(key, value)
     import ray
 
-    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    # A local cluster's workers inherit this process's environment: a runtime env would only keep Ray from
+    # using the workers it starts ahead of the first task (they have none), so it starts as many more.
+    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ} if address is not None else {}
     kwargs = {
         "include_dashboard": False,
         "log_to_driver": False,
