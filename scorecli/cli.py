@@ -499,9 +499,6 @@ def _score_on_ray(
     kept = kept_types(sources, fields.keep)
     _check_run_options("", out, False, overwrite, options["words"], rows)
     dtype, device, ref_dtype = options["dtype"], options["device"], options["ref_dtype"] or options["dtype"]
-    from scorecli.models import resolve_device
-
-    resolve_device(device)
     limit = options["limit"]
     metadata = {
         **_input_metadata(sources, fields, None),

@@ -415,6 +415,10 @@ def score_sharded(
             cpus, gpus = _cluster_resources(ray)
             if gpus_per_worker is None:  # Ray counts the GPUs CUDA shows each node
                 gpus_per_worker = 1.0 if gpus else 0.0
+            # The device is the workers' to find, not this driver's (a head node often has no GPU).
+            if job.load.get("device") == "cuda" and not (gpus and gpus_per_worker):
+                where = "the Ray cluster has no GPU" if not gpus else "`gpus_per_worker` is 0"
+                raise UsageError(f"cuda: no task would get a GPU ({where})", arg="device")
             threads = threads or 1
             if workers is None:
                 workers = int(gpus // gpus_per_worker) if gpus_per_worker else int(cpus // threads)

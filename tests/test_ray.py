@@ -281,6 +281,16 @@ def test_ray_usage_errors(args, message, tmp_path):
     assert message in result.output
 
 
+def test_device_cuda_is_checked_against_the_cluster_not_the_driver(ray_head, gpt2_dir, tmp_path):
+    # This driver has no CUDA either: the message must be about the cluster's GPUs, found through Ray.
+    out = tmp_path / "r"
+    args = ["score", str(SAMPLES / "mixed.jsonl"), "-m", str(gpt2_dir), "-o", str(out), "--device", "cuda"]
+    result = runner.invoke(app, [*args, "--ray", "--ray-address", ray_head])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == "scorecli: error: --device cuda: no task would get a GPU (the Ray cluster has no GPU)\n"
+    assert not out.exists()
+
+
 def _same_line(got: dict, want: dict) -> None:
     """Equal JSON lines: the same keys in order, values exactly but for floats (to 1e-4)."""
     assert list(got) == list(want)
