@@ -117,6 +117,17 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> str:
         _stop(proc)
 
 
+@pytest.fixture
+def inductor_in_process():
+    """Inductor compiles in the test's process: a pool of compiling subprocesses, each importing torch, costs
+    more than it saves on the one C++ file a graph makes on the CPU."""
+    import torch._inductor.config
+
+    # config.patch, not monkeypatch: undoing a monkeypatch deletes the setting from torch's config module
+    with torch._inductor.config.patch(compile_threads=1):
+        yield
+
+
 def interrupt_after(reports: int):
     """A progress callback for Scorer.score_buffers that raises KeyboardInterrupt at its `reports`-th report."""
     seen = []

@@ -26,22 +26,20 @@ def _tokens(folder):
     return pd.read_parquet(folder / "tokens.parquet", columns=["doc", "position", "logprob", "entropy"])
 
 
-def test_compiled_scores_equal_eager_ones_and_the_choice_is_recorded(llama_dir, tmp_path, monkeypatch):
+def test_compiled_scores_equal_eager_ones_and_the_choice_is_recorded(
+    llama_dir, tmp_path, monkeypatch, inductor_in_process
+):
     # Compiled kernels go to the scorecli cache folder (here a temporary one), so a later run reuses them.
     monkeypatch.setenv("SCORECLI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
-    # Compiled in this process: a pool of compiling subprocesses, each importing torch, costs more than it saves
-    # on the one C++ file a graph makes on the CPU.
-    # (config.patch, not monkeypatch: undoing a monkeypatch deletes the setting from torch's config module.)
     runs = {}
-    with torch._inductor.config.patch(compile_threads=1):
-        for choice in ("on", "off"):
-            out = tmp_path / choice
-            args = ["score", str(SAMPLES / "mixed.jsonl"), "-m", str(llama_dir), "-o", str(out), "-q"]
-            result = runner.invoke(app, [*args, "--compile", choice])
-            assert result.exit_code == 0, result.output
-            runs[choice] = (_tokens(out), read_metadata(out / "tokens.parquet"))
+    for choice in ("on", "off"):
+        out = tmp_path / choice
+        args = ["score", str(SAMPLES / "mixed.jsonl"), "-m", str(llama_dir), "-o", str(out), "-q"]
+        result = runner.invoke(app, [*args, "--compile", choice])
+        assert result.exit_code == 0, result.output
+        runs[choice] = (_tokens(out), read_metadata(out / "tokens.parquet"))
     (on, on_meta), (off, off_meta) = runs["on"], runs["off"]
     assert on_meta["compile"] == "inductor (dynamic shapes, decoder layers)"
     assert off_meta["compile"] == "off"

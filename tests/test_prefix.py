@@ -328,7 +328,9 @@ def test_no_batch_by_seq_by_vocab_tensor_on_the_sharing_path(tiny, monkeypatch):
     assert 0 < probe.largest <= 8 * head.vocab_size
 
 
-def test_compiled_with_sharing_equals_eager_and_compiles_nothing_per_prefix_length(llama_dir, tmp_path, monkeypatch):
+def test_compiled_with_sharing_equals_eager_and_compiles_nothing_per_prefix_length(
+    llama_dir, tmp_path, monkeypatch, inductor_in_process
+):
     """With --compile, shared starts of many lengths add no compiled graph, and scores equal eager ones."""
     from torch._dynamo.utils import counters
 
