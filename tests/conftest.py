@@ -24,7 +24,16 @@ SAMPLES = ROOT / "samples"
 _TEMP_CACHE: list[str] = []
 # The slowest files first: with `--dist loadfile` (pyproject.toml) each file runs whole on one worker, in this
 # order, so the long ones start at once instead of last, beside everything else.
-SLOW_FILES_FIRST = ("test_readme.py", "test_ray.py", "test_cli.py", "test_resume.py", "test_run_folder.py")
+SLOW_FILES_FIRST = (  # by their test time in a whole run (--durations), longest first
+    "test_ray.py",
+    "test_readme.py",
+    "test_run_folder.py",
+    "test_prefix.py",
+    "test_resume.py",
+    "test_first_hour.py",
+    "test_cli.py",
+    "test_reference.py",
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
