@@ -1,5 +1,5 @@
 """Shared fixtures: tiny random models saved to folders (loaded through scorecli's own loader), the real
-SmolLM2 model, and a plain reference scorer that the engine is checked against."""
+SmolLM2 model, a plain reference scorer that the engine is checked against, and a fork server's `scorecli`."""
 
 from __future__ import annotations
 
@@ -135,6 +135,33 @@ def inductor_in_process():
     # config.patch, not monkeypatch: undoing a monkeypatch deletes the setting from torch's config module
     with torch._inductor.config.patch(compile_threads=1):
         yield
+
+
+@pytest.fixture(scope="session")
+def forked_scorecli() -> Path:
+    """A `scorecli` executable that runs each command in a forked child of a server that imported torch and
+    transformers once (see forkserver.py): a real process for the command (its exit code, its own signals,
+    streams and environment), without five seconds of imports. Signals sent from outside reach the shim, not
+    the child: tests that send them run the installed `scorecli`."""
+    import forkserver
+
+    # A short path of its own: a Unix socket's address has at most 107 bytes.
+    place = Path(tempfile.mkdtemp(prefix="scorecli-fork-"))
+    address, log = str(place / "server.sock"), place / "server.log"
+    with open(log, "w") as f:
+        server = subprocess.Popen(
+            [sys.executable, forkserver.__file__, address], stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not os.path.exists(address):
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield forkserver.shim(place, address)
+    finally:
+        server.terminate()
+        server.wait(60)
+        shutil.rmtree(place, ignore_errors=True)
 
 
 def interrupt_after(reports: int):

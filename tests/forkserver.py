@@ -1,4 +1,4 @@
-"""A `scorecli` that starts in a second instead of ten, for the README test: a fork server.
+"""A `scorecli` that starts in a second instead of ten, for the README test and others: a fork server.
 
 Most of a `scorecli` run on the README's small samples is Python importing torch and transformers. The
 server imports them once (it never runs a tensor operation, so no OpenMP or tokenizer threads exist when it

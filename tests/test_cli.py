@@ -96,10 +96,10 @@ def test_out_dash_writes_json_lines_to_stdout(gpt2_dir, tmp_path):
     assert "corpus perplexity" in result.stderr and "corpus perplexity" not in result.stdout
 
 
-def test_stdin_to_stdout_as_a_subprocess(gpt2_dir):
+def test_stdin_to_stdout_as_a_subprocess(gpt2_dir, forked_scorecli):
     data = (SAMPLES / "mixed.jsonl").read_bytes()
     proc = subprocess.run(
-        [*SCORECLI, "score", "-", "-m", str(gpt2_dir), "-o", "-"], input=data, capture_output=True, timeout=300
+        [forked_scorecli, "score", "-", "-m", str(gpt2_dir), "-o", "-"], input=data, capture_output=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr.decode()
     rows = [json.loads(line) for line in proc.stdout.decode().splitlines()]
@@ -223,7 +223,7 @@ def test_a_failed_run_leaves_no_result_behind(gpt2_dir, tmp_path):
     assert _score(SAMPLES / "mixed.jsonl", "-m", gpt2_dir, "-o", out, "-q").exit_code == 0
 
 
-def test_named_pipe_input_is_read_once(gpt2_dir, tmp_path):
+def test_named_pipe_input_is_read_once(gpt2_dir, tmp_path, forked_scorecli):
     import threading
 
     fifo = tmp_path / "in.fifo"
@@ -237,7 +237,7 @@ def test_named_pipe_input_is_read_once(gpt2_dir, tmp_path):
     writer = threading.Thread(target=feed)
     writer.start()
     proc = subprocess.run(
-        [*SCORECLI, "score", str(fifo), "-m", str(gpt2_dir), "-o", "-", "-q"], capture_output=True, timeout=300
+        [forked_scorecli, "score", str(fifo), "-m", str(gpt2_dir), "-o", "-", "-q"], capture_output=True, timeout=300
     )
     writer.join()
     assert proc.returncode == 0, proc.stderr.decode()
@@ -252,12 +252,12 @@ def test_corrupt_gguf_with_valid_magic_is_a_model_error(tmp_path):
 
 
 @pytest.mark.realmodel
-def test_ctrl_c_stops_promptly_with_130_and_keeps_finished_documents(tmp_path):
+def test_ctrl_c_stops_promptly_with_130_and_keeps_finished_documents(tmp_path, forked_scorecli):
     # The hook sends SIGINT once the first batch is scored (deterministic, not a sleep): each document of
     # long.jsonl is one window, so the first batch finishes one, while the others are still queued.
     env = {**os.environ, "SCORECLI_TEST_SIGINT_AT": "batch"}
     proc = subprocess.run(
-        [*SCORECLI, "score", str(SAMPLES / "long.jsonl"), "-o", str(tmp_path / "o"), "-q"],
+        [forked_scorecli, "score", str(SAMPLES / "long.jsonl"), "-o", str(tmp_path / "o"), "-q"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,6 +1,5 @@
 import gzip
 import json
-import sys
 
 import fsspec
 import pandas as pd
@@ -199,11 +198,11 @@ def test_cli_many_inputs_need_an_out_folder(tmp_path):
     assert "--out" in one_line_error(result, 2)
 
 
-def test_subprocess_reads_a_glob(gpt2_dir, tmp_path):
+def test_subprocess_reads_a_glob(gpt2_dir, tmp_path, forked_scorecli):
     import subprocess
 
     _corpus(tmp_path / "data")
-    cmd = [sys.executable, "-m", "scorecli", "score", str(tmp_path / "data" / "*.parquet"), "-o", "-"]
+    cmd = [forked_scorecli, "score", str(tmp_path / "data" / "*.parquet"), "-o", "-"]
     done = subprocess.run([*cmd, "--model", str(gpt2_dir)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == [r["id"] for r in _rows()[5:9]]

@@ -226,7 +226,7 @@ def test_bad_run_is_one_line_and_leaves_no_result(gpt2_dir, tmp_path, files, nam
     _assert_only_line(result.stderr, line)
 
 
-def test_bad_record_mid_file_in_a_real_process(gpt2_dir, tmp_path):
+def test_bad_record_mid_file_in_a_real_process(gpt2_dir, tmp_path, forked_scorecli):
     """Line 5 of 8 is bad: the message names it, and a real process prints no traceback and keeps no result."""
     records = [{"id": f"d{i}", "text": f"Sentence number {i} is perfectly fine."} for i in range(8)]
     source = tmp_path / "in.jsonl"
@@ -236,7 +236,7 @@ def test_bad_record_mid_file_in_a_real_process(gpt2_dir, tmp_path):
     records[4] = {"id": "d4", "text": 4}
     source.write_bytes(_jsonl(*records))
     proc = subprocess.run(
-        [*SCORECLI, "score", str(source), "-m", str(gpt2_dir), "-o", str(tmp_path / "out")],
+        [forked_scorecli, "score", str(source), "-m", str(gpt2_dir), "-o", str(tmp_path / "out")],
         capture_output=True,
         text=True,
         timeout=120,

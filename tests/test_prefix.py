@@ -5,7 +5,6 @@ import os
 import random
 import shlex
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -398,7 +397,9 @@ def test_smollm_modes(smollm, mode):
 
 
 @pytest.mark.parametrize("where", ["first batch", "first part saved"])
-def test_ctrl_c_then_resume_with_sharing_equals_an_uninterrupted_run_bit_for_bit(gpt2_dir, tmp_path, where):
+def test_ctrl_c_then_resume_with_sharing_equals_an_uninterrupted_run_bit_for_bit(
+    gpt2_dir, tmp_path, where, forked_scorecli
+):
     """SIGINT sent by the code's own test hooks (no timing): mid-buffer after a shared group, or as a part is saved."""
     data = tmp_path / "grpo.jsonl"
     with open(data, "w", encoding="utf-8") as f:
@@ -410,7 +411,7 @@ def test_ctrl_c_then_resume_with_sharing_equals_an_uninterrupted_run_bit_for_bit
     hook = {"SCORECLI_TEST_SIGINT_AT": "batch"} if where == "first batch" else {SIGNAL_AT_ENV: "part-written"}
     out = tmp_path / "o"
     proc = subprocess.run(
-        [sys.executable, "-m", "scorecli", "score", *args, "-o", str(out)],
+        [forked_scorecli, "score", *args, "-o", str(out)],
         capture_output=True,
         text=True,
         timeout=300,

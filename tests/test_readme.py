@@ -20,12 +20,9 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import forkserver
 import pytest
 from conftest import ROOT, SAMPLES
 
@@ -99,35 +96,11 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def scorecli_bin(folder: Path):
-    """A folder whose `scorecli` runs each command in a forked child of a server that imported torch and
-    transformers once (see forkserver.py), or None where FRESH_ENV asks for the installed one."""
+def scorecli_bin(request: pytest.FixtureRequest) -> Path | None:
+    """The folder of the fork server's `scorecli` (conftest.py), or None where FRESH_ENV asks for the installed one."""
     if os.environ.get(FRESH_ENV) == "1":
-        yield None
-        return
-    # A short path of its own: a Unix socket's address has at most 107 bytes.
-    place = Path(tempfile.mkdtemp(prefix="scorecli-readme-"))
-    address, log = str(place / "server.sock"), place / "server.log"
-    with open(log, "w") as f:
-        server = subprocess.Popen(
-            [sys.executable, forkserver.__file__, address],
-            cwd=folder,
-            env=_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while not os.path.exists(address):
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        forkserver.shim(place, address)
-        yield place
-    finally:
-        server.terminate()
-        server.wait(60)
-        shutil.rmtree(place, ignore_errors=True)
+        return None
+    return request.getfixturevalue("forked_scorecli").parent
 
 
 def _env(scorecli_bin: Path | None = None) -> dict[str, str]:

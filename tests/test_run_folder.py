@@ -100,7 +100,9 @@ def cut(args, corpus, tmp_path_factory):
     return data, out, _one_line(result.stderr)
 
 
-def test_a_second_run_into_a_folder_in_use_is_refused_and_the_first_is_untouched(args, corpus, solo, tmp_path):
+def test_a_second_run_into_a_folder_in_use_is_refused_and_the_first_is_untouched(
+    args, corpus, solo, tmp_path, forked_scorecli
+):
     out = tmp_path / "o"
     # The first run stops itself after writing its first part's files (before the manifest)...
     env = {**os.environ, SIGNAL_AT_ENV: "part-written:STOP"}
@@ -111,7 +113,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_the_first_is_untouched
         other = tmp_path / "other.jsonl"
         other.write_text("".join(json.dumps({"id": f"c{i}", "text": f"other {i}"}) + "\n" for i in range(30)))
         second = subprocess.run(
-            [*SCORECLI, "score", str(other), "-m", str(args[2]), "-o", str(out), "-q"],
+            [forked_scorecli, "score", str(other), "-m", str(args[2]), "-o", str(out), "-q"],
             capture_output=True,
             text=True,
             timeout=300,
@@ -162,22 +164,22 @@ def test_sigint_at_each_stage_of_the_finish_waits_for_it_and_the_finished_run_st
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing rewritten
 
 
-def test_sigterm_during_the_finish_of_a_real_process_waits_for_it(args, solo, tmp_path):
+def test_sigterm_during_the_finish_of_a_real_process_waits_for_it(args, solo, tmp_path, forked_scorecli):
     out = tmp_path / "o"
     env = {**os.environ, SIGNAL_AT_ENV: "joining:TERM"}
     proc = subprocess.run(
-        [*SCORECLI, "score", *map(str, args), "-o", str(out)], env=env, capture_output=True, text=True
+        [forked_scorecli, "score", *map(str, args), "-o", str(out)], env=env, capture_output=True, text=True
     )
     assert proc.returncode == 143, proc.stderr
     assert _one_line(proc.stderr) == f"scorecli: interrupted as the run finished; its results are complete in {out}"
     _assert_same_results(out, solo)
 
 
-def test_sigterm_mid_run_of_a_real_process_stops_with_143_and_resumes(args, solo, tmp_path):
+def test_sigterm_mid_run_of_a_real_process_stops_with_143_and_resumes(args, solo, tmp_path, forked_scorecli):
     out = tmp_path / "o"
     env = {**os.environ, SIGNAL_AT_ENV: "part-written:TERM"}
     proc = subprocess.run(
-        [*SCORECLI, "score", *map(str, args), "-o", str(out)], env=env, capture_output=True, text=True
+        [forked_scorecli, "score", *map(str, args), "-o", str(out)], env=env, capture_output=True, text=True
     )
     assert proc.returncode == 143, proc.stderr
     assert proc.stderr.startswith("scorecli: interrupted after ") and "Traceback" not in proc.stderr
@@ -186,10 +188,12 @@ def test_sigterm_mid_run_of_a_real_process_stops_with_143_and_resumes(args, solo
 
 
 @pytest.mark.parametrize("stage", ["part-written", "joined", "committed", "moving"])
-def test_a_run_killed_at_any_stage_resumes_or_completes_to_the_same_results(args, solo, tmp_path, stage):
+def test_a_run_killed_at_any_stage_resumes_or_completes_to_the_same_results(
+    args, solo, tmp_path, stage, forked_scorecli
+):
     out = tmp_path / "o"
     env = {**os.environ, SIGNAL_AT_ENV: f"{stage}:KILL"}
-    killed = subprocess.run([*SCORECLI, "score", *map(str, args), "-o", str(out)], env=env, timeout=300)
+    killed = subprocess.run([forked_scorecli, "score", *map(str, args), "-o", str(out)], env=env, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     resumed = _score(*args, "-o", out, "--resume")
     if stage in ("committed", "moving", "moved"):

@@ -193,12 +193,12 @@ def test_plan_counts_the_tokens_the_run_feeds_and_shares(tiny):
             assert p.tokens <= p.padded == p.rows * p.width and (p.cached or p.padded <= 64)
 
 
-def test_stream_lines_equal_the_folder_runs_sequence_rows_over_several_buffers(gpt2_dir, tmp_path):
+def test_stream_lines_equal_the_folder_runs_sequence_rows_over_several_buffers(gpt2_dir, tmp_path, forked_scorecli):
     options = ["-m", str(gpt2_dir), "--batch-tokens", "64", "--max-length", "64", "--limit", "120", "-q"]
     folder = runner.invoke(app, ["score", str(SAMPLES / "long.jsonl"), *options, "-o", str(tmp_path / "out")])
     assert folder.exit_code == 0, folder.output
     stdout = subprocess.run(
-        [*SCORECLI, "score", str(SAMPLES / "long.jsonl"), *options, "-o", "-"], capture_output=True, check=True
+        [forked_scorecli, "score", str(SAMPLES / "long.jsonl"), *options, "-o", "-"], capture_output=True, check=True
     )
     lines = [json.loads(line) for line in stdout.stdout.decode().splitlines()]
     rows = pq.read_table(tmp_path / "out" / "sequences.parquet").to_pylist()
