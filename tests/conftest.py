@@ -148,9 +148,16 @@ def forked_scorecli() -> Path:
     # A short path of its own: a Unix socket's address has at most 107 bytes.
     place = Path(tempfile.mkdtemp(prefix="scorecli-fork-"))
     address, log = str(place / "server.sock"), place / "server.log"
+    # huggingface_hub reads HF_HUB_OFFLINE as it is imported, here by the server, for every child: no test's
+    # child may download (a README hub example must be a ```text block), so fail at once rather than try.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(log, "w") as f:
         server = subprocess.Popen(
-            [sys.executable, forkserver.__file__, address], stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT
+            [sys.executable, forkserver.__file__, address],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 300
