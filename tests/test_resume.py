@@ -106,7 +106,7 @@ def test_stop_keeps_finished_parts_and_resume_with_skip_completes(gpt2_dir, corp
 
 def test_interrupt_then_resume_equals_an_uninterrupted_run(gpt2_dir, corpus, tmp_path):
     # Ctrl-C in a real process; SIGTERM's handling is the same code, tested in-process below (where its
-    # exception is swallowed) and in a real process by test_run_folder's finish tests.
+    # exception is swallowed) and in real processes by test_run_folder's SIGTERM tests.
     out = tmp_path / "o"
     args = [str(corpus), "-m", str(gpt2_dir), "--batch-tokens", "64", "--words", "-q"]
     proc = subprocess.Popen([*SCORECLI, "score", *args, "-o", str(out)], stderr=subprocess.PIPE, text=True)
