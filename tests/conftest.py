@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -138,7 +139,7 @@ def inductor_in_process():
 
 
 @pytest.fixture(scope="session")
-def forked_scorecli() -> Path:
+def forked_scorecli() -> Iterator[Path]:
     """A `scorecli` executable that runs each command in a forked child of a server that imported torch and
     transformers once (see forkserver.py): a real process for the command (its exit code, its own signals,
     streams and environment), without five seconds of imports. Signals sent from outside reach the shim, not
