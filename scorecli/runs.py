@@ -796,6 +796,15 @@ def _reject_row(r: Rejected) -> dict:
     return {"doc": r.doc, "input": r.source, "line": r.line, "reason": r.reason, "record": r.raw[:_RAW_CHARS]}
 
 
+def read_rejects(out_dir: Path) -> list[Rejected]:
+    """The records a finished run skipped, in input order, from its errors.jsonl (none where it has none)."""
+    path = Path(out_dir) / ERRORS_FILE
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [Rejected(r["doc"], r["input"], r["line"], r["reason"], r["record"]) for r in rows]
+
+
 def read_summary(out_dir: Path) -> tuple[dict, dict[str, str]]:
     """The figures and metadata of the finished run in `out_dir`, from its summary.json."""
     out_dir = Path(out_dir)

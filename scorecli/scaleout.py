@@ -466,10 +466,11 @@ def stream_sharded(
     import tempfile
 
     from scorecli.outputs import write_result_lines
+    from scorecli.runs import read_rejects
 
     def emit(shard_dir: Path) -> None:
         if on_reject is not None:
-            for rejected in shard_rejects(shard_dir):
+            for rejected in read_rejects(shard_dir):
                 on_reject(rejected)
         write_result_lines(stream, shard_dir / f"{rows}.parquet")
 
@@ -478,17 +479,6 @@ def stream_sharded(
         return score_sharded(job, sources, folder, on_shard=InOrder(emit), **options)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def shard_rejects(shard_dir: Path) -> list[Rejected]:
-    """The records a complete shard skipped (`skip_bad`), in input order, from its errors.jsonl."""
-    from scorecli.runs import ERRORS_FILE
-
-    path = Path(shard_dir) / ERRORS_FILE
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    return [Rejected(r["doc"], r["input"], r["line"], r["reason"], r["record"]) for r in rows]
 
 
 def _start_ray(address: str | None):

@@ -114,8 +114,9 @@ def word_stats(words: Words, logprobs: np.ndarray, entropies: np.ndarray) -> dic
     surprisal = np.zeros(n)
     entropy = np.empty(n, entropies.dtype)
     # A slice of tokens at a time: float64 and platform-integer copies of a huge document's log-probs and
-    # word indices would take up to 16 bytes a token. Each slice's sums start from 0 and are added on in token
-    # order, as one bincount over all the tokens adds them: the same sums, to the bit.
+    # word indices would take up to 16 bytes a token. A word cut by a slice's edge gets its two partial sums
+    # added, where one bincount adds token by token: the same float64 sum wherever it is exact (as it is for
+    # the float32 log-probs of a word of a few tokens), else at most a rounding apart.
     previous = -1
     for first in range(0, len(token_word), _SLICE):
         part = token_word[first : first + _SLICE]
