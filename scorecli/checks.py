@@ -49,6 +49,11 @@ def check_device(name: str) -> None:
         raise UsageError(f"must be one of {', '.join(DEVICES)}, not '{name}'", arg="device")
 
 
+def check_head_dtype(name: str) -> None:
+    """Raise UsageError unless `name` is a --head-dtype choice: auto or a dtype."""
+    check_dtype(name, arg="head_dtype")
+
+
 def check_dtype(name: str, arg: str = "dtype") -> None:
     """Raise UsageError unless `name` is a --dtype choice; `arg` names the argument it was given as."""
     if name != "auto" and name not in DTYPE_NAMES:

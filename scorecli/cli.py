@@ -23,7 +23,14 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from scorecli import __version__, interrupts
-from scorecli.checks import check_compile, check_counts, check_device, check_dtype, check_limits
+from scorecli.checks import (
+    check_compile,
+    check_counts,
+    check_device,
+    check_dtype,
+    check_head_dtype,
+    check_limits,
+)
 from scorecli.corpus import (
     corpus_bytes,
     corpus_metadata,
@@ -120,6 +127,7 @@ FLAGS = {
     "workers": "--workers",
     "gpus_per_worker": "--gpus-per-worker",
     "min_shared_prefix": "--min-shared-prefix",
+    "head_dtype": "--head-dtype",
 }
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -240,6 +248,12 @@ def score(
         help="A reference model (as --model, same tokenizer): adds ref_logprob, ref_entropy, kl and reverse_kl.",
     ),
     ref_dtype: Optional[str] = typer.Option(None, "--ref-dtype", help="The reference model's dtype. Default: --dtype."),
+    head_dtype: str = typer.Option(
+        "auto",
+        "--head-dtype",
+        help="The output layer's products: float32 (exact), bfloat16 or float16 (faster), or auto "
+        "(a 16-bit model's own dtype where such products are fast here, else float32).",
+    ),
     ref_revision: Optional[str] = typer.Option(
         None,
         "--ref-revision",
@@ -422,6 +436,7 @@ def score(
             expected_tokens=_expected_tokens(sources, options["limit"], records_total),
             prefix_sharing=options["prefix_sharing"],
             min_shared_prefix=options["min_shared_prefix"],
+            head_dtype=options["head_dtype"],
         )
         metadata = {
             **loaded.info,
@@ -516,7 +531,7 @@ def _score_on_ray(
         load={**load, "dtype": dtype},
         scorer={
             **{k: options[k] for k in ("bos", "max_length", "stride", "truncate", "all_tokens", "batch_tokens")},
-            **{k: options[k] for k in ("top_k", "compile", "prefix_sharing", "min_shared_prefix")},
+            **{k: options[k] for k in ("top_k", "compile", "prefix_sharing", "min_shared_prefix", "head_dtype")},
             # The whole input's size decides --compile auto, for every shard alike (and as a single process).
             "expected_tokens": _expected_tokens(sources, limit),
         },
@@ -958,6 +973,7 @@ _SAVED_OPTIONS = (
     "compile",
     "prefix_sharing",
     "min_shared_prefix",
+    "head_dtype",
 )
 
 
@@ -978,6 +994,7 @@ def _checked_options(options: dict) -> tuple[Fields, list[str]]:
     check_compile(options["compile"])
     check_device(options["device"])
     check_dtype(options["dtype"])
+    check_head_dtype(options["head_dtype"])
     if options["ref_model"] is not None and options["ref_dtype"] is not None:
         check_dtype(options["ref_dtype"], arg="ref_dtype")
     fields = _fields(

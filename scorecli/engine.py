@@ -16,7 +16,7 @@ from scorecli.chat import DEFAULT_ROLES, render_chats
 from scorecli.checks import check_counts, check_limits
 from scorecli.compiled import CompiledForward, should_compile
 from scorecli.errors import ModelError, UsageError
-from scorecli.head import get_response_log_probs, output_head
+from scorecli.head import get_response_log_probs, head_products, output_head
 from scorecli.inputs import Record
 from scorecli.models import check_same_vocabulary, context_length
 from scorecli.prefix import DEFAULT_MIN_SHARED_PREFIX, SharedPrefix, plan_prefixes
@@ -151,6 +151,7 @@ class Scorer:
         expected_tokens: int | None = None,
         prefix_sharing: bool = True,
         min_shared_prefix: int = DEFAULT_MIN_SHARED_PREFIX,
+        head_dtype: str = "auto",
     ) -> None:
         """Set the scoring policy; None picks the model's context length, half of it and the device's budget.
 
@@ -171,6 +172,8 @@ class Scorer:
         `expected_tokens` (an estimate of the tokens to score) repay it.
         With `prefix_sharing`, windows of a buffer that begin with at least `min_shared_prefix` of the same
         tokens have that start fed once, its key/value cache serving each of them.
+        `head_dtype` (auto, float32, bfloat16, float16) is the dtype of the output layer's products: float32 is
+        exact; auto takes a 16-bit model's own dtype where such products are fast (head.head_products).
         """
         check_counts(min_shared_prefix, threads, top_k)
         self.device = next(model.parameters()).device
@@ -203,7 +206,7 @@ class Scorer:
             min(FIRST_BUFFER_CHARS_PER_BATCH_TOKEN * batch_tokens, self.buffer_chars) if stream else self.buffer_chars
         )
         self.stream = stream
-        self.head = output_head(model)
+        self.head = output_head(model).with_products(head_products(head_dtype, model))
         compiling, self.compile_mode = should_compile(compile, self.device, self.head.chunked, expected_tokens)
         if compiling:
             # Compiled here, on the intra-op thread count of one worker: inductor builds that count in.
@@ -212,7 +215,9 @@ class Scorer:
             self.head = self.head.with_base(forward)
         self.top_k = top_k
         self.ref_model = ref_model
-        self.ref_head = None if ref_model is None else output_head(ref_model)
+        self.ref_head = (
+            None if ref_model is None else output_head(ref_model).with_products(head_products(head_dtype, ref_model))
+        )
         if ref_tokenizer is not None:
             check_same_vocabulary(tokenizer, ref_tokenizer)
         if self.ref_head is not None and self.ref_head.vocab_size != self.head.vocab_size:
@@ -255,6 +260,7 @@ class Scorer:
             "roles": ",".join(self.roles),
             "batch_tokens": str(self.batch_tokens),
             "head": self.head.mode,
+            "head_dtype": self.head.products_name,
             "compile": self.compile_mode,
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "device": str(self.device),

@@ -12,10 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from scorecli.stats import concat, token_stats
+from scorecli.checks import check_head_dtype
+from scorecli.stats import LogitsOf, chunked_stats, concat
 
-HEAD_CHUNK_BYTES = 64 * 2**20  # float32 logits per head chunk: bounds peak memory whatever the vocabulary
+# Rows of a block: as many as 64 MB of their float32 logits would hold. Inference holds a vocabulary chunk of
+# them at a time (stats.py); under autograd a block's logits are recomputed in backward, and kept meanwhile.
+HEAD_CHUNK_BYTES = 64 * 2**20
 _PROBE_LENGTH = 8
+# A 16-bit chunk whose largest logit in a row is this far above the shift (the row's largest before it) is
+# taken again for that row, relative to its own: its logits near the top then round to 2^-9 of at most this.
+REFINE_ABOVE = 1.0
 _heads: weakref.WeakKeyDictionary[torch.nn.Module, OutputHead] = weakref.WeakKeyDictionary()
 
 
@@ -61,6 +67,27 @@ def _cache_keyword(module_type: type) -> str:
     return "cache" if "cache" in inspect.signature(module_type.forward).parameters else "past_key_values"
 
 
+def head_products(choice: str, model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the output layer's products for `head_dtype` `choice`; auto: the model's, where fast here.
+
+    16-bit products (with_products) are taken where the model itself is 16-bit and the device has fast
+    16-bit products (a GPU, or a CPU with AVX-512 or AMX bfloat16 units); elsewhere float32, the exact head.
+    """
+    check_head_dtype(choice)
+    if choice != "auto":
+        return getattr(torch, choice)
+    parameter = next(model.parameters())
+    dtype, device = parameter.dtype, parameter.device.type
+    if device == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        return dtype
+    # On CPUs without those units (AVX2 only, say) 16-bit products are several times slower than float32.
+    fast = {
+        torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
+        torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported,
+    }
+    return dtype if device == "cpu" and dtype in fast and fast[dtype]() else torch.float32
+
+
 def output_head(model: torch.nn.Module) -> OutputHead:
     """The (cached) way to turn this model's final hidden states into token statistics."""
     if model not in _heads:
@@ -69,7 +96,9 @@ def output_head(model: torch.nn.Module) -> OutputHead:
 
 
 class OutputHead:
-    """Apply a model's output layer in chunks of positions, so no [batch, seq, vocab] tensor is ever built.
+    """Apply a model's output layer a block of positions and a chunk of the vocabulary at a time (stats.py).
+
+    No [batch, seq, vocab] tensor is ever built, nor a [rows, vocab] one outside autograd.
 
     At construction a probe input checks that the output layer applied to the base model's final hidden
     states reproduces the model's own logits; where it does not (models that scale or soft-cap their
@@ -83,14 +112,24 @@ class OutputHead:
         self.base = getattr(model, "base_model", None)
         self.vocab_size = model.config.vocab_size if self.head is None else self.head.weight.shape[0]
         self.chunk_rows = max(1, HEAD_CHUNK_BYTES // (4 * self.vocab_size))
-        self._weight32: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.products = torch.float32  # the dtype of the output layer's products (with_products)
+        self._converted: tuple[torch.Tensor, torch.Tensor] | None = None
         has_head = self.head is not None and self.base is not None and self.base is not model
         self.chunked = has_head and self._matches_model_logits()
 
     @property
     def mode(self) -> str:
         """How scores are computed, for the output's metadata."""
-        return "chunked output head" if self.chunked else "model logits (the chunked head did not reproduce them)"
+        if not self.chunked:
+            return "model logits (the chunked head did not reproduce them)"
+        if self.products == torch.float32:
+            return "chunked output head"
+        return f"chunked output head, {self.products_name} products (summed in float32, rows near their largest logit)"
+
+    @property
+    def products_name(self) -> str:
+        """The dtype of the output layer's products, by name."""
+        return str(self.products).removeprefix("torch.")
 
     def with_base(self, base: Callable) -> OutputHead:
         """A copy of the head that computes final hidden states with `base` (a compiled base model, say)."""
@@ -107,7 +146,7 @@ class OutputHead:
         try:
             with torch.inference_mode():
                 expected = self.model(input_ids=probe, use_cache=False).logits.float()
-                got = self._logits(self._hidden(probe, None), float32=False).float()
+                got = F.linear(self._hidden(probe, None), self.head.weight, getattr(self.head, "bias", None)).float()
         except (AttributeError, TypeError, RuntimeError):
             return False
         finally:
@@ -119,20 +158,29 @@ class OutputHead:
         out = self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
-    def _logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor:
-        """Apply the output layer to hidden states, in float32 unless asked to stay in the model's dtype."""
-        weight, bias = self.head.weight, getattr(self.head, "bias", None)
-        if float32 and weight.dtype != torch.float32:
-            # A bfloat16 logit near 30 is rounded to a multiple of 0.125: far too coarse for log-probs.
-            # The float32 copy is made once, except for weights being trained, which autograd must see.
-            if weight.requires_grad and torch.is_grad_enabled():
-                weight = weight.float()
-            else:
-                if self._weight32 is None or self._weight32[0] is not weight:
-                    self._weight32 = (weight, weight.detach().float())
-                weight = self._weight32[1]
-            hidden, bias = hidden.float(), (None if bias is None else bias.float())
-        return F.linear(hidden, weight, bias)
+    def with_products(self, dtype: torch.dtype) -> OutputHead:
+        """A copy of the head whose products run in `dtype`: float32, or 16-bit ones (faster, not exact).
+
+        16-bit products are summed in float32 and rounded once, each row relative to its largest logit in
+        the chunks before (stats.py's `near`; the first chunk's products are float32), so the logits that carry
+        the probability keep their digits; the labels' logits stay float32 products. Heads with a bias, or
+        scored from the model's own logits, stay float32.
+        """
+        head = copy.copy(self)
+        head.products = dtype if self.chunked and getattr(self.head, "bias", None) is None else torch.float32
+        head._converted = None
+        return head
+
+    def _weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The output layer's weight in `dtype`, converted once (except for weights being trained)."""
+        weight = self.head.weight
+        if weight.dtype == dtype:
+            return weight
+        if weight.requires_grad and torch.is_grad_enabled():
+            return weight.to(dtype)  # autograd must see the conversion
+        if self._converted is None or self._converted[0] is not weight:
+            self._converted = (weight, weight.detach().to(dtype))
+        return self._converted[1]
 
     def score(
         self,
@@ -192,24 +240,62 @@ class OutputHead:
         With `ref`, `ref_states` are the reference model's states of the same positions.
         """
 
-        def chunk_stats(states: torch.Tensor, ref_states: torch.Tensor | None, labels: torch.Tensor) -> dict:
-            """Statistics of one chunk of positions, from the final hidden states (or logits) of both models."""
-            ref_logits = None
+        def block_stats(states: torch.Tensor, ref_states: torch.Tensor | None, labels: torch.Tensor) -> dict:
+            """Statistics of one block of positions, from the final hidden states (or logits) of both models."""
+            logits_of, label_logits = self._chunks(states, labels)
+            ref_of = ref_label_logits = None
             if ref is not None:
                 with torch.no_grad():
-                    ref_logits = ref._chunk_logits(ref_states)
-            return token_stats(self._chunk_logits(states), labels, statistics, ref_logits, top_k)
+                    ref_of, ref_label_logits = ref._chunks(ref_states, labels)
+                ref_of = _without_grad(ref_of)
+            return chunked_stats(
+                logits_of, self.vocab_size, labels, label_logits, statistics, top_k, ref_of, ref_label_logits
+            )
 
         parts = []
         for i in range(0, labels.shape[0], self.chunk_rows):
             rows = slice(i, i + self.chunk_rows)
             args = (states[rows], None if ref_states is None else ref_states[rows], labels[rows])
             if torch.is_grad_enabled() and states.requires_grad:
-                # Under autograd the chunk's logits are recomputed in backward, not kept.
-                parts.append(checkpoint(chunk_stats, *args, use_reentrant=False))
+                # Under autograd the block's logits are recomputed in backward, not kept.
+                parts.append(checkpoint(block_stats, *args, use_reentrant=False))
             else:
-                parts.append(chunk_stats(*args))
+                parts.append(block_stats(*args))
         return concat(parts, statistics, top_k)
+
+    def _chunks(self, states: torch.Tensor, labels: torch.Tensor) -> tuple[LogitsOf, torch.Tensor]:
+        """How a block of states [n, H] (or logits, where not chunked) gives a chunk's logits; its labels' logits."""
+        if not self.chunked:
+            return (lambda start, end, near: states[:, start:end]), states.gather(-1, labels[:, None]).squeeze(-1)
+        bias = getattr(self.head, "bias", None)
+        bias = None if bias is None else bias.float()
+        exact = self.products == torch.float32 or (torch.is_grad_enabled() and states.requires_grad)
+        weight = self._weight(torch.float32 if exact else self.products)
+        hidden = states.to(weight.dtype)
+        # The labels' logits are float32 products whatever the chunks' are: the diagonal of hidden × their
+        # weights, a product of the chunks' own kind, so that a float32 label's logit has the very bits of its
+        # entry in its chunk (a rank counts the entries above it: a dot product's other rounding would miscount).
+        label_logits = F.linear(hidden.float(), weight[labels].float()).diagonal()
+        if bias is not None:
+            label_logits = label_logits + bias[labels]
+        if exact:
+            return (lambda start, end, near: F.linear(hidden, weight[start:end], _part(bias, start, end))), label_logits
+
+        def logits_of(start: int, end: int, near: torch.Tensor) -> torch.Tensor:
+            """16-bit products summed in float32 less the row's largest logit so far, rounded once."""
+            if not bool(near.isfinite().all()):
+                # The first chunk, whose largest logits give the shift of the others: float32 products.
+                return F.linear(hidden.float(), weight[start:end].float())
+            # A bfloat16 logit near 30 rounds to a multiple of 0.125; taken relative to the shift, the logits
+            # that carry the probability are near 0, where 16 bits keep them to a few thousandths.
+            logits = _shifted(hidden, weight[start:end], near)
+            # Rows whose largest logit here is well above the shift are taken again relative to it.
+            again = torch.nonzero(logits.amax(-1) > near[:, 0] + REFINE_ABOVE)[:, 0]
+            if len(again):
+                logits[again] = _shifted(hidden[again], weight[start:end], logits[again].amax(-1, keepdim=True))
+            return logits
+
+        return logits_of, label_logits
 
     def _states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """What the chunks are cut from: final hidden states, or the model's own logits where not chunked."""
@@ -222,6 +308,24 @@ class OutputHead:
         """States [B, T, H] as rows [N, H]: the selected positions, or all of them."""
         return states.reshape(-1, states.shape[-1]) if select is None else states[select]
 
-    def _chunk_logits(self, states: torch.Tensor) -> torch.Tensor:
-        """The logits of a chunk of states (float32 where chunked; token_stats makes each block float32)."""
-        return self._logits(states) if self.chunked else states
+
+def _shifted(hidden: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """The product of hidden and weightᵀ, as 16-bit products summed in float32 less `shift` [n, 1], rounded once."""
+    shift = shift.to(weight.dtype)
+    out = torch.addmm(-shift.expand(len(hidden), len(weight)), hidden, weight.T)
+    return out.float() + shift.float()
+
+
+def _part(bias: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:
+    """Entries start..end of a bias, if there is one."""
+    return None if bias is None else bias[start:end]
+
+
+def _without_grad(logits_of: LogitsOf) -> LogitsOf:
+    """`logits_of`, run without autograd (the reference model is frozen)."""
+
+    def frozen(start: int, end: int, near: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return logits_of(start, end, near)
+
+    return frozen

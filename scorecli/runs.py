@@ -48,8 +48,8 @@ PARTS_DIR = "parts"
 RUN_FILE = "run.json"
 # The metadata, and the options, of a setting as it was before it existed: a run saved by an older version
 # lacks them, and was scored that way.
-BEFORE_IT_EXISTED = {"prefix_sharing": "off"}
-OPTIONS_BEFORE_THEY_EXISTED = {"prefix_sharing": False}
+BEFORE_IT_EXISTED = {"prefix_sharing": "off", "head_dtype": "float32"}
+OPTIONS_BEFORE_THEY_EXISTED = {"prefix_sharing": False, "head_dtype": "float32"}
 IN_FLIGHT_FILE = "in-flight.json"
 LOCK_FILE = ".scorecli.lock"
 STAGED_DIR = "final"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import interrupt_after, reference_scores, sample_texts
-from test_engine import _LargestVocabTensor
+from test_engine import _LargestVocabTensor, vocab_in_chunks
 from test_response import TEMPLATE, _with_chat_template
 from test_resume import _assert_same_results
 from typer.testing import CliRunner
@@ -321,10 +321,11 @@ def test_no_batch_by_seq_by_vocab_tensor_on_the_sharing_path(tiny, monkeypatch):
     monkeypatch.setattr(head, "chunk_rows", 8)
     progress = []
     scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=4096, min_shared_prefix=4, workers=1)
-    with _LargestVocabTensor(head.vocab_size) as probe:  # modes are per thread: one worker
+    chunk = vocab_in_chunks(head.vocab_size, monkeypatch)
+    with _LargestVocabTensor(head.vocab_size, chunk) as probe:  # modes are per thread: one worker
         scores = list(scorer.score_records(_grpo(n_prompts=2, n_responses=8), progress=progress.append))
     assert progress[-1].tokens_shared > 200 and sum(s.n_tokens for s in scores) > 100
-    assert 0 < probe.largest <= 8 * head.vocab_size
+    assert 0 < probe.largest <= 8 * chunk
 
 
 def test_compiled_with_sharing_equals_eager_and_compiles_nothing_per_prefix_length(

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import SAMPLES, bos_id, reference_pair, sample_texts
-from test_engine import _LargestVocabTensor
+from test_engine import _LargestVocabTensor, vocab_in_chunks
 from typer.testing import CliRunner
 
 from scorecli.cli import app
@@ -178,10 +178,11 @@ def test_no_vocabulary_sized_tensor_for_all_positions_with_a_reference(tiny_pair
         monkeypatch.setattr(head, "chunk_rows", 8)
     texts = sample_texts("long.jsonl")[:20]
     scorer = Scorer(model.model, model.tokenizer, batch_tokens=4096, max_length=120, workers=1, ref_model=ref.model)
-    with _LargestVocabTensor(heads[0].vocab_size) as probe:
+    chunk = vocab_in_chunks(heads[0].vocab_size, monkeypatch)
+    with _LargestVocabTensor(heads[0].vocab_size, chunk) as probe:
         scores = scorer.score_texts(texts)
     assert sum(s.n_tokens for s in scores) > 500
-    assert 0 < probe.largest <= 8 * heads[0].vocab_size
+    assert 0 < probe.largest <= 8 * chunk
 
 
 def test_a_reference_with_another_number_of_logits_is_refused(gpt2_dir):
