@@ -16,8 +16,9 @@ import numpy as np
 # one token fed again per document, and padding: its continuations are batched apart from the buffer's other
 # windows. benchmarks/prefix_cost.py counts it (README, "Shared prefixes"): starts of hundreds of tokens share
 # the same from any minimum up to 128; on natural texts sharing starts by chance, minimums of 2-8 compute
-# about 20% more than no sharing, 32 about 5-10% more, 48 or more nothing. To be timed on a quiet machine.
-DEFAULT_MIN_SHARED_PREFIX = 32
+# about 20% more than no sharing, 32 about 5-10% more, 48 or more nothing. Timed on samples/long.jsonl
+# (SmolLM2, float32, 2026-12-05): 32 took 58.8 s and 57.9 s, 64 56.3 s, no sharing 56.1 s.
+DEFAULT_MIN_SHARED_PREFIX = 64
 
 
 @dataclass(frozen=True)
