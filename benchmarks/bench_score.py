@@ -1,11 +1,13 @@
 """Throughput, peak memory and exactness of `scorecli score` against the plain reference, each run in a fresh process.
 
     python benchmarks/bench_score.py [--corpus samples/long.jsonl] [--model PATH] [--ref-model PATH] [--repeat 5]
+                                     [--runs scorecli,scorecli-bf16,...] [--baseline REV]
 
 Runs, on the same texts and the same (already converted, "warm") model, in float32 on the CPU:
   scorecli      the CLI: `scorecli score CORPUS -o DIR -q` (float32; --compile auto)
   scorecli-compile the same with --compile on (the first repetition may compile cold; later ones hit the cache)
-  scorecli-bf16 the same with --dtype bfloat16 (AMX matmuls on recent x86; not float32-exact)
+  scorecli-bf16 the same with --dtype bfloat16 (AVX-512 or AMX bfloat16 units on recent x86; not float32-exact)
+  scorecli-bf16-f32head the same with --head-dtype float32: the bfloat16 model with the exact float32 output layer
   scorecli-top5 the same with --top-k 5 (target: at most 1.1x the scorecli run's wall time)
   scorecli-ref  the same with --ref-model REF (default: the model itself; target: at most 2.2x and 2.5 GB)
   ref-batch16   plain reference: batches of 16 texts in input order, right-padded, full log_softmax + gather
@@ -13,7 +15,10 @@ Runs, on the same texts and the same (already converted, "warm") model, in float
 Wall time is the whole process (start-up, model load, scoring, writing); peak RSS is the process's own.
 With --repeat N each run is repeated N times, the runs interleaved (paired: one of each, then again), and
 the table shows the median wall time and the largest peak RSS. Below the table, the drift of scorecli-bf16
-from the float32 scorecli run (mean |diff|, 99th percentile, max, per token) where both ran.
+from the float32 scorecli run (mean |diff|, 99th percentile, max, per token) where both ran, and the drift that
+the bfloat16 output layer adds (scorecli-bf16 against scorecli-bf16-f32head).
+With --baseline REV each scorecli run also runs as `RUN@REV`, the code of git commit REV (a temporary
+worktree), interleaved with today's: paired timings against an earlier commit, in the "vs REV" column.
 """
 
 from __future__ import annotations
@@ -25,11 +30,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+# Runs whose options a baseline commit may predate: never run at --baseline.
+NEWER_THAN_BASELINES = {"scorecli-bf16-f32head"}
 
 
 def reference_run(folder: str, corpus: str, batch_size: int, out: str) -> None:
@@ -62,10 +71,25 @@ def reference_run(folder: str, corpus: str, batch_size: int, out: str) -> None:
     np.savez(f"{out}.npz", logprob=np.concatenate(logprobs), entropy=np.concatenate(entropies))
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """Run a command; return its wall time (s) and peak RSS (MB)."""
+@contextmanager
+def worktree(rev: str | None, tmp: str) -> Iterator[str | None]:
+    """A temporary git worktree of commit `rev` (None: no worktree), removed afterwards."""
+    if rev is None:
+        yield None
+        return
+    folder = f"{tmp}/baseline"
+    add = ["git", "-C", str(ROOT), "worktree", "add", "--detach", folder, rev]
+    subprocess.run(add, check=True, capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", folder], check=False)
+
+
+def timed(cmd: list[str], cwd: str | None = None) -> tuple[float, float]:
+    """Run a command (in `cwd`); return its wall time (s) and peak RSS (MB)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -84,8 +108,13 @@ def main() -> None:
         "--runs", default="scorecli,scorecli-compile,scorecli-bf16,scorecli-top5,scorecli-ref,ref-batch16,ref-single"
     )
     parser.add_argument("--repeat", type=int, default=1, help="repetitions of each run, interleaved; medians shown")
+    parser.add_argument("--baseline", default=None, metavar="REV", help="also run each scorecli run at git commit REV")
     parser.add_argument("--reference", nargs=3, metavar=("FOLDER", "BATCH", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # The baseline's runs start in another folder.
+    args.corpus = str(Path(args.corpus).resolve())
+    if args.model and Path(args.model).exists():
+        args.model = str(Path(args.model).resolve())
     if args.reference:
         reference_run(args.reference[0], args.corpus, int(args.reference[1]), args.reference[2])
         return
@@ -96,20 +125,26 @@ def main() -> None:
     folder = str(loaded.model.name_or_path)  # the converted folder for a GGUF, else what --model named
     results: dict[str, dict] = {}
     runs = args.runs.split(",")
+    if args.baseline:
+        paired = [run for run in runs if run.startswith("scorecli") and run not in NEWER_THAN_BASELINES]
+        runs = [r for run in runs for r in (run, f"{run}@{args.baseline}" if run in paired else None) if r]
     walls: dict[str, list[float]] = {run: [] for run in runs}
     rss: dict[str, list[float]] = {run: [] for run in runs}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, worktree(args.baseline, tmp) as baseline:
         for rep, run in ((rep, run) for rep in range(args.repeat) for run in runs):
+            cwd = baseline if "@" in run else None  # `python -m scorecli` imports the scorecli of its folder
             if run.startswith("scorecli"):
-                dtype = "bfloat16" if run.endswith("bf16") else "float32"
+                kind = run.split("@")[0]
+                dtype = "bfloat16" if "-bf16" in kind else "float32"
                 cmd = [sys.executable, "-m", "scorecli", "score", args.corpus, "-o", f"{tmp}/{run}", "-q"]
                 cmd += ["--model", args.model] if args.model else []
                 cmd += ["--batch-tokens", str(args.batch_tokens)] if args.batch_tokens else []
                 cmd += ["--device", "cpu", "--dtype", dtype]
-                cmd += ["--top-k", "5"] if run == "scorecli-top5" else []
-                cmd += ["--compile", "on"] if run == "scorecli-compile" else []
+                cmd += ["--top-k", "5"] if kind == "scorecli-top5" else []
+                cmd += ["--compile", "on"] if kind == "scorecli-compile" else []
+                cmd += ["--head-dtype", "float32"] if kind == "scorecli-bf16-f32head" else []
                 cmd += ["--overwrite"] if rep else []
-                cmd += ["--ref-model", args.ref_model or folder] if run == "scorecli-ref" else []
+                cmd += ["--ref-model", args.ref_model or folder] if kind == "scorecli-ref" else []
             else:
                 batch = {"ref-batch16": 16, "ref-single": 1}[run]
                 cmd = [
@@ -122,7 +157,7 @@ def main() -> None:
                     str(batch),
                     f"{tmp}/{run}",
                 ]
-            wall, peak = timed(cmd)
+            wall, peak = timed(cmd, cwd)
             walls[run].append(wall)
             rss[run].append(peak)
             print(f"  {run} ({rep + 1}/{args.repeat}): {wall:.1f} s", file=sys.stderr)
@@ -138,6 +173,7 @@ def main() -> None:
         f"median of {args.repeat} run{'s' if args.repeat > 1 else ''}\n"
     )
     columns = ["run", "wall s", "tokens/s", "vs scorecli", "vs ref-batch16", "vs ref-single", "peak RSS MB"]
+    columns += [f"vs {args.baseline}"] if args.baseline else []
     columns += ["max abs diff logprob", "max abs diff entropy"]
     print("| " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * (len(columns) - 1))
@@ -151,14 +187,25 @@ def main() -> None:
         diffs = ["-", "-"]
         if reference is not None and r is not reference:
             diffs = [f"{np.abs(r['scores'][k] - reference['scores'][k]).max():.1e}" for k in ("logprob", "entropy")]
-        cells = [run, f"{r['wall']:.1f}", f"{n_tokens / r['wall']:.0f}", cost, *speedups, f"{r['rss']:.0f}", *diffs]
+        cells = [run, f"{r['wall']:.1f}", f"{n_tokens / r['wall']:.0f}", cost, *speedups, f"{r['rss']:.0f}"]
+        if args.baseline:
+            # How many times faster than the same run at the baseline commit (its own row: -).
+            before = results.get(f"{run}@{args.baseline}")
+            cells.append(f"{before['wall'] / r['wall']:.2f}x" if before else "-")
+        cells += diffs
         print("| " + " | ".join(cells) + " |")
-    if "scorecli" in results and "scorecli-bf16" in results:
-        print("\nbfloat16 drift from float32 (scorecli-bf16 against scorecli, per token):\n")
-        print("| statistic | mean abs diff | p99 abs diff | max abs diff |\n|---|---:|---:|---:|")
-        for k in ("logprob", "entropy"):
-            diff = np.abs(results["scorecli-bf16"]["scores"][k] - results["scorecli"]["scores"][k])
-            print(f"| {k} | {diff.mean():.2e} | {np.percentile(diff, 99):.2e} | {diff.max():.2e} |")
+    drifts = (
+        ("bfloat16 drift from float32", "scorecli-bf16", "scorecli"),
+        ("drift of the bfloat16 model with its float32 output layer", "scorecli-bf16-f32head", "scorecli"),
+        ("drift the bfloat16 output layer adds", "scorecli-bf16", "scorecli-bf16-f32head"),
+    )
+    for title, run, base in drifts:
+        if run in results and base in results:
+            print(f"\n{title} ({run} against {base}, per token):\n")
+            print("| statistic | mean abs diff | p99 abs diff | max abs diff |\n|---|---:|---:|---:|")
+            for k in ("logprob", "entropy"):
+                diff = np.abs(results[run]["scores"][k] - results[base]["scores"][k])
+                print(f"| {k} | {diff.mean():.2e} | {np.percentile(diff, 99):.2e} | {diff.max():.2e} |")
 
 
 def load_scores(tmp: str, run: str) -> dict[str, np.ndarray]:
