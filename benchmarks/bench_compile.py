@@ -44,7 +44,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with torch.inference_mode():
         for shape in SHAPES:
-            ids = torch.randint(0, 40000, shape)
+            ids = torch.randint(0, base.config.vocab_size, shape)
             eager, fast = best(base, ids, args.repeat), best(compiled, ids, args.repeat)
             tokens = shape[0] * shape[1]
             print(

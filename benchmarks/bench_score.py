@@ -127,7 +127,7 @@ def main() -> None:
     runs = args.runs.split(",")
     if args.baseline:
         paired = [run for run in runs if run.startswith("scorecli") and run not in NEWER_THAN_BASELINES]
-        runs = [r for run in runs for r in (run, f"{run}@{args.baseline}" if run in paired else None) if r]
+        runs = [r for run in runs for r in ([run, f"{run}@{args.baseline}"] if run in paired else [run])]
     walls: dict[str, list[float]] = {run: [] for run in runs}
     rss: dict[str, list[float]] = {run: [] for run in runs}
     with tempfile.TemporaryDirectory() as tmp, worktree(args.baseline, tmp) as baseline:
