@@ -10,6 +10,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 # Exports resolve lazily so that `scorecli --help` does not pay for importing torch and transformers.
 _EXPORTS = {
+    "run": "scorecli.runner",
+    "RunResult": "scorecli.runner",
+    "ScoreOptions": "scorecli.options",
+    "RunProgress": "scorecli.session",
+    "RunInterrupted": "scorecli.interrupts",
+    "open_run": "scorecli.rundocs",
+    "FinishedRun": "scorecli.rundocs",
     "DocScore": "scorecli.scores",
     "Scorer": "scorecli.engine",
     "get_response_log_probs": "scorecli.head",

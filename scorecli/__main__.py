@@ -2,7 +2,7 @@
 
 import sys
 
-from scorecli import interrupts
+from scorecli import faults, interrupts
 
 EXIT_INTERRUPTED = 130
 
@@ -10,10 +10,10 @@ EXIT_INTERRUPTED = 130
 def main() -> None:
     """Run the CLI; a Ctrl-C while its modules import ends it at once, in one line, with exit code 130."""
     interrupts.hold()
-    interrupts.checkpoint("start")
+    faults.point("start")
     from scorecli.cli import app
 
-    interrupts.checkpoint("cli")
+    faults.point("cli")
     if interrupts.pending():
         sys.stderr.write("scorecli: interrupted\n")
         sys.exit(EXIT_INTERRUPTED)

@@ -1,6 +1,6 @@
 """Compare two runs of the same input: per-document deltas, paired bootstrap intervals, the documents that moved.
 
-Needs numpy and pyarrow, not torch. Runs are read from their folders (sequences.parquet, tokens.parquet).
+Needs numpy and pyarrow, not torch. Runs are read through rundocs.open_run (sequences.parquet, tokens.parquet).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from rich.table import Table
 
 from scorecli.bootstrap import RESAMPLES, SEED, DocSums, percentile_interval, resample_sums
 from scorecli.errors import OutputError
-from scorecli.rundocs import SEQUENCES, TOKENS, check_run, previews, read_result, result_rows, run_metadata
+from scorecli.layout import SEQUENCES_FILE, TOKENS_FILE
+from scorecli.rundocs import FinishedRun, open_run
 
 TOP_MOVERS = 5
 DELTA_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
@@ -52,15 +53,15 @@ class Comparison:
 
 def compare_runs(a: str | Path, b: str | Path, resamples: int = RESAMPLES, seed: int = SEED) -> Comparison:
     """Compare run B with run A (same input); raise OutputError where they are not runs of the same input."""
-    a, b = check_run(a), check_run(b)
-    meta_a, meta_b = run_metadata(a), run_metadata(b)
+    a, b = open_run(a), open_run(b)
+    meta_a, meta_b = a.metadata, b.metadata
     for key, what in (("input", "input"), ("input_size", "input size")):
         was, now = meta_a.get(key), meta_b.get(key)
         if key == "input":
             was, now = Path(was or "").name, Path(now or "").name
         if was != now:
             raise OutputError(f"{a} and {b} are runs of different inputs ({what} {was!r} and {now!r})")
-    seq_a, seq_b = (read_result(d, SEQUENCES, columns=_SEQ_COLUMNS) for d in (a, b))
+    seq_a, seq_b = (d.read(SEQUENCES_FILE, columns=_SEQ_COLUMNS) for d in (a, b))
     for col in ("doc", "id"):
         if not seq_a.column(col).equals(seq_b.column(col)):
             raise OutputError(f"{a} and {b} hold different documents (their `{col}` columns differ)")
@@ -150,7 +151,7 @@ def _float(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _movers(table: pa.Table, a: Path, b: Path, same_tokens: bool) -> dict:
+def _movers(table: pa.Table, a: FinishedRun, b: FinishedRun, same_tokens: bool) -> dict:
     """The documents that moved most each way, with both perplexities and a preview of their text."""
     if same_tokens:
         delta = _column(table, "delta_mean_logprob")  # B - A; higher is better for B
@@ -162,7 +163,7 @@ def _movers(table: pa.Table, a: Path, b: Path, same_tokens: bool) -> dict:
     improved = [i for i in np.argsort(-filled, kind="stable") if valid[i] and delta[i] > 0][:TOP_MOVERS]
     worsened = [i for i in np.argsort(filled, kind="stable") if valid[i] and delta[i] < 0][:TOP_MOVERS]
     docs = table.column("doc").to_numpy()
-    texts = previews(a, docs[improved + worsened].tolist())
+    texts = a.previews(docs[improved + worsened].tolist())
 
     def row(i: int) -> dict:
         r = {k: table.column(k)[i].as_py() for k in ("doc", "id", "perplexity_a", "perplexity_b")}
@@ -172,21 +173,21 @@ def _movers(table: pa.Table, a: Path, b: Path, same_tokens: bool) -> dict:
     return {"most_improved": [row(i) for i in improved], "most_worsened": [row(i) for i in worsened]}
 
 
-def _column_of(run: Path, name: str) -> np.ndarray:
+def _column_of(run: FinishedRun, name: str) -> np.ndarray:
     """One column of a run's tokens.parquet as numpy (read alone, so two runs' columns fit in memory)."""
-    return read_result(run, TOKENS, columns=[name]).column(0).to_numpy()
+    return run.read(TOKENS_FILE, columns=[name]).column(0).to_numpy()
 
 
-def _same_tokens(a: Path, b: Path) -> bool:
+def _same_tokens(a: FinishedRun, b: FinishedRun) -> bool:
     """Whether both runs scored the very same tokens (same tokenizer, same token ids, same positions)."""
-    if result_rows(a, TOKENS) != result_rows(b, TOKENS):
+    if a.rows(TOKENS_FILE) != b.rows(TOKENS_FILE):
         return False
     return all(
         np.array_equal(_column_of(a, c), _column_of(b, c)) for c in ("doc", "position", "token_id", "is_response")
     )
 
 
-def _token_delta(a: Path, b: Path) -> dict:
+def _token_delta(a: FinishedRun, b: FinishedRun) -> dict:
     """Statistics of the per-token difference logprob_B - logprob_A (runs with the same tokens)."""
     response = _column_of(a, "is_response")
     delta = _column_of(b, "logprob")[response].astype(np.float64) - _column_of(a, "logprob")[response]

@@ -15,10 +15,10 @@ from scorecli.inputs import (
     Fields,
     Record,
     Rejected,
-    _open_binary,
     count_records,
     display_name,
     is_parquet,
+    open_binary,
     read_records,
 )
 from scorecli.remote import is_url, open_url
@@ -119,7 +119,7 @@ def read_corpus(
     for source in sources:
         if limit is not None and offset >= limit:
             return
-        if skip and skip >= (count := _count_rows(source)):
+        if skip and skip >= (count := count_rows(source)):
             skip, offset = skip - count, offset + count
             continue
         seen = [skip - 1]  # the last record of this file read so far, scored or rejected
@@ -182,7 +182,7 @@ def _read_bytes(source: str) -> bytes:
         raise InputError(f"{source}: cannot be read ({e.strerror or e})") from None
 
 
-def _count_rows(source: str) -> int:
+def count_rows(source: str) -> int:
     """The number of records in one input (every non-blank line or row counts, bad ones too)."""
     if is_text_file(source):
         return 1
@@ -194,7 +194,7 @@ def _count_rows(source: str) -> int:
 
         with open_url(source) as f:
             return pq.ParquetFile(f).metadata.num_rows
-    with _open_binary(source) as f:  # compressed or remote: read through once
+    with open_binary(source) as f:  # compressed or remote: read through once
         return sum(1 for line in f if line.strip())
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from scorecli import interrupts
+from scorecli import faults, interrupts
 from scorecli.batching import Encoded, Encoder, TokenTexts, Window, collate, default_stride, pack, windows
 from scorecli.chat import DEFAULT_ROLES, render_chats
 from scorecli.checks import check_counts, check_limits
@@ -479,7 +479,7 @@ class Scorer:
                             state.docs_done += int(left[doc] == 0)
                             state.tokens_done += len(score["logprob"])
                     report(state)
-                    interrupts.checkpoint("batch")
+                    faults.point("batch")
                     interrupts.reraise()
                     ready = _ready(left, given) if self.stream else given
                     if ready > given:

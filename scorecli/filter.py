@@ -13,13 +13,11 @@ import numpy as np
 
 from scorecli.corpus import corpus_metadata, is_text_file
 from scorecli.errors import InputError, OutputError, UsageError, first_line
-from scorecli.inputs import _open_binary, display_name, is_parquet
-from scorecli.outputs import read_metadata
-from scorecli.runs import SEQUENCES_FILE
+from scorecli.inputs import display_name, is_parquet, open_binary
+from scorecli.layout import SEQUENCES_FILE, TEMP_SUFFIX
 
 BUCKETS = ("head", "middle", "tail")
 _INPUT_KEYS = ("input", "input_size", "input_mtime_ns")
-_PARTIAL = ".partial"
 
 
 @dataclass
@@ -36,15 +34,16 @@ class FilterResult:
 
 def read_perplexities(scores_dir: str | Path) -> tuple[np.ndarray, dict[str, str]]:
     """Each document's perplexity (NaN where none was scored), indexed by doc, and the run's metadata."""
-    from scorecli.rundocs import read_result, result_files
+    from scorecli.rundocs import FinishedRun
 
-    files = result_files(scores_dir, SEQUENCES_FILE)
+    run = FinishedRun(Path(scores_dir))  # not open_run: filter needs only the sequences, and names `scores`
+    files = run.files(SEQUENCES_FILE)
     if not files:
         raise InputError(f"{scores_dir}: no {SEQUENCES_FILE} (not the folder of a finished scorecli run)", arg="scores")
     path = files[0] if len(files) == 1 else files[0].parent
     try:
-        table = read_result(scores_dir, SEQUENCES_FILE, columns=["doc", "perplexity"])
-        metadata = read_metadata(files[0])
+        table = run.read(SEQUENCES_FILE, columns=["doc", "perplexity"])
+        metadata = run.metadata
     except Exception as e:  # a damaged or foreign file
         raise InputError(f"{path}: cannot be read ({first_line(e)})", arg="scores") from None
     docs = table.column("doc").to_numpy()
@@ -188,14 +187,14 @@ def _prepare(targets: Iterable[Path], overwrite: bool) -> None:
 
 def _open_out(path: Path) -> BinaryIO:
     """A binary stream to a partial output file (gzip where its name says so)."""
-    partial = path.with_name(path.name + _PARTIAL)
+    partial = path.with_name(path.name + TEMP_SUFFIX)
     return gzip.open(partial, "wb") if path.name.endswith(".gz") else open(partial, "wb")
 
 
 def _finish(paths: Sequence[Path]) -> None:
     """Give the finished partial files their names."""
     for path in paths:
-        os.replace(path.with_name(path.name + _PARTIAL), path)
+        os.replace(path.with_name(path.name + TEMP_SUFFIX), path)
 
 
 def _copy_jsonl(sources: Sequence[str], targets: dict[str, Path], where: Callable[[int], str | None]) -> int:
@@ -220,7 +219,7 @@ def _copy_jsonl(sources: Sequence[str], targets: dict[str, Path], where: Callabl
 
 def _raw_lines(source: str) -> Iterator[bytes]:
     """The non-blank lines of a JSONL input as read (a UTF-8 byte-order mark dropped), numbered as scorecli does."""
-    with _open_binary(source) as f:
+    with open_binary(source) as f:
         try:
             for number, raw in enumerate(f, start=1):
                 if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -243,7 +242,8 @@ def _copy_parquet(sources: Sequence[str], targets: dict[str, Path], where: Calla
     for source, pf in zip(sources, files):
         if not pf.schema_arrow.equals(schema):
             raise InputError(f"{display_name(source)}: its columns differ from {display_name(sources[0])}'s")
-    writers = {name: pq.ParquetWriter(path.with_name(path.name + _PARTIAL), schema) for name, path in targets.items()}
+    temps = {name: path.with_name(path.name + TEMP_SUFFIX) for name, path in targets.items()}
+    writers = {name: pq.ParquetWriter(temp, schema) for name, temp in temps.items()}
     doc = 0
     try:
         for pf in files:

@@ -180,7 +180,7 @@ def count_records(source: str | Path) -> int | None:
         return None
 
 
-def _open_binary(source: str | Path) -> BinaryIO:
+def open_binary(source: str | Path) -> BinaryIO:
     """Open a JSONL input for binary reading, with a clear error when that fails."""
     if str(source) == STDIN:
         return sys.stdin.buffer
@@ -224,7 +224,7 @@ def _jsonl_rows(
     A plain file may be read from byte `start`, a line's start with `lines_before` lines before it.
     """
     name = display_name(source)
-    f = _open_binary(source)
+    f = open_binary(source)
     try:
         if start:
             f.seek(start)

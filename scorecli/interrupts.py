@@ -13,15 +13,13 @@ Python's "Exception ignored" traceback for it is not printed.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# Tests name a start-up stage here to make the process send itself SIGINT there, instead of relying on timing.
-SIGNAL_AT_ENV = "SCORECLI_TEST_SIGINT_AT"
+from scorecli import faults
 
 _held: list[int] | None = None
 _previous: object = None
@@ -30,6 +28,55 @@ _raised: list[KeyboardInterrupt] = []
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as an interrupt: finished work is kept, the exit code says which signal it was."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM (`terminated`) while it scored, saying what it saved, and where.
+
+    `out` is the output folder as given (None for a stream), `docs_saved` the documents saved there for
+    `resume`; `finished` the run was interrupted as it finished, and its results are complete; `sharded` a
+    --ray run, whose complete shards and the parts of the others are kept; `resumable` the input can be
+    read again (a regular file).
+    """
+
+    def __init__(
+        self,
+        out: str | None,
+        docs_saved: int = 0,
+        terminated: bool = False,
+        finished: bool = False,
+        sharded: bool = False,
+        resumable: bool = True,
+    ) -> None:
+        """What an interrupted run saved."""
+        self.out, self.docs_saved, self.terminated = out, docs_saved, terminated
+        self.finished, self.sharded, self.resumable = finished, sharded, resumable
+        super().__init__(self.what() + ("; resume it with `resume`" if self.can_resume else ""))
+
+    def __reduce__(self) -> tuple:
+        """Pickled with what it says (as a Ray task's error, say)."""
+        return type(self), (self.out, self.docs_saved, self.terminated, self.finished, self.sharded, self.resumable)
+
+    @property
+    def can_resume(self) -> bool:
+        """Whether `resume` goes on with the run: something is saved, and the input can be read again."""
+        unfinished = self.out is not None and not self.finished
+        return unfinished and (self.sharded or (self.docs_saved > 0 and self.resumable))
+
+    def what(self) -> str:
+        """What was saved, in words (not how to resume it)."""
+        if self.out is None:
+            return "interrupted"
+        if self.finished:
+            return f"interrupted as the run finished; its results are complete in {self.out}"
+        if self.sharded:
+            return f"interrupted; complete shards and the parts of the others are kept in {self.out}"
+        if not self.docs_saved:
+            return "interrupted before the first documents were saved; nothing to resume"
+        saved = f"interrupted after {self.docs_saved:,} documents, saved in {self.out}"
+        if not self.resumable:
+            return f"{saved}; the input is not a regular file, so the run cannot be resumed"
+        return saved
 
 
 def hold() -> None:
@@ -62,18 +109,12 @@ def deferred(stage: str) -> Iterator[None]:
     """Hold SIGINT while the block runs (it may already be held); raise KeyboardInterrupt after it if one came."""
     hold()
     try:
-        checkpoint(stage)
+        faults.point(stage)
         yield
     except BaseException:
         release(act=False)
         raise
     release()
-
-
-def checkpoint(stage: str) -> None:
-    """Send this process SIGINT if the test hook names this stage."""
-    if os.environ.get(SIGNAL_AT_ENV) == stage:
-        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _record(signum: int, frame: object) -> None:

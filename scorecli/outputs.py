@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -17,16 +16,6 @@ from scorecli.inputs import Rejected
 from scorecli.kept import JSON_MARK, json_default, json_value
 from scorecli.scores import DEFAULT_STATS, DocScore
 from scorecli.tables import sequence_table, token_table, word_table
-
-_PARTIAL = ".partial"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write a text file under a temporary name, then give it its name."""
-    partial = path.with_name(path.name + _PARTIAL)
-    partial.write_text(text + ("\n" if text and not text.endswith("\n") else ""), encoding="utf-8")
-    os.replace(partial, path)
-
 
 # The table whose rows each kind of JSON-lines output writes: the Parquet files' rows, column for column.
 ROW_TABLES = {"sequences": sequence_table, "tokens": token_table, "words": word_table}
@@ -63,7 +52,7 @@ class JsonlOutput:
             for row, doc in zip(rows, docs):
                 row.update({name: json_value((doc.kept or {}).get(name)) for name in self.keep})
         for row in rows:
-            self.stream.write(json.dumps(_finite(row), ensure_ascii=False, default=json_default) + "\n")
+            self.stream.write(json.dumps(finite(row), ensure_ascii=False, default=json_default) + "\n")
         self.stream.flush()
 
     def finish(self, records_read: int, summary: dict, errors_file: bool) -> list[Path]:
@@ -84,11 +73,11 @@ def write_result_lines(stream: TextIO, path: str | Path) -> None:
             for row in batch.to_pylist():
                 for name in texts:
                     row[name] = None if row[name] is None else json.loads(row[name])
-                stream.write(json.dumps(_finite(row), ensure_ascii=False, default=json_default) + "\n")
+                stream.write(json.dumps(finite(row), ensure_ascii=False, default=json_default) + "\n")
             stream.flush()
 
 
-def _finite(row: dict) -> dict:
+def finite(row: dict) -> dict:
     """A row with non-finite floats as None, since JSON has no infinity or NaN."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 

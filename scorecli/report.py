@@ -19,22 +19,8 @@ from scorecli.bootstrap import corpus_intervals, sequence_sums
 from scorecli.compare import Comparison, compare_runs
 from scorecli.errors import OutputError
 from scorecli.heat import LN2, SCALES, colours, delta_colours, hex_colour, text_colour
-from scorecli.rundocs import (
-    SEQUENCES,
-    SUMMARY,
-    TOKENS,
-    WORDS,
-    check_run,
-    doc_tokens,
-    has_result,
-    input_texts,
-    read_result,
-    result_batches,
-    result_files,
-    run_metadata,
-    token_columns,
-    token_strings,
-)
+from scorecli.layout import SEQUENCES_FILE, TOKENS_FILE, WORDS_FILE
+from scorecli.rundocs import FinishedRun, open_run, token_strings
 
 REPORT_FILE = "report.html"
 HEATMAP_DOCS = 10  # documents with the highest and with the lowest perplexity
@@ -75,12 +61,13 @@ class TokenAggregates:
         self.density += np.histogram2d(s, e, bins=[SURPRISAL_BINS, ENTROPY_BINS])[0]
 
 
-def aggregate_tokens(run: Path) -> TokenAggregates:
+def aggregate_tokens(run: str | Path | FinishedRun) -> TokenAggregates:
     """Aggregate a run's scored token rows a batch at a time."""
-    has_kl = "kl" in token_columns(run)
+    run = open_run(run)
+    has_kl = "kl" in run.token_columns()
     columns = ["position", "logprob", "entropy", "is_response"] + (["kl"] if has_kl else [])
     agg = TokenAggregates()
-    for batch in result_batches(run, TOKENS, columns, BATCH_ROWS):
+    for batch in run.batches(TOKENS_FILE, columns, BATCH_ROWS):
         batch = batch.filter(batch.column("is_response"))
         if not batch.num_rows:
             continue
@@ -97,10 +84,10 @@ def build_report(run: str | Path, compare: str | Path | None = None, out: str | 
     """Write the HTML report of a run (compared with another where given); return its path."""
     import plotly.offline
 
-    run = check_run(run)
-    target = Path(out) if out else run / REPORT_FILE
-    meta = run_metadata(run)
-    seq = read_result(run, SEQUENCES)
+    run = open_run(run)
+    target = Path(out) if out else run.folder / REPORT_FILE
+    meta = run.metadata
+    seq = run.sequences
     figures = _figures(run, seq)
     agg = aggregate_tokens(run)
     comparison = compare_runs(run, compare) if compare else None
@@ -113,7 +100,7 @@ def build_report(run: str | Path, compare: str | Path | None = None, out: str | 
     ]
     if agg.kl:
         sections.append(_kl_section(run, seq, agg))
-    if has_result(run, WORDS):
+    if run.has(WORDS_FILE):
         sections.append(_words_section(run))
     if comparison is not None:
         sections.append(_compare_section(comparison))
@@ -132,13 +119,11 @@ def build_report(run: str | Path, compare: str | Path | None = None, out: str | 
     return target
 
 
-def _figures(run: Path, seq) -> dict:
+def _figures(run: FinishedRun, seq) -> dict:
     """The run's headline figures: from summary.json where present, with intervals computed where missing."""
-    figures = {}
-    if (run / SUMMARY).is_file():
-        figures = json.loads((run / SUMMARY).read_text(encoding="utf-8")).get("summary", {})
+    figures = run.summary
     if "perplexity_ci" not in figures:
-        figures.update(corpus_intervals(sequence_sums(result_files(run, SEQUENCES))))
+        figures.update(corpus_intervals(sequence_sums(run.files(SEQUENCES_FILE))))
     if figures.get("perplexity") is None:
         n = pc.sum(seq.column("n_tokens")).as_py() or 0
         lp = pc.sum(seq.column("sum_logprob")).as_py() or 0.0
@@ -173,7 +158,7 @@ def _ci(interval) -> str:
     return f" <span class='ci'>(95% CI {_num(interval[0])} – {_num(interval[1])})</span>" if interval else ""
 
 
-def _run_section(run: Path, meta: dict, f: dict) -> str:
+def _run_section(run: FinishedRun, meta: dict, f: dict) -> str:
     """The run: its settings, its figures with their intervals, and all its metadata."""
     rows = [
         ("documents", _num(f.get("documents"))),
@@ -346,14 +331,14 @@ def _doc_block(kind: str, doc: int, row: dict, payload: dict) -> str:
     return f"<div class='doc' data-kind='{kind}'><h4>{title}</h4><div class='tokens' data-doc='{data}'></div></div>"
 
 
-def _heatmaps(run: Path, seq, comparison: Comparison | None) -> str:
+def _heatmaps(run: FinishedRun, seq, comparison: Comparison | None) -> str:
     """The documents with the highest and the lowest perplexity, each token on the colour of its value."""
     high, low = _extreme_docs(seq)
     docs = high + low
     if not docs:
         return ""
-    tokens = doc_tokens(run, docs)
-    texts = input_texts(run, docs)
+    tokens = run.doc_tokens(docs)
+    texts = run.input_texts(docs)
     rows = {r["doc"]: r for r in seq.filter(pc.is_in(seq.column("doc"), value_set=_array(docs))).to_pylist()}
     blocks = {"high": [], "low": []}
     for kind, group in (("high", high), ("low", low)):
@@ -402,7 +387,7 @@ def _legend_html(scales: list[str]) -> str:
     return "".join(out)
 
 
-def _kl_section(run: Path, seq, agg: TokenAggregates) -> str:
+def _kl_section(run: FinishedRun, seq, agg: TokenAggregates) -> str:
     """Reference-model runs: KL percentiles and the documents with the largest mean KL."""
     kl = np.concatenate(agg.kl).astype(np.float64)
     kl = kl[np.isfinite(kl)]
@@ -414,7 +399,7 @@ def _kl_section(run: Path, seq, agg: TokenAggregates) -> str:
         mean_kl = seq.column("mean_kl").to_numpy(zero_copy_only=False).astype(np.float64)
     else:
         sums, counts = np.zeros(seq.num_rows), np.zeros(seq.num_rows)
-        batches = result_batches(run, TOKENS, ["doc", "kl", "is_response"], BATCH_ROWS)
+        batches = run.batches(TOKENS_FILE, ["doc", "kl", "is_response"], BATCH_ROWS)
         for b in batches:
             b = b.filter(b.column("is_response"))
             doc = b.column("doc").to_numpy()
@@ -437,14 +422,14 @@ def _kl_section(run: Path, seq, agg: TokenAggregates) -> str:
     )
 
 
-def _words_section(run: Path) -> str:
+def _words_section(run: FinishedRun) -> str:
     """Runs with --words: the distribution of word surprisal."""
     import plotly.graph_objects as go
 
     edges = np.linspace(0, 60, 61)
     counts = np.zeros(len(edges) - 1)
     total, n = 0.0, 0
-    for b in result_batches(run, WORDS, ["surprisal"], BATCH_ROWS):
+    for b in run.batches(WORDS_FILE, ["surprisal"], BATCH_ROWS):
         bits = b.column("surprisal").to_numpy(zero_copy_only=False).astype(np.float64) / LN2
         counts += np.histogram(np.clip(bits, 0, edges[-1] - 1e-9), bins=edges)[0]
         total, n = total + bits.sum(), n + len(bits)
@@ -531,7 +516,7 @@ def _movers_html(c: Comparison) -> str:
     docs = [r["doc"] for r in s["most_improved"] + s["most_worsened"]]
     if not docs:
         return ""
-    a, b = Path(s["a"]), Path(s["b"])
+    a, b = FinishedRun(Path(s["a"])), FinishedRun(Path(s["b"]))
     if not s["same_tokens"]:
         rows = "".join(
             f"<tr><td>{r['doc']}</td><td>{html.escape(str(r['id'] or ''))}</td><td>{_num(r['bits_per_byte_a'], 4)}</td>"
@@ -542,8 +527,8 @@ def _movers_html(c: Comparison) -> str:
             "<h3>Documents that moved most</h3><table class='movers'><tr><th>doc</th><th>id</th><th>bpb A</th>"
             f"<th>bpb B</th><th>text</th></tr>{rows}</table>"
         )
-    ta, tb = doc_tokens(a, docs), doc_tokens(b, docs, ["doc", "logprob"])
-    texts = input_texts(a, docs)
+    ta, tb = a.doc_tokens(docs), b.doc_tokens(docs, ["doc", "logprob"])
+    texts = a.input_texts(docs)
     blocks = []
     for kind, group in (("improved", s["most_improved"]), ("worsened", s["most_worsened"])):
         for r in group:

@@ -31,46 +31,41 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from scorecli import faults
 from scorecli.errors import OutputError, first_line
 from scorecli.inputs import Rejected
 from scorecli.kept import KeptTypes, final_fields, json_types, typed, types_metadata
-from scorecli.outputs import _finite
+from scorecli.layout import (
+    ERRORS_FILE,
+    FINISHED_FILE,
+    IN_FLIGHT_FILE,
+    LOCK_FILE,
+    PARTS_DIR,
+    RESULT_FILES,
+    RESULT_KINDS,
+    RUN_FILE,
+    SEQUENCES_FILE,
+    SHARDS_DIR,
+    STAGED_DIR,
+    SUMMARY_FILE,
+    TEMP_SUFFIX,
+    TOKENS_FILE,
+    WORDS_FILE,
+    kind_dir,
+    write_file,
+)
+from scorecli.options import METADATA_BEFORE_IT_EXISTED
+from scorecli.outputs import finite
 from scorecli.scores import DEFAULT_STATS, DocScore, numpy_type
 from scorecli.tables import WORD_SCHEMA, sequence_schema, sequence_table, token_batches, token_schema, word_batches
 from scorecli.words import Words
 
-TOKENS_FILE = "tokens.parquet"
-SEQUENCES_FILE = "sequences.parquet"
-WORDS_FILE = "words.parquet"
-ERRORS_FILE = "errors.jsonl"
-SUMMARY_FILE = "summary.json"
-PARTS_DIR = "parts"
-RUN_FILE = "run.json"
-# The metadata, and the options, of a setting as it was before it existed: a run saved by an older version
-# lacks them, and was scored that way.
-BEFORE_IT_EXISTED = {"prefix_sharing": "off", "head_dtype": "float32"}
-OPTIONS_BEFORE_THEY_EXISTED = {"prefix_sharing": False, "head_dtype": "float32"}
-IN_FLIGHT_FILE = "in-flight.json"
-LOCK_FILE = ".scorecli.lock"
-STAGED_DIR = "final"
-FINISHED_FILE = "finished.json"
-RESULT_FILES = (TOKENS_FILE, SEQUENCES_FILE, WORDS_FILE, ERRORS_FILE, SUMMARY_FILE)
 ROW_GROUP_ROWS = 1 << 16
-TEMP_SUFFIX = ".partial"
-# The stages of the finish, in order, where tests inject signals (see `stage`); "part-written" is another.
+# The stages of the finish, in order, where tests inject faults (see faults.py); "part-written" is another.
 FINISH_STAGES = ("finishing", "joining", "joined", "committed", "moving", "moved", "finished")
-SIGNAL_AT_ENV = "SCORECLI_TEST_SIGNAL_AT"
 _RAW_CHARS = 1000  # of a rejected record kept in errors.jsonl: enough to find it, not a copy of the corpus
 _HASH_BLOCK = 1 << 20
 _OVERWRITE = "pass `overwrite` to start the run again"
-
-
-def stage(name: str) -> None:
-    """Mark a named point of the protocol; SCORECLI_TEST_SIGNAL_AT=NAME[:SIGNAL] signals the process there, once."""
-    wanted, _, sig = os.environ.get(SIGNAL_AT_ENV, "").partition(":")
-    if wanted == name:
-        del os.environ[SIGNAL_AT_ENV]
-        os.kill(os.getpid(), getattr(signal, f"SIG{sig or 'INT'}"))
 
 
 @contextlib.contextmanager
@@ -253,7 +248,7 @@ def _prepare_new(out_dir: Path, overwrite: bool) -> None:
                     f"{out_dir}: the folder is not empty; pass `overwrite` to replace its results{hint}", arg="out_dir"
                 )
             # A --ray run's datasets and shards (scaleout.py) are results and parts too.
-            for name in (PARTS_DIR, "shards", "tokens", "sequences", "words"):
+            for name in (PARTS_DIR, SHARDS_DIR, *RESULT_KINDS):
                 if (out_dir / name).is_dir():
                     shutil.rmtree(out_dir / name)
             for name in RESULT_FILES:
@@ -335,8 +330,8 @@ def _verify_parts(out_dir: Path, state: RunState, kinds: list[str]) -> None:
             how = "records are missing" if start > state.records_done else "it overlaps what is before it"
             raise _damaged(out_dir, f"part {name} covers records {start}–{end}, but {before}: {how}")
         for kind in kinds:
-            part_file = parts / _kind_dir(kind) / f"{name}.parquet"
-            problem = _file_problem(part_file, files.get(_kind_dir(kind)) if isinstance(files, dict) else None)
+            part_file = parts / kind_dir(kind) / f"{name}.parquet"
+            problem = _file_problem(part_file, files.get(kind_dir(kind)) if isinstance(files, dict) else None)
             if problem:
                 raise _damaged(out_dir, f"part {name}: {_rel(out_dir, part_file)} {problem}")
         state.parts, state.records_done = number + 1, end
@@ -358,7 +353,7 @@ def _remove_cut_short(out_dir: Path, kinds: list[str], count: int) -> None:
     for temp in parts.glob(f".*{TEMP_SUFFIX}"):
         temp.unlink(missing_ok=True)
     for kind in kinds:
-        folder = parts / _kind_dir(kind)
+        folder = parts / kind_dir(kind)
         for path in folder.iterdir() if folder.is_dir() else ():
             number = int(path.stem) if len(path.stem) == 6 and path.stem.isdigit() else None
             if path.name.startswith("."):
@@ -396,11 +391,6 @@ def _rel(out_dir: Path, path: Path) -> str:
     return str(path.relative_to(out_dir))
 
 
-def _kind_dir(kind: str) -> str:
-    """The parts folder of a kind of file (tokens.parquet → tokens)."""
-    return kind.removesuffix(".parquet")
-
-
 def _complete_finish(out_dir: Path) -> list[Path]:
     """Move a committed finish's final files into place and remove the parts; return the final files.
 
@@ -419,17 +409,17 @@ def _complete_finish(out_dir: Path) -> list[Path]:
         if staged.exists():
             os.replace(staged, out_dir / name)
         if i == 0:
-            stage("moving")
-    stage("moved")
+            faults.point("moving")
+    faults.point("moved")
     shutil.rmtree(parts)
-    stage("finished")
+    faults.point("finished")
     return [out_dir / name for name in names]
 
 
 def check_resume(state: RunState, metadata: dict[str, str]) -> None:
     """Raise OutputError where this run's settings differ from those the folder's run was started with."""
     for key in dict.fromkeys([*metadata, *state.metadata]):
-        was, now = state.metadata.get(key, BEFORE_IT_EXISTED.get(key)), metadata.get(key)
+        was, now = state.metadata.get(key, METADATA_BEFORE_IT_EXISTED.get(key)), metadata.get(key)
         if was != now:
             raise OutputError(f": the run was started with {key} {was!r}, not {now!r}", arg="resume")
 
@@ -478,7 +468,7 @@ class RunWriter:
             run = {"metadata": metadata, "options": options or {}, "kinds": [kind for kind, _ in self.kinds]}
             try:
                 self.parts_dir.mkdir(exist_ok=True)
-                _write_file(self.parts_dir / RUN_FILE, json.dumps(run, indent=2).encode())
+                write_file(self.parts_dir / RUN_FILE, json.dumps(run, indent=2).encode())
             except OSError as e:
                 raise self._write_error(e) from None
 
@@ -490,7 +480,7 @@ class RunWriter:
 
     def _part_file(self, kind: str, name: str) -> Path:
         """Where part `name` of a kind of file is: one folder per kind, readable as one dataset."""
-        return self.parts_dir / _kind_dir(kind) / f"{name}.parquet"
+        return self.parts_dir / kind_dir(kind) / f"{name}.parquet"
 
     def _write_error(self, e: OSError, what: str = "") -> OutputError:
         """The error for a failed write, saying so plainly where the folder itself was removed."""
@@ -528,8 +518,8 @@ class RunWriter:
                     path = self._part_file(kind, name)
                     path.parent.mkdir(exist_ok=True)
                     written.append(path)
-                    files[_kind_dir(kind)] = _write_parquet(path, schema, batches[kind](docs, schema))
-                stage("part-written")
+                    files[kind_dir(kind)] = _write_parquet(path, schema, batches[kind](docs, schema))
+                faults.point("part-written")
                 # The manifest goes last: a part without one was cut short and does not count.
                 manifest = {
                     "part": self.parts,
@@ -540,7 +530,7 @@ class RunWriter:
                     "rejected": [_reject_row(r) for r in rejects],
                     "summary": summary,
                 }
-                _write_file(manifest_path, json.dumps(manifest, ensure_ascii=False).encode())
+                write_file(manifest_path, json.dumps(manifest, ensure_ascii=False).encode())
             except OSError as e:
                 for path in written:
                     with contextlib.suppress(OSError):
@@ -557,18 +547,13 @@ class RunWriter:
 
     def saved_tokens(self, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
         """Columns of the response token rows of the parts saved so far."""
-        tables = [pq.read_table(path, columns=[*columns, "is_response"]) for path in self.part_files(TOKENS_FILE)]
-        if not tables:
-            return {c: np.zeros(0) for c in columns}
-        table = pa.concat_tables(tables)
-        table = table.filter(table["is_response"])
-        return {c: table[c].to_numpy() for c in columns}
+        return response_columns(self.part_files(TOKENS_FILE), columns)
 
     def save_in_flight(self, docs: list[DocScore], summary: dict) -> None:
         """Keep an interrupted buffer's finished documents (not scored again on resume) and the summary so far."""
         saved = {"docs": [_doc_to_json(d) for d in docs], "summary": summary}
         try:
-            _write_file(self.parts_dir / IN_FLIGHT_FILE, json.dumps(saved).encode())
+            write_file(self.parts_dir / IN_FLIGHT_FILE, json.dumps(saved).encode())
         except OSError as e:
             raise self._write_error(e) from None
 
@@ -580,10 +565,10 @@ class RunWriter:
         finish cut short after the commit is completed by the next run in the folder, never redone.
         """
         with deferred_signals():
-            stage("finishing")
+            faults.point("finishing")
             if self._pending_rejects or self.parts == 0:
                 self.save([], max(records_read, self.records_done), summary)
-            stage("joining")
+            faults.point("joining")
             staged = self.parts_dir / STAGED_DIR
             try:
                 shutil.rmtree(staged, ignore_errors=True)
@@ -593,20 +578,17 @@ class RunWriter:
                 # Rejects saved by an earlier session that skipped them are written even if this one stops on them.
                 if errors_file or self.rejected:
                     names.append(self._join_errors(staged))
-                text = json.dumps(
-                    {"summary": _finite(summary), "metadata": self.metadata}, indent=2, ensure_ascii=False
-                )
-                _write_file(staged / SUMMARY_FILE, (text + "\n").encode())
+                write_summary(staged / SUMMARY_FILE, summary, self.metadata)
                 names.append(SUMMARY_FILE)  # last: a summary.json in the folder means the run is finished
-                stage("joined")
-                _write_file(self.parts_dir / FINISHED_FILE, json.dumps({"files": names}).encode())
+                faults.point("joined")
+                write_file(self.parts_dir / FINISHED_FILE, json.dumps({"files": names}).encode())
             except OSError as e:
                 shutil.rmtree(staged, ignore_errors=True)
                 raise self._write_error(e, " the final files") from None
             except BaseException:
                 shutil.rmtree(staged, ignore_errors=True)
                 raise
-            stage("committed")
+            faults.point("committed")
             self.finished = True
             try:
                 self.written = _complete_finish(self.out_dir)
@@ -639,7 +621,7 @@ class RunWriter:
 
         def parts() -> Iterator[pa.Table]:
             for number, files in enumerate(self._files):
-                part = self._read_part(SEQUENCES_FILE, f"{number:06d}", files.get(_kind_dir(SEQUENCES_FILE)), schema)
+                part = self._read_part(SEQUENCES_FILE, f"{number:06d}", files.get(kind_dir(SEQUENCES_FILE)), schema)
                 yield pa.Table.from_batches(list(part), schema).select(json_names)
 
         resolved = json_types(parts, json_names) if json_names else {}
@@ -658,7 +640,7 @@ class RunWriter:
         with pq.ParquetWriter(staged / kind, final.with_metadata(meta)) as writer:
             pending, rows = [], 0
             for number, files in enumerate(self._files):
-                batches = self._read_part(kind, f"{number:06d}", files.get(_kind_dir(kind)), schema)
+                batches = self._read_part(kind, f"{number:06d}", files.get(kind_dir(kind)), schema)
                 if final is not schema:  # a sequences part (a row a document: small) is typed whole
                     part = pa.Table.from_batches(list(batches), schema)
                     batches = pa.Table.from_arrays([self._final_column(part, f) for f in final], schema=final)
@@ -714,23 +696,25 @@ class RunWriter:
             except (ValueError, KeyError, TypeError) as e:
                 raise _damaged(self.out_dir, f"{_rel(self.out_dir, path)} cannot be read ({first_line(e)})") from None
             lines += [json.dumps(r, ensure_ascii=False) + "\n" for r in rejected]
-        _write_file(staged / ERRORS_FILE, "".join(lines).encode())
+        write_file(staged / ERRORS_FILE, "".join(lines).encode())
         return ERRORS_FILE
 
 
-def _write_file(path: Path, data: bytes | pa.Buffer) -> None:
-    """Write a file under a temporary name, then give it its name: readers see all of it or nothing."""
-    temp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
-    try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
-        raise
+def write_summary(path: Path, figures: dict, metadata: dict[str, str]) -> None:
+    """Write a run's summary.json: its figures (non-finite ones as null) and its metadata."""
+    text = json.dumps({"summary": finite(figures), "metadata": metadata}, indent=2, ensure_ascii=False)
+    write_file(path, (text + "\n").encode())
+
+
+def response_columns(paths: Iterable[Path], columns: Iterable[str]) -> dict[str, np.ndarray]:
+    """Columns of the response token rows of token files (parts, or a finished run's), in order."""
+    columns = tuple(columns)
+    tables = [pq.read_table(path, columns=[*columns, "is_response"]) for path in paths]
+    if not tables:
+        return {c: np.zeros(0) for c in columns}
+    table = pa.concat_tables(tables)
+    table = table.filter(table["is_response"])
+    return {c: table[c].to_numpy() for c in columns}
 
 
 def _write_parquet(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> dict:

@@ -19,29 +19,41 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
-from scorecli import interrupts
+from scorecli import faults, interrupts
 from scorecli.corpus import is_text_file, read_corpus
 from scorecli.errors import OutputError, ScorecliError, UsageError, first_line
-from scorecli.inputs import Fields, Record, Rejected, display_name, is_parquet, read_records
+from scorecli.inputs import Fields, Rejected, display_name, is_parquet, read_records
 from scorecli.kept import types_metadata
+from scorecli.layout import (
+    ERRORS_FILE,
+    LOCK_FILE,
+    PARTS_DIR,
+    PLAN_FILE,
+    RESULT_FILES,
+    RESULT_KINDS,
+    RUN_FILE,
+    SEQUENCES_FILE,
+    SHARDS_DIR,
+    SUMMARY_FILE,
+    TOKENS_FILE,
+    is_sharded_run,
+    result_file,
+    result_files,
+    write_file,
+)
+from scorecli.options import OPTIONS_BEFORE_THEY_EXISTED, RAY_INSTALL, ScoreOptions
 from scorecli.remote import is_url
+from scorecli.session import Progress, RunProgress, Selection, Session, load_models, make_scorer
 
-RAY_INSTALL = "pip install 'scorecli[ray]'"
-SHARDS_DIR = "shards"
-PLAN_FILE = "plan.json"
-RESULT_KINDS = ("tokens", "sequences", "words")
 SHARDS_PER_WORKER = 4  # a few per worker: a slow shard does not hold the whole run up at its end
 MAX_RETRIES = 3
-# Test hook: a worker SIGKILLs itself once (across processes: the file marks that it did) after it saves a part.
-KILL_AFTER_PART_ENV = "SCORECLI_TEST_KILL_AFTER_PART"
-_FORWARDED_ENV = ("SCORECLI_CACHE_DIR", KILL_AFTER_PART_ENV, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_FORWARDED_ENV = ("SCORECLI_CACHE_DIR", faults.FAULT_ENV, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _PROGRESS_SECONDS = 0.5
 # Ray's own chatter (log deduplication notes, usage statistics, the auth notice) is not the user's business.
 _QUIET_ENV = {"RAY_DEDUP_LOGS": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}
@@ -73,33 +85,19 @@ class Shard:
 
 @dataclass
 class Job:
-    """What every shard's task needs: how to read records, the model and scoring options, the run's metadata."""
+    """What every shard's task needs: the run's options, as its folder saves them, and the run's metadata."""
 
-    fields: Fields
-    roles: tuple[str, ...]
-    model: str | None
-    load: dict  # load_model's keywords
-    scorer: dict  # Scorer's keywords
-    ref_model: str | None = None
-    ref_load: dict = field(default_factory=dict)
-    words: bool = False
-    skip_bad: bool = False
-    metadata: dict[str, str] = field(default_factory=dict)  # the input's, added to the model's and scorer's
-    options: dict = field(default_factory=dict)  # saved in each shard's folder, as a plain run's
+    options: dict  # ScoreOptions.saved: how to read records, the models and scoring; saved in each shard's folder
+    metadata: dict[str, str] = field(default_factory=dict)  # the input's, added to the models' and scorer's
     kept: dict = field(default_factory=dict)  # the kept fields' Arrow types (kept.KeptTypes): None for JSON values
+    words: bool = False  # words.parquet (the options' words, or word rows on a stream)
+    expected_tokens: int | None = None  # the whole input's, which decides compile auto for every shard alike
+    threads: int | None = None  # each task's CPU threads (None: the options')
 
-
-@dataclass
-class ShardedProgress:
-    """Where a sharded run stands, for a progress display."""
-
-    stage: str  # "starting" (Ray), "scoring", "joining"
-    shards: int
-    shards_done: int = 0
-    docs_total: int = 0
-    docs_done: int = 0
-    tokens_done: int = 0  # scored in this session
-    workers: int = 0
+    @property
+    def score_options(self) -> ScoreOptions:
+        """The run's options."""
+        return ScoreOptions.from_saved(self.options)
 
 
 @dataclass
@@ -113,12 +111,6 @@ class ShardedResult:
     shards_scored: int  # by this session; the others were complete already
     nothing_to_do: bool = False
     ray_seconds: float = 0.0  # starting or joining the cluster
-
-
-def is_sharded_run(out_dir: str | Path) -> bool:
-    """Whether a folder holds a sharded (--ray) run, finished or not."""
-    out_dir = Path(out_dir)
-    return (out_dir / SHARDS_DIR / PLAN_FILE).is_file() or (out_dir / "sequences").is_dir()
 
 
 def saved_options(out_dir: str | Path) -> dict | None:
@@ -212,9 +204,9 @@ def _cut_jsonl(source: str, pieces: int) -> Iterator[tuple[int, int, tuple[int, 
 
 def _file_records(source: str) -> int:
     """The number of records in one input file, as the single-process reader numbers them."""
-    from scorecli.corpus import _count_rows
+    from scorecli.corpus import count_rows
 
-    return _count_rows(source)
+    return count_rows(source)
 
 
 def shard_records(shard: Shard, fields: Fields, on_error: Callable[[Rejected], None] | None, skip: int = 0):
@@ -248,88 +240,60 @@ def score_shard(shard: Shard, job: Job, shard_dir: Path, report: Callable[[int, 
     A shard whose folder holds a summary.json is complete and not scored again. `report(docs, tokens)` is
     told of the shard's documents done and the tokens this call scored.
     """
-    from scorecli.engine import Scorer
-    from scorecli.models import load_model
-    from scorecli.runs import SUMMARY_FILE, RunWriter, check_resume, claim_out_dir, complete_finish
-    from scorecli.summary import Comparison, Summary
+    from scorecli.runs import check_resume, complete_finish
 
     shard_dir = Path(shard_dir)
     if shard_dir.is_dir():
         complete_finish(shard_dir)
     if (shard_dir / SUMMARY_FILE).is_file():
         return _shard_state(shard_dir)
-    loaded = load_model(job.model, **job.load)
-    ref = None if job.ref_model is None else load_model(job.ref_model, **job.ref_load, arg="ref_model")
-    scorer = Scorer(
-        loaded.model,
-        loaded.tokenizer,
-        roles=job.roles,
-        ref_model=None if ref is None else ref.model,
-        ref_tokenizer=None if ref is None else ref.tokenizer,
-        **job.scorer,
-    )
-    metadata = {
-        **loaded.info,
-        **({} if ref is None else {f"ref_{k}": v for k, v in ref.info.items()}),
-        **scorer.metadata,
-        **job.metadata,
-    }
-    resume = (shard_dir / "parts" / "run.json").is_file()
-    with claim_out_dir(shard_dir, resume=resume, command=f"scorecli shard {shard.name}") as folder:
-        state = folder.state
+    options = job.score_options
+    loaded, ref = load_models(options)
+    scorer, model_metadata = make_scorer(options, loaded, ref, expected_tokens=job.expected_tokens, threads=job.threads)
+    metadata = {**model_metadata, **job.metadata}
+    session = Session(shard.source, shard_dir, first_doc=shard.first_doc)
+    resume = (shard_dir / PARTS_DIR / RUN_FILE).is_file()
+    try:
+        state = session.claim(overwrite=False, resume=resume, command=f"scorecli shard {shard.name}")
         if state is not None:
             check_resume(state, metadata)
         # Kept JSON fields stay JSON text in the shard's files: the join types them over every shard's values.
-        writer = RunWriter(folder, metadata, job.words, job.options, scorer.columns, job.kept, type_kept=False)
-        summary = Summary()
-        if state is not None and state.summary is not None:
-            summary = Summary.from_state(state.summary)
-            summary.next_session()
-            if "kl" in scorer.columns:
-                summary.comparison.add(writer.saved_tokens(Comparison.COLUMNS))
-        done_before = writer.records_done - shard.first_doc if writer.records_done else 0
-        seen = [shard.first_doc + done_before]
-
-        def reject(r: Rejected) -> None:
-            seen[0] = max(seen[0], r.doc + 1)
-            writer.reject(r)
-
-        def chat_reject(record: Record, reason: str) -> None:
-            raw = json.dumps([{"role": r, "content": c} for r, c in record.messages or ()], ensure_ascii=False)
-            reject(Rejected(record.doc, display_name(shard.source), record.line, reason, raw))
-
-        records = shard_records(shard, job.fields, reject if job.skip_bad else None, skip=done_before)
-        last = [0.0]
-        fed, shared = summary.fed_tokens, summary.shared_tokens
-
-        def progress(p) -> None:
-            # Tokens fed to the model (and spared it by shared prefixes), over all of the shard's sessions.
-            summary.fed_tokens, summary.shared_tokens = fed + p.tokens_fed, shared + p.tokens_shared
-            now = time.monotonic()
-            if report is not None and now - last[0] >= _PROGRESS_SECONDS:
-                last[0] = now
-                report(done_before + p.docs_done, p.tokens_done)
-
-        started, seconds = time.perf_counter(), summary.seconds
-        done = state.in_flight if state is not None else {}
-        tokens = 0
-        for docs in scorer.score_buffers(records, progress, chat_reject if job.skip_bad else None, done):
-            for doc in docs:
-                summary.add(doc)
-                if doc.doc not in done:
-                    summary.session_tokens += doc.n_tokens
-                    tokens += doc.n_tokens
-            seen[0] = max(seen[0], docs[-1].doc + 1)
-            summary.session_seconds = time.perf_counter() - started
-            summary.seconds = seconds + summary.session_seconds
-            writer.save(docs, docs[-1].doc + 1, summary.state())
-            _kill_once_for_tests()
-            if report is not None:
-                report(seen[0] - shard.first_doc, tokens)
-        summary.n_rejected = writer.rejected
-        figures = {**summary.as_dict(), "state": summary.state()}
-        writer.finish(max(seen[0], shard.first_doc + shard.records), figures, errors_file=job.skip_bad)
+        session.start(metadata, job.words, state, job.options, scorer.columns, job.kept, type_kept=False)
+        fields = options.input_fields()
+        reject = session.reject if options.skip_bad else None
+        records = shard_records(shard, fields, reject, skip=session.resumed_from)
+        selection = Selection(records, fields, options.role_names())
+        session.score(
+            scorer,
+            selection,
+            shard.records,
+            options.skip_bad,
+            selection=selection,
+            progress=_every(_PROGRESS_SECONDS, report),
+            records_end=shard.first_doc + shard.records,
+            joined_later=True,
+        )
+    finally:
+        session.release()
     return _shard_state(shard_dir)
+
+
+def _every(seconds: float, report: Callable[[int, int], None] | None) -> Progress:
+    """A progress callback telling `report(docs, tokens)` where a shard stands.
+
+    It tells it each time the shard saves a part, and at most every `seconds` in between.
+    """
+    last = [0.0]
+
+    def progress(state: RunProgress) -> None:
+        now = time.monotonic()
+        if report is None or (state.stage != "saved" and now - last[0] < seconds):
+            return
+        if state.stage != "saved":
+            last[0] = now
+        report(state.docs_done, state.tokens_done)
+
+    return progress
 
 
 def _shard_state(shard_dir: Path) -> dict:
@@ -338,18 +302,6 @@ def _shard_state(shard_dir: Path) -> dict:
 
     figures, metadata = read_summary(shard_dir)
     return {"state": figures["state"], "metadata": metadata}
-
-
-def _kill_once_for_tests() -> None:
-    """The test hook: SIGKILL this process the first time any process of the run gets here."""
-    marker = os.environ.get(KILL_AFTER_PART_ENV)
-    if marker:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # The driver ---------------------------------------------------------------------------------------------
@@ -368,7 +320,7 @@ def score_sharded(
     limit: int | None = None,
     overwrite: bool = False,
     command: str | None = None,
-    progress: Callable[[ShardedProgress], None] | None = None,
+    progress: Progress | None = None,
     on_shard: Callable[[Shard, Path], None] | None = None,
 ) -> ShardedResult:
     """Score a corpus on Ray, one task per shard, into `out_dir`; resume the sharded run it holds.
@@ -380,7 +332,7 @@ def score_sharded(
     told of each complete shard, with the run folder holding its files, before they are joined.
     """
     require_ray()
-    from scorecli.runs import SUMMARY_FILE, lock_out_dir, read_summary
+    from scorecli.runs import lock_out_dir, read_summary
 
     for name, value in (("workers", workers), ("threads", threads), ("shards", shards)):
         if value is not None and value < 1:
@@ -403,12 +355,12 @@ def score_sharded(
         elif plan_path.is_file():
             plan = _read_plan(plan_path)
             _check_same(plan["options"], job.options, out_dir)
-        elif any(p.name != ".scorecli.lock" for p in out_dir.iterdir()):
+        elif any(p.name != LOCK_FILE for p in out_dir.iterdir()):
             raise OutputError(
                 f"{out_dir}: the folder is not empty; pass `overwrite` to replace its results", arg="out_dir"
             )
         started = time.perf_counter()
-        report(ShardedProgress("starting", 0))
+        report(RunProgress("starting"))
         ray = _start_ray(address)
         try:
             ray_seconds = time.perf_counter() - started
@@ -416,7 +368,7 @@ def score_sharded(
             if gpus_per_worker is None:  # Ray counts the GPUs CUDA shows each node
                 gpus_per_worker = 1.0 if gpus else 0.0
             # The device is the workers' to find, not this driver's (a head node often has no GPU).
-            if job.load.get("device") == "cuda" and not (gpus and gpus_per_worker):
+            if job.options["device"] == "cuda" and not (gpus and gpus_per_worker):
                 where = "the Ray cluster has no GPU" if not gpus else "`gpus_per_worker` is 0"
                 raise UsageError(f"cuda: no task would get a GPU ({where})", arg="device")
             threads = threads or 1
@@ -429,7 +381,7 @@ def score_sharded(
                 _write_json(plan_path, {"options": job.options, "shards": [asdict(s) for s in planned], "seconds": 0})
             plan = _read_plan(plan_path)
             planned = [Shard(**{**s, "at": tuple(s["at"])}) for s in plan["shards"]]
-            job.scorer = {**job.scorer, "threads": threads}
+            job.threads = threads
             # Shards are length-sorted and batched apart, which can change float rounding (never beyond 1e-4).
             job.metadata = {**job.metadata, "shards": str(len(planned))}
             state = _Driver(ray, job, out_dir, planned, workers, threads, gpus_per_worker, report, on_shard)
@@ -441,8 +393,9 @@ def score_sharded(
                 if state.first_report is not None:
                     plan["seconds"] += time.perf_counter() - state.first_report
                 _write_json(plan_path, plan)
-            report(ShardedProgress("joining", len(planned), len(planned), state.docs_total, state.docs_total))
-            figures, metadata, written = _join(out_dir, planned, plan["seconds"], state.session_tokens, job.kept)
+            total = state.docs_total
+            report(RunProgress("joining", total, total, shards=len(planned), shards_done=len(planned)))
+            figures, metadata, written = _join(out_dir, planned, plan["seconds"], state.session_tokens, job)
             return ShardedResult(figures, metadata, written, len(planned), scored, ray_seconds=ray_seconds)
         finally:
             with contextlib.suppress(Exception):
@@ -472,7 +425,7 @@ def stream_sharded(
         if on_reject is not None:
             for rejected in read_rejects(shard_dir):
                 on_reject(rejected)
-        write_result_lines(stream, shard_dir / f"{rows}.parquet")
+        write_result_lines(stream, shard_dir / result_file(rows))
 
     folder = Path(tempfile.mkdtemp(prefix="scorecli-ray-"))
     try:
@@ -531,8 +484,6 @@ class _Driver:
 
     def run(self) -> int:
         """Score the shards that are not complete; return how many were scored."""
-        from scorecli.runs import SUMMARY_FILE
-
         ray = self.ray
         folders = {s.number: self.out_dir / SHARDS_DIR / s.name for s in self.planned}
         todo = [s for s in self.planned if not (folders[s.number] / SUMMARY_FILE).is_file()]
@@ -557,14 +508,14 @@ class _Driver:
             docs += sum(d for n, (d, _) in live.items() if n not in finished)
             self.session_tokens = sum(t for _, t in live.values())
             self.report(
-                ShardedProgress(
+                RunProgress(
                     "scoring",
-                    len(self.planned),
-                    shards_done + len(finished),
-                    self.docs_total,
                     docs,
+                    self.docs_total,
                     self.session_tokens,
-                    self.workers,
+                    shards=len(self.planned),
+                    shards_done=shards_done + len(finished),
+                    workers=self.workers,
                 )
             )
 
@@ -579,6 +530,7 @@ class _Driver:
                     self._result(ref, shard)
                     finished[shard.number] = shard.records
                     self.on_shard(shard, folders[shard.number])
+                    faults.point("shard-complete")
                 show()
                 interrupts.reraise()
         except BaseException:
@@ -654,57 +606,61 @@ def _score_shard_task(shard: Shard, job: Job, folder: str, tracker) -> dict:
 
 
 def _join(
-    out_dir: Path, planned: list[Shard], seconds: float, session_tokens: int, kept: dict | None = None
+    out_dir: Path, planned: list[Shard], seconds: float, session_tokens: int, job: Job
 ) -> tuple[dict, dict[str, str], list[Path]]:
     """Move the shards' files into the datasets, write summary.json, remove the shard folders.
 
-    The kept JSON fields (`kept`, None-typed) are typed over all shards' values, as one process types them
-    over its parts, and the sequences files written with those types; `kept_types` joins the metadata.
-    Idempotent: a join cut short is completed by the next run.
+    The kept JSON fields (`job.kept`, None-typed) are typed over all shards' values, as one process types
+    them over its parts, and the sequences files written with those types; `kept_types` joins the metadata.
+    Where the options left nothing to score in any shard, the run is removed and the error raised, as one
+    process does. Idempotent: a join cut short is completed by the next run.
     """
     from scorecli.bootstrap import corpus_intervals, sequence_sums
-    from scorecli.outputs import _finite
-    from scorecli.rundocs import read_result
-    from scorecli.runs import ERRORS_FILE, SUMMARY_FILE, _write_file, read_summary
+    from scorecli.runs import read_summary, response_columns, write_summary
     from scorecli.summary import Comparison, Summary
 
     total = Summary()
+    options = job.score_options
+    selection = Selection((), options.input_fields(), options.role_names())
     metadata: dict[str, str] = {}
     errors: list[str] = []
     folders = [out_dir / SHARDS_DIR / shard.name for shard in planned]
     for folder in folders:
         figures, meta = read_summary(folder)
         total.merge(Summary.from_state(figures["state"]))
+        # A shard scored by an older version says nothing of what it selected: as if it selected something.
+        selection.merge(figures.get("selection") or {"selected": True, "roles_seen": []})
         metadata = metadata or meta
         if (folder / ERRORS_FILE).is_file():
             errors.append((folder / ERRORS_FILE).read_text(encoding="utf-8"))
+    if total.n_docs and not total.n_tokens and (error := selection.why_none()):
+        shutil.rmtree(out_dir / SHARDS_DIR, ignore_errors=True)  # a run the options made empty is not worth resuming
+        raise error
+    kept = job.kept
     final = _kept_fields(folders, kept) if kept else None
     if final is not None:
         metadata = {**metadata, "kept_types": types_metadata(final)}
     for shard, folder in zip(planned, folders):
         for kind in RESULT_KINDS:
-            source, target = folder / f"{kind}.parquet", out_dir / kind / f"{shard.name}.parquet"
+            source, target = folder / result_file(kind), out_dir / kind / result_file(shard.name)
             if not source.is_file():
                 continue
             target.parent.mkdir(exist_ok=True)
-            if kind == "sequences" and final is not None:
+            if result_file(kind) == SEQUENCES_FILE and final is not None:
                 # Written typed, the shard's own file kept until the end: a join cut short types it again alike.
                 _write_typed(source, target, [f for f in final if kept[f.name] is None], metadata)
             else:
                 os.replace(source, target)
     written = [out_dir / kind for kind in RESULT_KINDS if (out_dir / kind).is_dir()]
     if errors:
-        _write_file(out_dir / ERRORS_FILE, "".join(errors).encode())
+        write_file(out_dir / ERRORS_FILE, "".join(errors).encode())
         written.append(out_dir / ERRORS_FILE)
     total.seconds = total.session_seconds = seconds
     total.session_tokens = session_tokens
     if "ref_head" in metadata:
-        total.comparison.add(
-            {c: v.to_numpy() for c, v in _response_tokens(out_dir, Comparison.COLUMNS, read_result).items()}
-        )
-    total.intervals = corpus_intervals(sequence_sums(sorted((out_dir / "sequences").glob("*.parquet"))))
-    text = json.dumps({"summary": _finite(total.as_dict()), "metadata": metadata}, indent=2, ensure_ascii=False)
-    _write_file(out_dir / SUMMARY_FILE, (text + "\n").encode())
+        total.comparison.add(response_columns(result_files(out_dir, TOKENS_FILE), Comparison.COLUMNS))
+    total.intervals = corpus_intervals(sequence_sums(result_files(out_dir, SEQUENCES_FILE)))
+    write_summary(out_dir / SUMMARY_FILE, total.as_dict(), metadata)
     written.append(out_dir / SUMMARY_FILE)
     shutil.rmtree(out_dir / SHARDS_DIR, ignore_errors=True)
     return read_summary(out_dir) + (written,)
@@ -720,7 +676,7 @@ def _kept_fields(folders: Sequence[Path], kept: dict) -> list:
 
     def parts():
         for folder in folders:
-            yield pq.read_table(folder / "sequences.parquet", columns=names)
+            yield pq.read_table(folder / SEQUENCES_FILE, columns=names)
 
     return final_fields(kept, json_types(parts, names) if names else {})
 
@@ -731,7 +687,7 @@ def _write_typed(source: Path, target: Path, kept: list, metadata: dict[str, str
     import pyarrow.parquet as pq
 
     from scorecli.kept import typed
-    from scorecli.runs import ROW_GROUP_ROWS, _write_file
+    from scorecli.runs import ROW_GROUP_ROWS
 
     table = pq.read_table(source)
     for field_ in kept:
@@ -740,20 +696,11 @@ def _write_typed(source: Path, target: Path, kept: list, metadata: dict[str, str
     table = table.replace_schema_metadata({k.encode(): str(v).encode() for k, v in metadata.items()})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS)
-    _write_file(target, sink.getvalue())
-
-
-def _response_tokens(out_dir: Path, columns: Sequence[str], read_result) -> dict:
-    """Columns of the response token rows of a joined run."""
-    table = read_result(out_dir, "tokens.parquet", columns=[*columns, "is_response"])
-    table = table.filter(table["is_response"])
-    return {c: table[c] for c in columns}
+    write_file(target, sink.getvalue())
 
 
 def _remove_results(out_dir: Path) -> None:
     """Remove an earlier run's results and shards (for `overwrite`)."""
-    from scorecli.runs import PARTS_DIR, RESULT_FILES
-
     for name in (SHARDS_DIR, PARTS_DIR, *RESULT_KINDS):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     for name in RESULT_FILES:
@@ -762,8 +709,6 @@ def _remove_results(out_dir: Path) -> None:
 
 def _check_same(was: dict, now: dict, out_dir: Path) -> None:
     """OutputError where a rerun's options differ from those the sharded run was started with."""
-    from scorecli.runs import OPTIONS_BEFORE_THEY_EXISTED
-
     was = {**OPTIONS_BEFORE_THEY_EXISTED, **was}  # a run started by an older version was scored without them
     for key in dict.fromkeys([*was, *now]):
         if was.get(key) != now.get(key):
@@ -784,6 +729,4 @@ def _read_plan(path: Path) -> dict:
 
 def _write_json(path: Path, value: dict) -> None:
     """Write a JSON file whole, or not at all."""
-    from scorecli.runs import _write_file
-
-    _write_file(path, json.dumps(value, indent=1, ensure_ascii=False).encode())
+    write_file(path, json.dumps(value, indent=1, ensure_ascii=False).encode())

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from scorecli.errors import UsageError
 from scorecli.heat import SCALES, Scale, colours, hex_colour, text_colour
-from scorecli.rundocs import check_run, doc_tokens, find_doc, input_texts, token_columns, token_strings
+from scorecli.rundocs import FinishedRun, open_run, token_strings
 
 LEGEND_STEPS = 9
 _DOC_FIGURES = (
@@ -27,12 +27,12 @@ _DOC_FIGURES = (
 )
 
 
-def scale_for(run: Path, by: str) -> Scale:
+def scale_for(run: FinishedRun, by: str) -> Scale:
     """The colouring `by` names, if the run has the column it needs; UsageError otherwise."""
     if by not in SCALES:
         raise UsageError(f"must be one of {', '.join(SCALES)}, not {by!r}", arg="by")
     scale = SCALES[by]
-    if scale.column not in token_columns(run):
+    if scale.column not in run.token_columns():
         why = {"kl": "was not scored with a reference model", "rank": "has no `rank` column"}.get(by, "")
         raise UsageError(f"{by}: the run in {run} {why or f'has no `{scale.column}` column'}", arg="by")
     return scale
@@ -40,13 +40,13 @@ def scale_for(run: Path, by: str) -> Scale:
 
 def render_document(run: str | Path, doc: int | None = None, doc_id: str | None = None, by: str = "surprisal") -> Group:
     """A Rich renderable: the document's figures, a legend, and its text with each token coloured."""
-    run = check_run(run)
+    run = open_run(run)
     if (doc is None) == (doc_id is None):
         raise UsageError("give exactly one of `doc` and `doc_id`")
     scale = scale_for(run, by)
-    row = find_doc(run, doc, doc_id)
-    tokens = doc_tokens(run, [row["doc"]])
-    text = input_texts(run, [row["doc"]]).get(row["doc"])
+    row = run.find_doc(doc, doc_id)
+    tokens = run.doc_tokens([row["doc"]])
+    text = run.input_texts([row["doc"]]).get(row["doc"])
     return Group(_figures(row), legend(scale), _coloured(tokens, text, scale))
 
 

@@ -85,7 +85,11 @@ PRELOAD = (
     "scorecli.models",
     "scorecli.outputs",
     "scorecli.report",
+    "scorecli.rundocs",
+    "scorecli.runner",
     "scorecli.runs",
+    "scorecli.scaleout",
+    "scorecli.session",
     "scorecli.show",
 )
 

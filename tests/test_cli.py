@@ -13,6 +13,7 @@ from conftest import SAMPLES, one_line_error, reference_scores, sample_texts
 from typer.testing import CliRunner
 
 from scorecli.cli import app
+from scorecli.faults import FAULT_ENV
 from scorecli.outputs import read_metadata
 from scorecli.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA
 
@@ -253,9 +254,9 @@ def test_corrupt_gguf_with_valid_magic_is_a_model_error(tmp_path):
 
 @pytest.mark.realmodel
 def test_ctrl_c_stops_promptly_with_130_and_keeps_finished_documents(tmp_path, forked_scorecli):
-    # The hook sends SIGINT once the first batch is scored (deterministic, not a sleep): each document of
+    # The fault sends SIGINT once the first batch is scored (deterministic, not a sleep): each document of
     # long.jsonl is one window, so the first batch finishes one, while the others are still queued.
-    env = {**os.environ, "SCORECLI_TEST_SIGINT_AT": "batch"}
+    env = {**os.environ, FAULT_ENV: "batch"}
     proc = subprocess.run(
         [forked_scorecli, "score", str(SAMPLES / "long.jsonl"), "-o", str(tmp_path / "o"), "-q"],
         capture_output=True,

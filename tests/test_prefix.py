@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 
 from scorecli.cli import app
 from scorecli.engine import CACHED_WEIGHT, Scorer, ScoringInterrupted
+from scorecli.faults import FAULT_ENV
 from scorecli.head import output_head
 from scorecli.inputs import Record
 from scorecli.prefix import SharedPrefix, plan_prefixes
-from scorecli.runs import SIGNAL_AT_ENV
 
 TOL = 1e-4
 FLOATS = ("logprob", "entropy", "top_logprobs", "ref_logprob", "ref_entropy", "kl", "reverse_kl")
@@ -401,7 +401,7 @@ def test_smollm_modes(smollm, mode):
 def test_ctrl_c_then_resume_with_sharing_equals_an_uninterrupted_run_bit_for_bit(
     gpt2_dir, tmp_path, where, forked_scorecli
 ):
-    """SIGINT sent by the code's own test hooks (no timing): mid-buffer after a shared group, or as a part is saved."""
+    """SIGINT sent by an injected fault (no timing): mid-buffer after a shared group, or as a part is saved."""
     data = tmp_path / "grpo.jsonl"
     with open(data, "w", encoding="utf-8") as f:
         for r in _grpo(n_prompts=24, n_responses=4):
@@ -409,7 +409,7 @@ def test_ctrl_c_then_resume_with_sharing_equals_an_uninterrupted_run_bit_for_bit
             f.write(json.dumps({"prompt": r.text[:start], "response": r.text[start:end]}) + "\n")
     args = [str(data), "-m", str(gpt2_dir), "--prompt-field", "prompt", "--response-field", "response"]
     args += ["--batch-tokens", "64", "--words", "-q"]
-    hook = {"SCORECLI_TEST_SIGINT_AT": "batch"} if where == "first batch" else {SIGNAL_AT_ENV: "part-written"}
+    hook = {FAULT_ENV: "batch" if where == "first batch" else "part-written"}
     out = tmp_path / "o"
     proc = subprocess.run(
         [forked_scorecli, "score", *args, "-o", str(out)],

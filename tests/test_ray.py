@@ -27,9 +27,9 @@ from typer.testing import CliRunner
 
 from scorecli.cli import app
 from scorecli.corpus import expand_inputs, read_corpus
+from scorecli.faults import FAULT_ENV
 from scorecli.inputs import Fields
 from scorecli.rundocs import read_result, run_metadata
-from scorecli.scaleout import KILL_AFTER_PART_ENV
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
@@ -234,7 +234,7 @@ def test_interrupted_driver_resumes_without_rescoring_complete_shards(corpus, si
 
 def test_auto_started_cluster_survives_a_killed_worker(corpus, single, gpt2_dir, tmp_path, monkeypatch):
     out, marker = tmp_path / "run", tmp_path / "killed"
-    monkeypatch.setenv(KILL_AFTER_PART_ENV, str(marker))  # the driver hands it to its workers
+    monkeypatch.setenv(FAULT_ENV, f"part-saved:KILL:{marker}")  # the driver hands it to its workers
     args = ["score", str(corpus), "-m", str(gpt2_dir), *SCORING, "-o", str(out), "--ray", "--workers", "1", "-q"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -20,8 +20,10 @@ from conftest import sample_texts
 from typer.testing import CliRunner
 
 from scorecli.cli import app
+from scorecli.faults import FAULT_ENV
+from scorecli.layout import LOCK_FILE
 from scorecli.outputs import read_metadata
-from scorecli.runs import FINISH_STAGES, LOCK_FILE, SIGNAL_AT_ENV, claim_out_dir
+from scorecli.runs import FINISH_STAGES, claim_out_dir
 
 SCORECLI = [sys.executable, "-m", "scorecli"]
 RESULTS = ("tokens.parquet", "sequences.parquet", "words.parquet")
@@ -105,7 +107,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_the_first_is_untouched
 ):
     out = tmp_path / "o"
     # The first run stops itself after writing its first part's files (before the manifest)...
-    env = {**os.environ, SIGNAL_AT_ENV: "part-written:STOP"}
+    env = {**os.environ, FAULT_ENV: "part-written:STOP"}
     first = subprocess.Popen([*SCORECLI, "score", *map(str, args), "-o", str(out)], env=env, stderr=subprocess.PIPE)
     try:
         _wait_stopped(first)
@@ -153,7 +155,7 @@ def test_sigint_at_each_stage_of_the_finish_waits_for_it_and_the_finished_run_st
     args, solo, tmp_path, stage
 ):
     out = tmp_path / "o"
-    result = _score(*args, "-o", out, env={SIGNAL_AT_ENV: stage})
+    result = _score(*args, "-o", out, env={FAULT_ENV: stage})
     assert result.exit_code == 130, result.output
     assert _one_line(result.stderr) == f"scorecli: interrupted as the run finished; its results are complete in {out}"
     _assert_same_results(out, solo)
@@ -167,7 +169,7 @@ def test_sigint_at_each_stage_of_the_finish_waits_for_it_and_the_finished_run_st
 @pytest.mark.parametrize("stage", ["part-written", "joining"])
 def test_sigterm_in_a_real_process_exits_143_and_loses_nothing(args, solo, tmp_path, forked_scorecli, stage):
     out = tmp_path / "o"
-    env = {**os.environ, SIGNAL_AT_ENV: f"{stage}:TERM"}
+    env = {**os.environ, FAULT_ENV: f"{stage}:TERM"}
     proc = subprocess.run(
         [forked_scorecli, "score", *map(str, args), "-o", str(out)], env=env, capture_output=True, text=True
     )
@@ -186,7 +188,7 @@ def test_a_run_killed_at_any_stage_resumes_or_completes_to_the_same_results(
     args, solo, tmp_path, stage, forked_scorecli
 ):
     out = tmp_path / "o"
-    env = {**os.environ, SIGNAL_AT_ENV: f"{stage}:KILL"}
+    env = {**os.environ, FAULT_ENV: f"{stage}:KILL"}
     killed = subprocess.run([forked_scorecli, "score", *map(str, args), "-o", str(out)], env=env, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     resumed = _score(*args, "-o", out, "--resume")
@@ -317,7 +319,7 @@ def test_a_full_disk_leaves_no_temporary_file_and_the_saved_parts_resume(args, s
 
 def test_an_output_folder_removed_mid_run_is_said_plainly(args, tmp_path):
     out = tmp_path / "o"
-    env = {**os.environ, SIGNAL_AT_ENV: "part-written:STOP"}
+    env = {**os.environ, FAULT_ENV: "part-written:STOP"}
     proc = subprocess.Popen(
         [*SCORECLI, "score", *map(str, args), "-o", str(out)], env=env, stderr=subprocess.PIPE, text=True
     )
@@ -389,7 +391,7 @@ def test_after_a_resume_the_summary_counts_each_session_and_says_which_figures_c
     from scorecli.runs import _doc_from_json
 
     out = tmp_path / "o"
-    stopped = _score(*args, "-o", out, env={SIGNAL_AT_ENV: "part-written"})  # Ctrl-C as the first part is saved
+    stopped = _score(*args, "-o", out, env={FAULT_ENV: "part-written"})  # Ctrl-C as the first part is saved
     assert stopped.exit_code == 130, stopped.output
     in_flight = json.loads((out / "parts" / "in-flight.json").read_text())
     first_seconds = in_flight["summary"]["seconds"]

@@ -8,16 +8,18 @@ import sys
 import pytest
 from conftest import SAMPLES
 
+from scorecli.faults import FAULT_ENV
+
 SCORECLI = [sys.executable, "-m", "scorecli"]
 
 
 @pytest.mark.parametrize("stage", ["start", "cli", "tables", "imports", "model"])
 def test_ctrl_c_during_start_up_is_one_line_and_130(gpt2_dir, tmp_path, stage):
-    # The hook makes the process send itself SIGINT at the named stage: deterministic, not timing luck.
+    # The fault makes the process send itself SIGINT at the named stage: deterministic, not timing luck.
     # "start" and "cli" fall while the CLI's modules import, "tables" just before pyarrow imports and
     # "imports" just before torch and transformers do (the signal must wait until they are done), "model"
     # just before the model loads.
-    env = {**os.environ, "SCORECLI_TEST_SIGINT_AT": stage}
+    env = {**os.environ, FAULT_ENV: stage}
     out = tmp_path / "out"
     proc = subprocess.run(
         [*SCORECLI, "score", str(SAMPLES / "mixed.jsonl"), "-m", str(gpt2_dir), "-o", str(out)],
@@ -32,9 +34,9 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(gpt2_dir, tmp_path, stage):
     assert not list(tmp_path.rglob("*.parquet"))
 
 
-def test_without_the_hook_the_same_run_succeeds(gpt2_dir, tmp_path):
-    # The hook is what interrupts the runs above: an unknown stage changes nothing.
-    env = {**os.environ, "SCORECLI_TEST_SIGINT_AT": "nowhere"}
+def test_without_the_fault_the_same_run_succeeds(gpt2_dir, tmp_path):
+    # The fault is what interrupts the runs above: an unknown stage changes nothing.
+    env = {**os.environ, FAULT_ENV: "nowhere"}
     proc = subprocess.run(
         [*SCORECLI, "score", str(SAMPLES / "mixed.jsonl"), "-m", str(gpt2_dir), "-o", str(tmp_path / "o"), "-q"],
         capture_output=True,
