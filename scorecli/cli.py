@@ -280,6 +280,8 @@ def _display(console: Console) -> Iterator[Callable[[RunProgress], None]]:
             elif state.step is not None:
                 _loading(console, status, state.step)
             return
+        if state.stage == "saved":  # the bar follows the scoring itself
+            return
         if status is not None:
             status.stop()
             shown.pop("status")
