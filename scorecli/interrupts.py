@@ -9,6 +9,8 @@ While a run scores, SIGINT and SIGTERM raise (`as_exceptions`). An exception rai
 it (a weakref callback or `__del__` the garbage collector runs: "Exception ignored in …") would let the
 run go on to the end, so each signal is also recorded, and `reraise` raises it again at the next safe point;
 Python's "Exception ignored" traceback for it is not printed.
+
+A run stopped while it scores raises `RunInterrupted`, which says what it saved and where (session.py).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ class Option:
     metadata: str | None = None  # the output metadata key that records what the option did
     metadata_before: str | None = None  # that key's value in the files of a run from before the option existed
     scorer: bool = False  # a keyword of Scorer
+    ray_only: bool = False  # a setting of `ray` runs only: given without it, a usage error
     show_default: bool = True  # the command-line help shows the default
 
 
@@ -266,24 +267,28 @@ class ScoreOptions:
         "--ray-address",
         help="With --ray: join this cluster (host:port, or auto). Default: start a local one.",
         saved=False,
+        ray_only=True,
     )
     shards: Optional[int] = _option(
         None,
         "--shards",
         help="With --ray: shards to cut the input into (files, line ranges, row groups). Default: 4 per worker.",
         saved=False,
+        ray_only=True,
     )
     workers: Optional[int] = _option(
         None,
         "--workers",
         help="With --ray: shards scored at once. Default: the cluster's CPUs (GPUs) per worker's share.",
         saved=False,
+        ray_only=True,
     )
     gpus_per_worker: Optional[float] = _option(
         None,
         "--gpus-per-worker",
         help="With --ray: GPUs per task. Default: 1 where CUDA is present, else 0.",
         saved=False,
+        ray_only=True,
     )
     prefix_sharing: bool = _option(
         True,

@@ -33,11 +33,9 @@ from scorecli.inputs import STDIN, Fields, Rejected
 from scorecli.interrupts import RunInterrupted
 from scorecli.kept import kept_types
 from scorecli.layout import is_sharded_run
-from scorecli.options import ScoreOptions, resolved_inputs, resolved_path
+from scorecli.options import SPECS, ScoreOptions, resolved_inputs, resolved_path
 from scorecli.runs import RunState, check_resume
 from scorecli.session import Progress, Selection, Session, load_models, make_scorer
-
-_RAY_ONLY = ("ray_address", "shards", "workers", "gpus_per_worker")
 
 
 @dataclass(frozen=True)
@@ -95,8 +93,8 @@ def run(
     if options.ray or (resume and folder is not None and is_sharded_run(folder)):
         how = (resume, overwrite, rows, report, on_reject, command, signals)
         return _run_sharded(inputs, folder, stream, options, given, *how)
-    for name in _RAY_ONLY:
-        if getattr(options, name) is not None:
+    for name, spec in SPECS.items():
+        if spec.ray_only and getattr(options, name) is not None:
             raise UsageError("goes with `ray` (scoring on a Ray cluster)", arg=name)
     if inputs is None and not resume:
         raise UsageError("Missing argument '`inputs`'.")
