@@ -170,7 +170,7 @@ SCORE_EPILOG = """Examples:
   scorecli score chats.jsonl --messages-field messages
 Exit codes:
   0 done, 2 usage (an option), 3 input (file, line, field),
-  4 model, 5 output folder (not empty, nothing to resume),
+  4 model, 5 output folder (not empty, nothing to resume, a damaged file),
   130 Ctrl-C / 143 SIGTERM (work saved; resume command shown)"""
 
 
@@ -490,7 +490,7 @@ def _score_on_ray(
         _check_run_options("", out, resume, overwrite, options["words"], rows)
     if resume and overwrite:
         raise UsageError("--resume and --overwrite cannot be used together")
-    saved = scaleout.saved_options(out)
+    saved = None if overwrite else scaleout.saved_options(out)  # --overwrite starts again, whatever is saved
     if resume and saved is None:
         if scaleout.is_sharded_run(out):
             console.print(

@@ -12,9 +12,8 @@ from typing import BinaryIO
 import numpy as np
 
 from scorecli.corpus import corpus_metadata, is_text_file
-from scorecli.errors import InputError, OutputError, UsageError, first_line
+from scorecli.errors import InputError, OutputError, UsageError
 from scorecli.inputs import _open_binary, display_name, is_parquet
-from scorecli.outputs import read_metadata
 from scorecli.runs import SEQUENCES_FILE
 
 BUCKETS = ("head", "middle", "tail")
@@ -36,17 +35,11 @@ class FilterResult:
 
 def read_perplexities(scores_dir: str | Path) -> tuple[np.ndarray, dict[str, str]]:
     """Each document's perplexity (NaN where none was scored), indexed by doc, and the run's metadata."""
-    from scorecli.rundocs import read_result, result_files
+    from scorecli.rundocs import check_run, read_result, run_metadata
 
-    files = result_files(scores_dir, SEQUENCES_FILE)
-    if not files:
-        raise InputError(f"{scores_dir}: no {SEQUENCES_FILE} (not the folder of a finished scorecli run)", arg="scores")
-    path = files[0] if len(files) == 1 else files[0].parent
-    try:
-        table = read_result(scores_dir, SEQUENCES_FILE, columns=["doc", "perplexity"])
-        metadata = read_metadata(files[0])
-    except Exception as e:  # a damaged or foreign file
-        raise InputError(f"{path}: cannot be read ({first_line(e)})", arg="scores") from None
+    run = check_run(scores_dir, needs=(SEQUENCES_FILE,))
+    table = read_result(run, SEQUENCES_FILE, columns=["doc", "perplexity"])
+    metadata = run_metadata(run)
     docs = table.column("doc").to_numpy()
     values = table.column("perplexity").to_numpy(zero_copy_only=False).astype(np.float64)
     ppl = np.full(int(docs.max()) + 1 if len(docs) else 0, np.nan)

@@ -17,8 +17,9 @@ import pyarrow.compute as pc
 
 from scorecli.bootstrap import corpus_intervals, sequence_sums
 from scorecli.compare import Comparison, compare_runs
-from scorecli.errors import OutputError
+from scorecli.errors import OutputError, reading, shown
 from scorecli.heat import LN2, SCALES, colours, delta_colours, hex_colour, text_colour
+from scorecli.outputs import read_json_object
 from scorecli.rundocs import (
     SEQUENCES,
     SUMMARY,
@@ -115,6 +116,8 @@ def build_report(run: str | Path, compare: str | Path | None = None, out: str | 
         sections.append(_kl_section(run, seq, agg))
     if has_result(run, WORDS):
         sections.append(_words_section(run))
+    elif meta.get("words") == "true":
+        raise OutputError(f"{shown(run / WORDS)}: is missing")
     if comparison is not None:
         sections.append(_compare_section(comparison))
     page = _PAGE.format(
@@ -133,10 +136,11 @@ def build_report(run: str | Path, compare: str | Path | None = None, out: str | 
 
 
 def _figures(run: Path, seq) -> dict:
-    """The run's headline figures: from summary.json where present, with intervals computed where missing."""
-    figures = {}
-    if (run / SUMMARY).is_file():
-        figures = json.loads((run / SUMMARY).read_text(encoding="utf-8")).get("summary", {})
+    """The run's headline figures: from summary.json, with those it lacks (intervals, perplexity) computed."""
+    with reading(run / SUMMARY):
+        figures = read_json_object(run / SUMMARY).get("summary", {})
+        if not isinstance(figures, dict):
+            raise ValueError("its summary is not a JSON object")
     if "perplexity_ci" not in figures:
         figures.update(corpus_intervals(sequence_sums(result_files(run, SEQUENCES))))
     if figures.get("perplexity") is None:

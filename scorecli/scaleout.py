@@ -28,7 +28,7 @@ from typing import TextIO
 
 from scorecli import interrupts
 from scorecli.corpus import is_text_file, read_corpus
-from scorecli.errors import OutputError, ScorecliError, UsageError, first_line
+from scorecli.errors import OutputError, ScorecliError, UsageError, first_line, reading
 from scorecli.inputs import Fields, Record, Rejected, display_name, is_parquet, read_records
 from scorecli.kept import types_metadata
 from scorecli.remote import is_url
@@ -118,13 +118,13 @@ class ShardedResult:
 def is_sharded_run(out_dir: str | Path) -> bool:
     """Whether a folder holds a sharded (--ray) run, finished or not."""
     out_dir = Path(out_dir)
-    return (out_dir / SHARDS_DIR / PLAN_FILE).is_file() or (out_dir / "sequences").is_dir()
+    return (out_dir / SHARDS_DIR).is_dir() or (out_dir / "sequences").is_dir()
 
 
 def saved_options(out_dir: str | Path) -> dict | None:
     """The options an unfinished sharded run in `out_dir` was started with, or None where there is none."""
     path = Path(out_dir) / SHARDS_DIR / PLAN_FILE
-    if not path.is_file():
+    if not path.parent.is_dir():
         return None
     return _read_plan(path)["options"]
 
@@ -428,7 +428,7 @@ def score_sharded(
                 plan_path.parent.mkdir(exist_ok=True)
                 _write_json(plan_path, {"options": job.options, "shards": [asdict(s) for s in planned], "seconds": 0})
             plan = _read_plan(plan_path)
-            planned = [Shard(**{**s, "at": tuple(s["at"])}) for s in plan["shards"]]
+            planned = _plan_shards(plan)
             job.scorer = {**job.scorer, "threads": threads}
             # Shards are length-sorted and batched apart, which can change float rounding (never beyond 1e-4).
             job.metadata = {**job.metadata, "shards": str(len(planned))}
@@ -775,11 +775,20 @@ def _check_same(was: dict, now: dict, out_dir: Path) -> None:
 
 
 def _read_plan(path: Path) -> dict:
-    """A sharded run's plan."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise OutputError(f"{path}: cannot be read ({first_line(e)})", arg="out_dir") from None
+    """A sharded run's plan; OutputError naming it where it is missing, damaged or not a plan."""
+    from scorecli.outputs import read_json_object
+
+    with reading(path, arg="out_dir"):
+        plan = read_json_object(path)
+        if not isinstance(plan["options"], dict) or not isinstance(plan["seconds"], (int, float)):
+            raise ValueError("its options or seconds are not what a plan holds")
+        _plan_shards(plan)
+        return plan
+
+
+def _plan_shards(plan: dict) -> list[Shard]:
+    """The shards a plan lists."""
+    return [Shard(**{**s, "at": tuple(s["at"])}) for s in plan["shards"]]
 
 
 def _write_json(path: Path, value: dict) -> None:
