@@ -35,7 +35,7 @@ from scorecli.errors import OutputError, first_line
 from scorecli.inputs import Rejected
 from scorecli.kept import KeptTypes, final_fields, json_types, typed, types_metadata
 from scorecli.outputs import _finite
-from scorecli.scores import DEFAULT_STATS, DocScore, numpy_type
+from scorecli.scores import DEFAULT_STATS, SEQUENCE_COLUMNS, DocScore, numpy_type
 from scorecli.tables import WORD_SCHEMA, sequence_schema, sequence_table, token_batches, token_schema, word_batches
 from scorecli.words import Words
 
@@ -287,7 +287,9 @@ def _run_state(out_dir: Path) -> RunState:
         in_flight = parts / IN_FLIGHT_FILE
         if in_flight.exists():
             saved = json.loads(in_flight.read_text(encoding="utf-8"))
-            docs = (_doc_from_json(d) for d in saved["docs"])
+            # Documents an older version saved lack their count of unscored characters: they are scored again,
+            # in the same batches as before, to the same numbers.
+            docs = (_doc_from_json(d) for d in saved["docs"] if "unscored_chars" in d)
             # Documents a part saved after them already hold are left out.
             state.in_flight = {d.doc: d for d in docs if d.doc >= state.records_done}
             state.summary = saved["summary"]  # newer than the last part's: it counts the time up to the interrupt
@@ -344,7 +346,32 @@ def _verify_parts(out_dir: Path, state: RunState, kinds: list[str]) -> None:
         state.rejected += rejected
         state.summary = manifest["summary"]
         state.files.append(files)
+    if count and SEQUENCES_FILE in kinds:
+        _check_sequence_columns(out_dir, parts / _kind_dir(SEQUENCES_FILE) / f"{0:06d}.parquet")
     _remove_cut_short(out_dir, kinds, count)
+
+
+def _check_sequence_columns(out_dir: Path, path: Path) -> None:
+    """OutputError where a saved sequences file lacks a column every run writes now: an older version wrote it.
+
+    Its rows cannot be completed (what the new column counts was not kept), so the run cannot go on.
+    """
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, pa.ArrowException) as e:
+        raise _damaged(out_dir, f"{_rel(out_dir, path)} cannot be read ({first_line(e)})") from None
+    missing = [c.name for c in SEQUENCE_COLUMNS if c.needs is None and c.name not in names]
+    if missing:
+        raise OutputError(
+            f"{out_dir}: the saved run was started by an older version of scorecli, whose {SEQUENCES_FILE} has "
+            f"no {', '.join(missing)} column: finish it with that version, or {_OVERWRITE}",
+            arg="out_dir",
+        )
+
+
+def check_finished_columns(out_dir: Path) -> None:
+    """OutputError where the finished run in `out_dir` was written by an older version (see _check_sequence_columns)."""
+    _check_sequence_columns(Path(out_dir), Path(out_dir) / SEQUENCES_FILE)
 
 
 def _remove_cut_short(out_dir: Path, kinds: list[str], count: int) -> None:
@@ -768,7 +795,7 @@ def _fsync(path: Path) -> int:
 
 
 _DOC_ARRAYS = ("token_ids", "positions", "starts", "ends", "is_response")
-_DOC_SCALARS = ("doc", "id", "text", "n_bytes", "truncated")
+_DOC_SCALARS = ("doc", "id", "text", "n_bytes", "truncated", "unscored_chars")
 
 
 def _doc_to_json(doc: DocScore) -> dict:
