@@ -121,6 +121,7 @@ FLAGS = {
     "min_perplexity": "--min-perplexity",
     "buckets": "--buckets",
     "keep_fields": "--keep-fields",
+    "id_field": "--id-field",
     "ray": "--ray",
     "ray_address": "--ray-address",
     "shards": "--shards",
@@ -365,11 +366,12 @@ def score(
         state = run.claim(overwrite=overwrite, resume=resume)
         if state is not None:
             # Options not given are those the run was started with; those given must agree (check_resume).
+            given = input is not None
             options = _resumed_options(ctx, options, state.options)
             fields, role_names = _checked_options(options)
             input = options["input"]
             input = [input] if isinstance(input, str) else input  # a run saved before INPUT became a list
-            sources = expand_inputs(input)
+            sources = _resumed_sources(state.options, input, given)
             source = sources[0] if len(sources) == 1 else ""
             _check_run_options(source, out, resume, overwrite, options["words"], rows)
             run.source = sources[0]
@@ -450,9 +452,10 @@ def score(
             "scorecli_version": __version__,
         }
         if state is not None:
-            _check_resumed_input(state, metadata, input, options["model"], options["ref_model"])
+            _check_resumed_input(state, metadata, input, sources, options["model"], options["ref_model"])
             check_resume(state, metadata)
-        saved = _saved_options(options, input, options["model"])
+        # The files read, as absolute paths: a resumed run reads these, from whatever folder it is started in.
+        saved = {**_saved_options(options, input, options["model"]), "files": _resolved_inputs(sources)}
         run.start(metadata, options["words"], state, saved, scorer.columns, kept)
         total = 1 if separator is not None else records_total
         run.score(
@@ -867,7 +870,7 @@ class _Run:
     def _chat_reject(self, record: Record, reason: str) -> None:
         """Note a conversation the chat template refused."""
         raw = json.dumps([{"role": r, "content": c} for r, c in record.messages or ()], ensure_ascii=False)
-        self.reject(Rejected(record.doc, display_name(self.source), record.line, reason, raw))
+        self.reject(Rejected(record.doc, record.source or display_name(self.source), record.line, reason, raw))
 
     def _saved_docs(self) -> int:
         """How many finished documents the output folder holds for a resumed run."""
@@ -1003,7 +1006,7 @@ def _checked_options(options: dict) -> tuple[Fields, list[str]]:
     from scorecli.kept import parse_keep_fields
     from scorecli.scores import SEQUENCE_COLUMNS
 
-    keep = parse_keep_fields(options["keep_fields"], (c.name for c in SEQUENCE_COLUMNS))
+    keep = parse_keep_fields(options["keep_fields"], (c.name for c in SEQUENCE_COLUMNS), fields.id)
     fields = replace(fields, keep=keep)
     role_names = [r.strip() for r in options["roles"].split(",") if r.strip()]
     if not role_names:
@@ -1030,8 +1033,23 @@ def _saved_options(options: dict, input: list[str], model: str | None) -> dict:
 
 
 def _resolved_inputs(input: list[str] | str) -> list[str]:
-    """The INPUT arguments with local paths resolved (a run saved before INPUT became a list names one)."""
-    return [_resolved(arg) for arg in ([input] if isinstance(input, str) else input)]
+    """The INPUT arguments with local paths and globs made absolute (a run saved before INPUT was a list names one)."""
+    args = [input] if isinstance(input, str) else input
+    return [str(Path(arg).resolve()) if _is_local_pattern(arg) else _resolved(arg) for arg in args]
+
+
+def _is_local_pattern(arg: str) -> bool:
+    """Whether an INPUT argument is a glob of local paths (read relative to the working folder)."""
+    return arg != STDIN and "://" not in arg and is_pattern(arg)
+
+
+def _resumed_sources(saved: dict, input: list[str], given: bool) -> list[str]:
+    """The files a resumed run reads: those its first session read, unless INPUT is given again.
+
+    A run saved before the files were saved expands its INPUT again.
+    """
+    files = saved.get("files")
+    return list(files) if files is not None and not given else expand_inputs(input)
 
 
 def _resumed_options(ctx: typer.Context, given: dict, saved: dict) -> dict:
@@ -1052,16 +1070,25 @@ def _resumed_options(ctx: typer.Context, given: dict, saved: dict) -> dict:
 
 
 def _check_resumed_input(
-    state: RunState, metadata: dict[str, str], input: list[str], model: str | None, ref_model: str | None = None
+    state: RunState,
+    metadata: dict[str, str],
+    input: list[str],
+    sources: list[str],
+    model: str | None,
+    ref_model: str | None = None,
 ) -> None:
-    """Compare the input and model paths of a resumed run as absolute paths, however they were typed.
+    """Compare the input files and model paths of a resumed run as absolute paths, however they were typed.
 
-    Where they agree, the metadata names them as the first session did, so the rest of it must match exactly.
+    The files `sources` read now must be those the first session read (its INPUT, for a run saved before
+    those were). Where they agree, the metadata names them as the first session did, so the rest of it
+    must match exactly.
     """
-    was = state.options.get("input")
-    now = _resolved_inputs(input)
-    if was is not None and _resolved_inputs(was) != now:
-        shown_was, shown_now = (v[0] if len(v) == 1 else v for v in (_resolved_inputs(was), now))
+    was, now = state.options.get("files"), _resolved_inputs(sources)
+    if was is None:  # saved before the files were: its INPUT, resolved from here
+        was = state.options.get("input")
+        was, now = (None if was is None else _resolved_inputs(was)), _resolved_inputs(input)
+    if was is not None and was != now:
+        shown_was, shown_now = (v[0] if len(v) == 1 else v for v in (was, now))
         raise OutputError(f": the run was started with input {shown_was!r}, not {shown_now!r}", arg="resume")
     if "input" in state.metadata and was is not None:
         metadata["input"] = state.metadata["input"]

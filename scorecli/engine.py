@@ -159,9 +159,10 @@ class Scorer:
         `all_tokens` also scores the prompt (context) tokens; `roles` are the chat turns that are scored.
         `threads` is the number of CPU threads scoring uses (default: torch's), shared among `workers`
         batches scored at once (default: one per thread on a CPU, up to 8).
-        `top_k` > 0 adds the K most likely tokens at each position; `ref_model` (with the same tokenizer)
-        adds its log-probs and entropies and the KL divergences between the two, from the same batches
-        (`ref_tokenizer`, where given, is checked to be the same vocabulary as `tokenizer`).
+        `top_k` > 0 adds the K most likely tokens at each position (more than the vocabulary is refused);
+        `ref_model` (with the same tokenizer) adds its log-probs and entropies and the KL divergences between
+        the two, from the same batches (`ref_tokenizer`, where given, is checked to be the same vocabulary as
+        `tokenizer`).
         Records are read ahead in buffers of `buffer_docs` documents or `buffer_chars` characters;
         `stream` (for output that streams) gives each document out as soon as it and every one before it
         are finished, and splits the first buffer: about two batches, then the rest of it, so that the first
@@ -207,6 +208,10 @@ class Scorer:
         )
         self.stream = stream
         self.head = output_head(model).with_products(head_products(head_dtype, model))
+        if top_k > (vocab := self.head.vocab_size):
+            # Refused, not capped: a run whose metadata says top_k K lists K tokens at each position.
+            message = f"{top_k} exceeds the model's vocabulary of {vocab:,} tokens (the most there are to list)"
+            raise UsageError(message, arg="top_k")
         compiling, self.compile_mode = should_compile(compile, self.device, self.head.chunked, expected_tokens)
         if compiling:
             # Compiled here, on the intra-op thread count of one worker: inductor builds that count in.
@@ -669,6 +674,7 @@ class Scorer:
             words=assign_words(word_spans(record.text, record.spans, _reach(enc)), counted),
             stats=self._with_top_tokens(stats),
             kept=record.kept,
+            unscored_chars=enc.unscored,
         )
 
     def _with_top_tokens(self, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -35,7 +35,8 @@ class Record:
     `spans` are the character spans of `text` to score (None: all of it); `messages` is a conversation
     still to be rendered into `text`, and `chat` marks a text that was rendered from one. `kept` holds the
     values of the fields to copy into the outputs (`Fields.keep`): JSON values, or one-row Arrow arrays
-    for Parquet columns; scoring never looks at them.
+    for Parquet columns; scoring never looks at them. `source` is the input it was read from, named as
+    `Rejected.source` names it, and `line` its line (or row) there.
     """
 
     doc: int
@@ -47,6 +48,7 @@ class Record:
     where: str = field(default="", compare=False)
     line: int = field(default=0, compare=False)
     kept: dict[str, object] | None = field(default=None, compare=False)
+    source: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ def read_records(
             try:
                 if isinstance(row, str):
                     raise InputError(f"{where}: {row}")
-                yield _record(doc, row, fields, where, number, kept)
+                yield _record(doc, row, fields, where, number, kept, name)
             except InputError as e:
                 if on_error is None:
                     raise
@@ -143,8 +145,10 @@ def _raw_text(row: dict | str, raw: bytes | None) -> str:
     return json.dumps(row, ensure_ascii=False, default=str)
 
 
-def _record(doc: int, row: dict, fields: Fields, where: str, line: int, kept: dict | None = None) -> Record:
-    """A validated Record from one decoded row, or InputError naming the place and the field.
+def _record(
+    doc: int, row: dict, fields: Fields, where: str, line: int, kept: dict | None = None, source: str = ""
+) -> Record:
+    """A validated Record from one decoded row of the input `source`, or InputError naming the place and the field.
 
     `kept` are the values of the kept fields where the reader took them itself (Parquet); else they come
     from the row, a missing field as null.
@@ -154,12 +158,13 @@ def _record(doc: int, row: dict, fields: Fields, where: str, line: int, kept: di
         kept = {name: _checked_json(row.get(name), name, where) for name in fields.keep}
     if fields.messages:
         messages = _messages(row, fields.messages, where)
-        return Record(doc, "", doc_id, messages=messages, where=where, line=line, kept=kept)
+        return Record(doc, "", doc_id, messages=messages, where=where, line=line, kept=kept, source=source)
     if fields.prompt:
         prompt, response = _text(row, fields.prompt, where), _text(row, fields.response, where)
         text = prompt + response
-        return Record(doc, text, doc_id, spans=((len(prompt), len(text)),), where=where, line=line, kept=kept)
-    return Record(doc, _text(row, fields.text, where), doc_id, where=where, line=line, kept=kept)
+        spans = ((len(prompt), len(text)),)
+        return Record(doc, text, doc_id, spans=spans, where=where, line=line, kept=kept, source=source)
+    return Record(doc, _text(row, fields.text, where), doc_id, where=where, line=line, kept=kept, source=source)
 
 
 def count_records(source: str | Path) -> int | None:

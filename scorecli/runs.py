@@ -35,7 +35,7 @@ from scorecli.errors import OutputError, reading, unreadable
 from scorecli.inputs import Rejected
 from scorecli.kept import KeptTypes, final_fields, json_types, typed, types_metadata
 from scorecli.outputs import _finite, read_json_object
-from scorecli.scores import DEFAULT_STATS, DocScore, numpy_type
+from scorecli.scores import DEFAULT_STATS, SEQUENCE_COLUMNS, DocScore, numpy_type
 from scorecli.tables import WORD_SCHEMA, sequence_schema, sequence_table, token_batches, token_schema, word_batches
 from scorecli.words import Words
 
@@ -290,7 +290,9 @@ def _run_state(out_dir: Path) -> RunState:
     if in_flight.exists():
         with _saved_file(out_dir, in_flight):
             saved = read_json_object(in_flight)
-            docs = (_doc_from_json(d) for d in saved["docs"])
+            # Documents an older version saved lack their count of unscored characters: they are scored again,
+            # in the same batches as before, to the same numbers.
+            docs = (_doc_from_json(d) for d in saved["docs"] if "unscored_chars" in d)
             # Documents a part saved after them already hold are left out.
             state.in_flight = {d.doc: d for d in docs if d.doc >= state.records_done}
             state.summary = saved["summary"]  # newer than the last part's: it counts the time up to the interrupt
@@ -353,7 +355,30 @@ def _verify_parts(out_dir: Path, state: RunState, kinds: list[str]) -> None:
         state.rejected += rejected
         state.summary = manifest["summary"]
         state.files.append(files)
+    if count and SEQUENCES_FILE in kinds:
+        _check_sequence_columns(out_dir, parts / _kind_dir(SEQUENCES_FILE) / f"{0:06d}.parquet")
     _remove_cut_short(out_dir, kinds, count)
+
+
+def _check_sequence_columns(out_dir: Path, path: Path) -> None:
+    """OutputError where a saved sequences file lacks a column every run writes now: an older version wrote it.
+
+    Its rows cannot be completed (what the new column counts was not kept), so the run cannot go on.
+    """
+    with _saved_file(out_dir, path):
+        names = pq.read_schema(path).names
+    missing = [c.name for c in SEQUENCE_COLUMNS if c.needs is None and c.name not in names]
+    if missing:
+        raise OutputError(
+            f"{out_dir}: the saved run was started by an older version of scorecli, whose {SEQUENCES_FILE} has "
+            f"no {', '.join(missing)} column: finish it with that version, or {_OVERWRITE}",
+            arg="out_dir",
+        )
+
+
+def check_finished_columns(out_dir: Path) -> None:
+    """OutputError where the finished run in `out_dir` was written by an older version (see _check_sequence_columns)."""
+    _check_sequence_columns(Path(out_dir), Path(out_dir) / SEQUENCES_FILE)
 
 
 def _remove_cut_short(out_dir: Path, kinds: list[str], count: int) -> None:
@@ -770,7 +795,7 @@ def _fsync(path: Path) -> int:
 
 
 _DOC_ARRAYS = ("token_ids", "positions", "starts", "ends", "is_response")
-_DOC_SCALARS = ("doc", "id", "text", "n_bytes", "truncated")
+_DOC_SCALARS = ("doc", "id", "text", "n_bytes", "truncated", "unscored_chars")
 
 
 def _doc_to_json(doc: DocScore) -> dict:

@@ -403,6 +403,7 @@ def score_sharded(
         elif plan_path.is_file():
             plan = _read_plan(plan_path)
             _check_same(plan["options"], job.options, out_dir)
+            _check_complete_shards(out_dir, plan)
         elif any(p.name != ".scorecli.lock" for p in out_dir.iterdir()):
             raise OutputError(
                 f"{out_dir}: the folder is not empty; pass `overwrite` to replace its results", arg="out_dir"
@@ -772,6 +773,19 @@ def _check_same(was: dict, now: dict, out_dir: Path) -> None:
                 "pass `overwrite` to start again",
                 arg="out_dir",
             )
+
+
+def _check_complete_shards(out_dir: Path, plan: dict) -> None:
+    """OutputError where a complete shard was written by an older version: it would join with other columns.
+
+    (Unfinished shards are checked as they resume, as a single process's run is.)
+    """
+    from scorecli.runs import SUMMARY_FILE, check_finished_columns
+
+    for shard in plan["shards"]:
+        folder = out_dir / SHARDS_DIR / Shard(**{**shard, "at": tuple(shard["at"])}).name
+        if (folder / SUMMARY_FILE).is_file() and (folder / "sequences.parquet").is_file():
+            check_finished_columns(folder)
 
 
 def _read_plan(path: Path) -> dict:

@@ -45,7 +45,8 @@ class DocScore:
     `stats` holds the per-token statistics as columns named as in TOKEN_COLUMNS ([n] or [n, K] arrays).
     Statistics count the response rows only (every row of a plain text is one); prompt rows are present
     only when asked for, as context that was scored but not counted. `kept` carries the record's kept
-    input fields (`Record.kept`) to the outputs, untouched.
+    input fields (`Record.kept`) to the outputs, untouched. `unscored_chars` counts the characters of the
+    scored text (the response, the scored chat turns) that no token holds: the tokenizer dropped them.
     """
 
     doc: int
@@ -62,6 +63,7 @@ class DocScore:
     words: Words
     stats: dict[str, np.ndarray]
     kept: dict[str, object] | None = None
+    unscored_chars: int = 0
     sum_logprob: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -195,6 +197,7 @@ SEQUENCE_COLUMNS = (
         "word_perplexity", pa.float64(), lambda d: perplexity(d.sum_logprob / len(d.words)) if len(d.words) else None
     ),
     SequenceColumn("truncated", pa.bool_(), lambda d: d.truncated),
+    SequenceColumn("unscored_chars", pa.int64(), lambda d: d.unscored_chars),
     SequenceColumn(
         "top1_rate",
         pa.float64(),

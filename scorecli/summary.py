@@ -38,6 +38,7 @@ _ADDED = (
     "n_tokens",
     "n_truncated",
     "n_unscored",
+    "unscored_chars",
     "sum_logprob",
     "sum_entropy",
     "n_bytes",
@@ -60,6 +61,7 @@ class Summary:
     n_tokens: int = 0
     n_truncated: int = 0
     n_unscored: int = 0
+    unscored_chars: int = 0  # characters of the scored text that no token holds (DocScore.unscored_chars)
     sum_logprob: float = 0.0
     sum_entropy: float = 0.0
     n_bytes: int = 0
@@ -84,6 +86,7 @@ class Summary:
         """Count one document."""
         self.n_docs += 1
         self.n_truncated += score.truncated
+        self.unscored_chars += score.unscored_chars
         if not score.n_tokens:
             self.n_unscored += 1
             return
@@ -215,6 +218,7 @@ class Summary:
             "session_seconds": self.session_seconds,
             "truncated": self.n_truncated,
             "unscored": self.n_unscored,
+            "unscored_chars": self.unscored_chars,
             "rejected": self.n_rejected,
             "highest": [_doc_dict(entry) for entry in self.highest()],
             "lowest": [_doc_dict(entry) for entry in self.lowest()],
@@ -336,6 +340,11 @@ def render(figures: dict, metadata: dict[str, str]) -> Group:
         parts.append(
             f"[yellow]warning:[/yellow] {figures['truncated']:,} document(s) were longer than --max-length "
             f"{metadata.get('max_length')} and were truncated (see the `truncated` column)"
+        )
+    if figures.get("unscored_chars"):
+        parts.append(
+            f"[yellow]warning:[/yellow] {figures['unscored_chars']:,} character(s) of the scored text have no token "
+            "(the tokenizer drops them) and were not scored (see the `unscored_chars` column)"
         )
     if figures.get("rejected"):
         parts.append(f"[yellow]warning:[/yellow] {figures['rejected']:,} record(s) were rejected (see errors.jsonl)")
