@@ -43,7 +43,8 @@ from scorecli.corpus import (
 from scorecli.errors import InputError, OutputError, ScorecliError, UsageError, one_line, shown
 from scorecli.inputs import STDIN, Fields, Record, Rejected, display_name
 from scorecli.prefix import DEFAULT_MIN_SHARED_PREFIX
-from scorecli.summary import Summary, render
+from scorecli.summary import Summary
+from scorecli.summary_view import render
 
 # torch, transformers and pyarrow load inside the command, after Ctrl-C is deferred (see interrupts.py), so
 # that `--help` stays fast and an early Ctrl-C never lands inside their native initialisation.
@@ -403,6 +404,7 @@ def score(
                 revision=options["revision"],
                 trust_remote_code=options["trust_remote_code"],
                 progress=lambda step: _loading(console, status, step),
+                shared=True,  # scored only: --ref-model may name the same model
             )
         ref = None
         if options["ref_model"] is not None:
@@ -415,6 +417,7 @@ def score(
                     trust_remote_code=options["trust_remote_code"],
                     progress=lambda step: _loading(console, status, step),
                     arg="ref_model",
+                    shared=True,
                 )
 
         records_total = count_corpus(sources) if separator is None or options["limit"] else None
@@ -763,9 +766,9 @@ class _Run:
                     self.summary.next_session()
                 if "kl" in stats:
                     # The statistics against the reference need every token's values, not just totals.
-                    from scorecli.summary import Comparison
+                    from scorecli.summary import ReferenceComparison
 
-                    self.summary.comparison.add(self.writer.saved_tokens(Comparison.COLUMNS))
+                    self.summary.comparison.add(self.writer.saved_tokens(ReferenceComparison.COLUMNS))
         for rejected in self._early_rejects:
             self.reject(rejected)
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import gzip
+import itertools
 import json
 import math
 import os
 import stat
 import sys
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -84,6 +85,25 @@ class Fields:
         return [self.prompt, self.response] if self.prompt else [self.text]
 
 
+def fields_of(
+    text_field: str | None = None,
+    id_field: str | None = "id",
+    prompt_field: str | None = None,
+    response_field: str | None = None,
+    messages_field: str | None = None,
+    keep: tuple[str, ...] = (),
+) -> Fields:
+    """The Fields that these options name, checking that they name one consistent way to find the text."""
+    if text_field is not None and (messages_field is not None or prompt_field is not None):
+        other = "`messages_field`" if messages_field is not None else "`prompt_field`/`response_field`"
+        raise UsageError(f"cannot be combined with {other}, which say where the text is", arg="text_field")
+    if (prompt_field is None) != (response_field is None):
+        raise UsageError("`prompt_field` and `response_field` go together: give both or neither")
+    if messages_field is not None and prompt_field is not None:
+        raise UsageError("cannot be combined with `prompt_field`/`response_field`", arg="messages_field")
+    return Fields(text_field or "text", id_field, prompt_field, response_field, messages_field, keep)
+
+
 def display_name(source: str | Path) -> str:
     """Name an input the way error messages and metadata refer to it."""
     return "<stdin>" if str(source) == STDIN else str(source)
@@ -136,6 +156,24 @@ def read_records(
         doc += 1
     if doc == 0:
         raise InputError(f"{shown_name}: no records to score (the input is empty)")
+
+
+def read_rows(
+    rows: Iterable[Mapping], fields: Fields | None = None, *, name: str = "records", limit: int | None = None
+) -> Iterator[Record]:
+    """Validate records held in memory (dicts, as JSON lines decode) as read_records does a file's lines.
+
+    A bad record raises InputError naming it by its position, `name[3]`; `limit` stops after the first
+    `limit` records.
+    """
+    if limit is not None and limit < 1:
+        raise UsageError(f"must be at least 1, not {limit}", arg="limit")
+    fields = fields or Fields()
+    for doc, row in enumerate(itertools.islice(rows, limit)):
+        where = f"{name}[{doc}]"
+        if not isinstance(row, Mapping):
+            raise InputError(f"{where}: expected a record (a dict), got {_json_type(row)}")
+        yield _record(doc, dict(row), fields, where, doc + 1)
 
 
 def _raw_text(row: dict | str, raw: bytes | None) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from scorecli.bootstrap import corpus_intervals, sequence_sums
-from scorecli.compare import Comparison, compare_runs
+from scorecli.compare import RunComparison, compare_runs
 from scorecli.errors import OutputError, reading, shown
 from scorecli.heat import LN2, SCALES, colours, delta_colours, hex_colour, text_colour
 from scorecli.outputs import read_json_object
@@ -350,7 +350,7 @@ def _doc_block(kind: str, doc: int, row: dict, payload: dict) -> str:
     return f"<div class='doc' data-kind='{kind}'><h4>{title}</h4><div class='tokens' data-doc='{data}'></div></div>"
 
 
-def _heatmaps(run: Path, seq, comparison: Comparison | None) -> str:
+def _heatmaps(run: Path, seq, comparison: RunComparison | None) -> str:
     """The documents with the highest and the lowest perplexity, each token on the colour of its value."""
     high, low = _extreme_docs(seq)
     docs = high + low
@@ -464,7 +464,7 @@ def _words_section(run: Path) -> str:
     )
 
 
-def _compare_section(c: Comparison) -> str:
+def _compare_section(c: RunComparison) -> str:
     """The comparison with another run: figures, document against document, Δ distribution, movers."""
     import plotly.graph_objects as go
 
@@ -529,7 +529,7 @@ def _compare_section(c: Comparison) -> str:
     )
 
 
-def _movers_html(c: Comparison) -> str:
+def _movers_html(c: RunComparison) -> str:
     """The documents that moved most: per-token Δ heatmaps where the tokens match, else a table."""
     s = c.summary
     docs = [r["doc"] for r in s["most_improved"] + s["most_worsened"]]

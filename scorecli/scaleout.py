@@ -251,15 +251,16 @@ def score_shard(shard: Shard, job: Job, shard_dir: Path, report: Callable[[int, 
     from scorecli.engine import Scorer
     from scorecli.models import load_model
     from scorecli.runs import SUMMARY_FILE, RunWriter, check_resume, claim_out_dir, complete_finish
-    from scorecli.summary import Comparison, Summary
+    from scorecli.summary import ReferenceComparison, Summary
 
     shard_dir = Path(shard_dir)
     if shard_dir.is_dir():
         complete_finish(shard_dir)
     if (shard_dir / SUMMARY_FILE).is_file():
         return _shard_state(shard_dir)
-    loaded = load_model(job.model, **job.load)
-    ref = None if job.ref_model is None else load_model(job.ref_model, **job.ref_load, arg="ref_model")
+    # Scored only, so shared: a worker process that scores several shards loads its models once.
+    loaded = load_model(job.model, **job.load, shared=True)
+    ref = None if job.ref_model is None else load_model(job.ref_model, **job.ref_load, arg="ref_model", shared=True)
     scorer = Scorer(
         loaded.model,
         loaded.tokenizer,
@@ -286,7 +287,7 @@ def score_shard(shard: Shard, job: Job, shard_dir: Path, report: Callable[[int, 
             summary = Summary.from_state(state.summary)
             summary.next_session()
             if "kl" in scorer.columns:
-                summary.comparison.add(writer.saved_tokens(Comparison.COLUMNS))
+                summary.comparison.add(writer.saved_tokens(ReferenceComparison.COLUMNS))
         done_before = writer.records_done - shard.first_doc if writer.records_done else 0
         seen = [shard.first_doc + done_before]
 
@@ -667,7 +668,7 @@ def _join(
     from scorecli.outputs import _finite
     from scorecli.rundocs import read_result
     from scorecli.runs import ERRORS_FILE, SUMMARY_FILE, _write_file, read_summary
-    from scorecli.summary import Comparison, Summary
+    from scorecli.summary import ReferenceComparison, Summary
 
     total = Summary()
     metadata: dict[str, str] = {}
@@ -701,7 +702,7 @@ def _join(
     total.session_tokens = session_tokens
     if "ref_head" in metadata:
         total.comparison.add(
-            {c: v.to_numpy() for c, v in _response_tokens(out_dir, Comparison.COLUMNS, read_result).items()}
+            {c: v.to_numpy() for c, v in _response_tokens(out_dir, ReferenceComparison.COLUMNS, read_result).items()}
         )
     total.intervals = corpus_intervals(sequence_sums(sorted((out_dir / "sequences").glob("*.parquet"))))
     text = json.dumps({"summary": _finite(total.as_dict()), "metadata": metadata}, indent=2, ensure_ascii=False)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from scorecli.summary import perplexity
+from scorecli.measures import bits_per_byte, perplexity
 from scorecli.words import Words, word_stats
 
 # Per-token statistics, in their order in tokens.parquet (between `end` and `is_response`). A statistic's
@@ -179,7 +178,7 @@ def _scored(value: Callable[[DocScore], object]) -> Callable[[DocScore], object]
 
 def _bits_per_byte(d: DocScore) -> float | None:
     """-Σ log-prob / ln 2 over the UTF-8 bytes of the scored text."""
-    return -d.sum_logprob / (d.n_bytes * math.log(2)) if d.n_tokens and d.n_bytes else None
+    return bits_per_byte(d.sum_logprob, d.n_bytes) if d.n_tokens and d.n_bytes else None
 
 
 SEQUENCE_COLUMNS = (

@@ -223,7 +223,7 @@ def test_a_ray_run_with_a_shard_an_older_version_finished_is_refused_before_ray_
     shard.mkdir(parents=True)
     options = dict(OPTIONS_BEFORE_THEY_EXISTED)  # the options of the run, the same now as when it was started
     planned = {"number": 0, "source": "x.jsonl", "first_doc": 0, "records": 1, "at": [0, 0]}
-    plan = {"options": options, "shards": [planned]}
+    plan = {"options": options, "shards": [planned], "seconds": 0}
     (tmp_path / "o" / "shards" / "plan.json").write_text(json.dumps(plan))
     (shard / "summary.json").write_text(json.dumps({"summary": {}, "metadata": {}}))
     old = SEQUENCE_SCHEMA.remove(SEQUENCE_SCHEMA.get_field_index("unscored_chars"))
