@@ -10,6 +10,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 # Exports resolve lazily so that `scorecli --help` does not pay for importing torch and transformers.
 _EXPORTS = {
+    "score": "scorecli.api",
     "run": "scorecli.runner",
     "RunResult": "scorecli.runner",
     "ScoreOptions": "scorecli.options",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,6 +20,9 @@ PIECE_CHARS = 1 << 16
 # Tokens are kept only where at least this much of the piece follows them (half a piece, if less): far more
 # than any special token or ordinary word, and the overlap check below catches the rest.
 LOOKAHEAD_CHARS = 4096
+# Unicode's White_Space characters (Rust's char::is_whitespace, which the tokenizers library trims offsets by):
+# Python's str.isspace also counts the separators U+001C to U+001F, which no tokenizer trims.
+WHITESPACE = frozenset(chr(c) for c in range(0x3001) if chr(c).isspace()) - frozenset("\x1c\x1d\x1e\x1f")
 
 
 @dataclass
@@ -27,6 +31,7 @@ class Encoded:
 
     `response` marks, for each text token, whether it lies in a response span (every token of a plain text
     does); `targets` marks, for each position of `ids`, whether its token gets a log-probability.
+    `unscored` counts the characters of the scored text (see `unscored_chars`) that no token holds.
     """
 
     ids: np.ndarray
@@ -35,6 +40,7 @@ class Encoded:
     truncated: bool
     response: np.ndarray
     targets: np.ndarray
+    unscored: int
 
     @cached_property
     def n_scored(self) -> int:
@@ -105,6 +111,52 @@ def partition_offsets(offsets: np.ndarray, in_place: bool = False) -> np.ndarray
     return out
 
 
+def unscored_chars(text: str, offsets: np.ndarray, spans: Spans | None, end: int, trimmed: bool = False) -> int:
+    """How many characters of text[:end] in `spans` (all of it where None) no token's offsets [n, 2] cover.
+
+    These are the characters a tokenizer drops (one with no token for a character, or a normalizer that
+    removes it): no token holds them, so they are never scored. With `trimmed` (a tokenizer whose offsets
+    leave out the spaces its tokens hold), a whitespace character outside every offset is taken as held.
+    """
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    if len(starts) > 1 and (starts[1:] < starts[:-1]).any():
+        order = np.argsort(starts, kind="stable")
+        starts, ends = starts[order], ends[order]
+    # A gap runs from where the tokens before it reach to where the next one starts (or the scored text ends).
+    reach = np.maximum.accumulate(ends) if len(ends) else ends
+    after = (np.flatnonzero(starts[1:] > reach[:-1]) + 1).tolist()
+    gaps = [(int(reach[k - 1]), int(starts[k])) for k in after]
+    if len(starts) and starts[0] > 0:
+        gaps.insert(0, (0, int(starts[0])))
+    gaps.append((int(reach[-1]) if len(reach) else 0, end))
+    scored = ((0, end),) if spans is None else spans
+    count = 0
+    for a, b in gaps:
+        for start, stop in scored:
+            lo, hi = max(a, start), min(b, stop, end)
+            if hi > lo:
+                count += sum(c not in WHITESPACE for c in text[lo:hi]) if trimmed else hi - lo
+    return count
+
+
+def trims_offsets(tokenizer: object) -> bool:
+    """Whether the tokenizer's offsets leave out spaces its tokens hold (a post-processor with trim_offsets)."""
+    processor = getattr(getattr(tokenizer, "backend_tokenizer", None), "post_processor", None)
+    if processor is None:
+        return False
+    try:
+        config = json.loads(processor.__getstate__())
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+    def trims(node: object) -> bool:
+        if isinstance(node, dict):
+            return node.get("trim_offsets") is True or any(trims(v) for v in node.values())
+        return isinstance(node, list) and any(trims(v) for v in node)
+
+    return trims(config)
+
+
 def response_mask(offsets: np.ndarray, spans: Spans | None) -> np.ndarray:
     """Whether each token (by its character offsets) overlaps a response span; all True where spans is None."""
     if spans is None:
@@ -134,6 +186,7 @@ class Encoder:
         """
         self.tokenizer = tokenizer
         self.piece_chars = piece_chars
+        self.trimmed = trims_offsets(tokenizer)
         self.bos_id = bos_token_id(tokenizer) if bos else None
         self.max_length = max_length
         self.truncate = truncate
@@ -157,8 +210,8 @@ class Encoder:
         for i, text in enumerate(texts):
             if tokens[i] is None:
                 tokens[i] = self._pieces(text, chat, need)
-        rows = zip(tokens, spans or [None] * len(texts))
-        return [self._sequence(ids, offsets, text_spans) for (ids, offsets), text_spans in rows]
+        rows = zip(texts, tokens, spans or [None] * len(texts))
+        return [self._sequence(text, ids, offsets, text_spans) for text, (ids, offsets), text_spans in rows]
 
     def _tokenise(self, texts: list[str], chat: bool) -> dict:
         """The tokenizer's ids and character offsets of each text, special tokens as the text kind wants."""
@@ -213,22 +266,31 @@ class Encoder:
         del piece
         return joined(kept_ids), joined(kept_offsets)
 
-    def _sequence(self, ids: np.ndarray, offsets: np.ndarray, spans: Spans | None) -> Encoded:
+    def _sequence(self, text: str, ids: np.ndarray, offsets: np.ndarray, spans: Spans | None) -> Encoded:
         """One text's sequence: BOS prepended unless it already starts with it, truncated where asked."""
         prefix = [] if self.bos_id is None or (len(ids) and ids[0] == self.bos_id) else [self.bos_id]
         truncated = self.truncate and self.max_length is not None and len(prefix) + len(ids) > self.max_length
         if truncated:
             ids, offsets = ids[: self.max_length - len(prefix)], offsets[: self.max_length - len(prefix)]
         # The tokenizer's own offsets decide what is response: a token that holds any byte of a response
-        # character counts, even where its partitioned span is empty.
+        # character counts, even where its partitioned span is empty. They also show the characters no token
+        # holds (partitioned, the gaps go to the tokens after them); a truncated text's end is its cut.
         response = response_mask(offsets, spans)
+        end = int(offsets[:, 1].max(initial=0)) if truncated else len(text)
+        unscored = unscored_chars(text, offsets, spans, end, self.trimmed)
         # The tokenizer's offsets are this text's own (a copy, or the whole text's where truncated): no copy.
         offsets = partition_offsets(offsets, in_place=True)
         targets = np.zeros(len(prefix) + len(ids), dtype=bool)
         targets[len(prefix) :] = True if self.all_tokens else response
         targets[:1] = False  # the first token of the sequence has no context to be predicted from
         return Encoded(
-            np.concatenate([np.asarray(prefix, ids.dtype), ids]), offsets, len(prefix), truncated, response, targets
+            np.concatenate([np.asarray(prefix, ids.dtype), ids]),
+            offsets,
+            len(prefix),
+            truncated,
+            response,
+            targets,
+            unscored,
         )
 
 

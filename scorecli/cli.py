@@ -30,7 +30,7 @@ from scorecli.errors import ScorecliError, one_line, shown
 from scorecli.inputs import Rejected
 from scorecli.options import SPECS, TYPES, ScoreOptions
 from scorecli.session import RESUME_SKIPPING
-from scorecli.summary import render
+from scorecli.summary_view import render
 
 # torch, transformers and pyarrow load inside the command, after Ctrl-C is deferred (see interrupts.py), so
 # that `--help` stays fast and an early Ctrl-C never lands inside their native initialisation.
@@ -117,7 +117,7 @@ SCORE_EPILOG = """Examples:
   scorecli score chats.jsonl --messages-field messages
 Exit codes:
   0 done, 2 usage (an option), 3 input (file, line, field),
-  4 model, 5 output folder (not empty, nothing to resume),
+  4 model, 5 output folder (not empty, nothing to resume, a damaged file),
   130 Ctrl-C / 143 SIGTERM (work saved; resume command shown)"""
 
 

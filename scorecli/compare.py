@@ -44,14 +44,14 @@ _SEQ_COLUMNS = ["doc", "id", "n_tokens", "sum_logprob", "mean_logprob", "perplex
 
 
 @dataclass
-class Comparison:
+class RunComparison:
     """Two runs compared: a row per document (COMPARE_SCHEMA) and the summary figures (JSON-ready)."""
 
     table: pa.Table
     summary: dict
 
 
-def compare_runs(a: str | Path, b: str | Path, resamples: int = RESAMPLES, seed: int = SEED) -> Comparison:
+def compare_runs(a: str | Path, b: str | Path, resamples: int = RESAMPLES, seed: int = SEED) -> RunComparison:
     """Compare run B with run A (same input); raise OutputError where they are not runs of the same input."""
     a, b = open_run(a), open_run(b)
     meta_a, meta_b = a.metadata, b.metadata
@@ -81,7 +81,7 @@ def compare_runs(a: str | Path, b: str | Path, resamples: int = RESAMPLES, seed:
     }
     summary.update(_movers(table, a, b, same_tokens))
     summary["token_delta"] = _token_delta(a, b) if same_tokens else None
-    return Comparison(table, summary)
+    return RunComparison(table, summary)
 
 
 def _per_doc(seq_a: pa.Table, seq_b: pa.Table) -> pa.Table:
@@ -201,7 +201,7 @@ def _token_delta(a: FinishedRun, b: FinishedRun) -> dict:
     return stats
 
 
-def write_comparison(comparison: Comparison, path: str | Path) -> Path:
+def write_comparison(comparison: RunComparison, path: str | Path) -> Path:
     """Write the per-document table as Parquet, with the summary as JSON in its metadata."""
     path = Path(path)
     meta = {b"scorecli_compare": json.dumps(comparison.summary).encode()}
@@ -212,7 +212,7 @@ def write_comparison(comparison: Comparison, path: str | Path) -> Path:
     return path
 
 
-def render_comparison(c: Comparison) -> Group:
+def render_comparison(c: RunComparison) -> Group:
     """A Rich renderable: the corpus figures with intervals, the share better, the movers, the token deltas."""
     s = c.summary
     figures = Table(title="scorecli compare", title_justify="left", show_header=True)

@@ -10,6 +10,7 @@ import torch
 
 from scorecli.checks import check_compile
 from scorecli.errors import first_line
+from scorecli.threads import intra_op_threads
 
 # `auto` compiles nothing on the CPU (AUTO_COMPILES_ON_CPU): the issue's gain, 737 -> 910 tokens/s for
 # SmolLM2's base forward in float32 on 2 threads, was measured on batches of 8 x 128 tokens, but whole
@@ -91,18 +92,14 @@ class CompiledForward:
         # Inductor reads its cache folder from the environment each time it looks; a user's setting wins.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / INDUCTOR_CACHE))
         self.compiled, self.region = _compiled(base)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
         try:
             device = next(base.parameters()).device
-            with torch.inference_mode():
+            with intra_op_threads(threads), torch.inference_mode():
                 for shape in _WARM_UP_SHAPES:
                     ids = torch.arange(shape[0] * shape[1], device=device).view(shape) % 2
                     self.compiled(input_ids=ids, attention_mask=None, use_cache=False)  # as head.py calls it
         except Exception as e:  # inductor fails with whatever its C++ toolchain or a graph break raised
             self.failed = first_line(e)
-        finally:
-            torch.set_num_threads(previous)
         how = "auto: " if auto else ""
         self.mode = (
             f"inductor ({how}dynamic shapes, {self.region})"

@@ -166,7 +166,7 @@ def _text_record(source: str, on_error: Callable[[Rejected], None] | None) -> It
             raise InputError(f"{name}: {reason}") from None
         on_error(Rejected(doc, name, 1, reason, data[:1000].decode("utf-8", "replace")))
         return
-    yield Record(doc, text, os.path.basename(name.rstrip("/")), where=name, line=1)
+    yield Record(doc, text, os.path.basename(name.rstrip("/")), where=name, line=1, source=name)
 
 
 def _read_bytes(source: str) -> bytes:
@@ -204,7 +204,7 @@ def _joined(
     """The whole corpus (or its first `limit` records) as one document: its records' texts joined by `sep`."""
     texts = [r.text for r in read_corpus(sources, fields, on_error=on_error, limit=limit)]
     name = display_name(sources[0]) if len(sources) == 1 else None
-    return Record(0, sep.join(texts), name, where=name or "", line=1)
+    return Record(0, sep.join(texts), name, where=name or "", line=1, source=name or "")
 
 
 def count_corpus(sources: Sequence[str]) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -22,6 +22,7 @@ from scorecli.models import check_same_vocabulary, context_length
 from scorecli.prefix import DEFAULT_MIN_SHARED_PREFIX, SharedPrefix, plan_prefixes
 from scorecli.scores import DocScore, TokenStrings, perplexity
 from scorecli.stats import columns_of, concat
+from scorecli.threads import intra_op_threads
 from scorecli.words import assign_words, word_spans
 
 __all__ = [
@@ -159,9 +160,10 @@ class Scorer:
         `all_tokens` also scores the prompt (context) tokens; `roles` are the chat turns that are scored.
         `threads` is the number of CPU threads scoring uses (default: torch's), shared among `workers`
         batches scored at once (default: one per thread on a CPU, up to 8).
-        `top_k` > 0 adds the K most likely tokens at each position; `ref_model` (with the same tokenizer)
-        adds its log-probs and entropies and the KL divergences between the two, from the same batches
-        (`ref_tokenizer`, where given, is checked to be the same vocabulary as `tokenizer`).
+        `top_k` > 0 adds the K most likely tokens at each position (more than the vocabulary is refused);
+        `ref_model` (with the same tokenizer) adds its log-probs and entropies and the KL divergences between
+        the two, from the same batches (`ref_tokenizer`, where given, is checked to be the same vocabulary as
+        `tokenizer`).
         Records are read ahead in buffers of `buffer_docs` documents or `buffer_chars` characters;
         `stream` (for output that streams) gives each document out as soon as it and every one before it
         are finished, and splits the first buffer: about two batches, then the rest of it, so that the first
@@ -207,6 +209,10 @@ class Scorer:
         )
         self.stream = stream
         self.head = output_head(model).with_products(head_products(head_dtype, model))
+        if top_k > (vocab := self.head.vocab_size):
+            # Refused, not capped: a run whose metadata says top_k K lists K tokens at each position.
+            message = f"{top_k} exceeds the model's vocabulary of {vocab:,} tokens (the most there are to list)"
+            raise UsageError(message, arg="top_k")
         compiling, self.compile_mode = should_compile(compile, self.device, self.head.chunked, expected_tokens)
         if compiling:
             # Compiled here, on the intra-op thread count of one worker: inductor builds that count in.
@@ -466,6 +472,7 @@ class Scorer:
                 state.tokens_done += encoded[i].n_scored
                 left[i] = 0
         given = 0  # the documents before this one are given out (streaming: as soon as they all are finished)
+        caller = torch.get_num_threads()
         try:
             with self._batch_runner() as run:
                 for task, (scores, fed) in zip(tasks, run(lambda task: self._score_task(task, work, encoded), tasks)):
@@ -483,8 +490,11 @@ class Scorer:
                     interrupts.reraise()
                     ready = _ready(left, given) if self.stream else given
                     if ready > given:
-                        # Given out while the workers go on with the batches already handed to them.
-                        yield self._assemble(records, encoded, columns, done, range(given, ready))
+                        # Given out while the workers go on with the batches already handed to them; with
+                        # one worker nothing runs meanwhile, and the caller has its own thread setting back.
+                        docs = self._assemble(records, encoded, columns, done, range(given, ready))
+                        with intra_op_threads(caller) if self.workers == 1 else nullcontext():
+                            yield docs
                         columns[given:ready] = [None] * (ready - given)
                         given = ready
         except KeyboardInterrupt as e:
@@ -520,21 +530,16 @@ class Scorer:
         On a CPU, small matrix products and element-wise kernels share cores poorly; independent batches
         on separate cores score about 10-15% more tokens per second than both cores on each batch.
         """
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, self.threads // self.workers))
-        if self.workers == 1:
-            try:
+        with intra_op_threads(max(1, self.threads // self.workers)):
+            if self.workers == 1:
                 yield map
+                return
+            pool = ThreadPoolExecutor(self.workers, thread_name_prefix="scorecli")
+            try:
+                yield pool.map
             finally:
-                torch.set_num_threads(threads)
-            return
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="scorecli")
-        try:
-            yield pool.map
-        finally:
-            # On Ctrl-C or an error, drop the batches not yet started rather than finish the buffer.
-            pool.shutdown(wait=True, cancel_futures=True)
-            torch.set_num_threads(threads)
+                # On Ctrl-C or an error, drop the batches not yet started rather than finish the buffer.
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _plan_prefixes(self, work: list[Window], encoded: list[Encoded]) -> list[SharedPrefix]:
         """The windows of a buffer that share a start worth feeding once (none without prefix sharing)."""
@@ -669,6 +674,7 @@ class Scorer:
             words=assign_words(word_spans(record.text, record.spans, _reach(enc)), counted),
             stats=self._with_top_tokens(stats),
             kept=record.kept,
+            unscored_chars=enc.unscored,
         )
 
     def _with_top_tokens(self, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -4,7 +4,11 @@ A message about one argument names that argument (`arg`), as a library caller kn
 arguments it mentions in backticks; the CLI names their command-line flags instead (`for_cli`).
 """
 
-from collections.abc import Mapping
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 
 class ScorecliError(Exception):
@@ -72,6 +76,50 @@ def one_line(message: str) -> str:
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message, for one-line errors."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def unreadable(path: str | os.PathLike, error: BaseException) -> str | None:
+    """What is wrong with a file whose reading or parsing raised `error`, as a message ends; None for other errors.
+
+    Covers the file's system errors, JSON and UTF-8 errors, pyarrow's errors, and the errors of content that
+    does not have the shape it should have (a field missing, a value of the wrong type).
+    """
+    if isinstance(error, FileNotFoundError):
+        return "is missing"
+    if not isinstance(error, _READING_ERRORS) and not type(error).__module__.startswith("pyarrow"):
+        return None
+    try:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return "is empty"
+    except OSError:
+        pass
+    if isinstance(error, json.JSONDecodeError):
+        return f"cannot be read (not valid JSON: {error.msg} at line {error.lineno} column {error.colno})"
+    if isinstance(error, UnicodeDecodeError):
+        return f"cannot be read (not valid UTF-8: byte 0x{error.object[error.start]:02x} at offset {error.start})"
+    if isinstance(error, OSError) and error.strerror:
+        return f"cannot be read ({error.strerror})"
+    if type(error) is KeyError:  # a field that JSON content lacks (pyarrow's own KeyErrors are subclasses)
+        return f"cannot be read (it has no {error.args[0]!r})"
+    # pyarrow names the file again ("Could not open Parquet input source '…': …"): the message names it once.
+    return f"cannot be read ({_ARROW_SOURCE.sub('', first_line(error))})"
+
+
+@contextmanager
+def reading(path: str | os.PathLike, arg: str | None = None) -> Iterator[None]:
+    """Turn a failure to read or parse the file `path` (missing, empty, truncated, garbled) into an OutputError."""
+    try:
+        yield
+    except Exception as e:
+        why = unreadable(path, e)
+        if why is None:
+            raise
+        raise OutputError(f"{shown(path)}: {why}", arg=arg) from None
+
+
+# What reading or parsing a file raises, pyarrow's errors aside (some of them subclass none of these).
+_READING_ERRORS = (OSError, ValueError, LookupError, TypeError, AttributeError, EOFError, NotImplementedError)
+_ARROW_SOURCE = re.compile(r"^Could not open Parquet input source '.*?': ")
 
 
 def _named(name: str | None, message: str) -> str:

@@ -12,7 +12,7 @@ from typing import BinaryIO
 import numpy as np
 
 from scorecli.corpus import corpus_metadata, is_text_file
-from scorecli.errors import InputError, OutputError, UsageError, first_line
+from scorecli.errors import InputError, OutputError, UsageError
 from scorecli.inputs import display_name, is_parquet, open_binary
 from scorecli.layout import SEQUENCES_FILE, TEMP_SUFFIX
 
@@ -34,18 +34,12 @@ class FilterResult:
 
 def read_perplexities(scores_dir: str | Path) -> tuple[np.ndarray, dict[str, str]]:
     """Each document's perplexity (NaN where none was scored), indexed by doc, and the run's metadata."""
-    from scorecli.rundocs import FinishedRun
+    from scorecli.rundocs import FinishedRun, check_run
 
-    run = FinishedRun(Path(scores_dir))  # not open_run: filter needs only the sequences, and names `scores`
-    files = run.files(SEQUENCES_FILE)
-    if not files:
-        raise InputError(f"{scores_dir}: no {SEQUENCES_FILE} (not the folder of a finished scorecli run)", arg="scores")
-    path = files[0] if len(files) == 1 else files[0].parent
-    try:
-        table = run.read(SEQUENCES_FILE, columns=["doc", "perplexity"])
-        metadata = run.metadata
-    except Exception as e:  # a damaged or foreign file
-        raise InputError(f"{path}: cannot be read ({first_line(e)})", arg="scores") from None
+    # not open_run's defaults: filter needs only the sequences
+    run = FinishedRun(check_run(scores_dir, needs=(SEQUENCES_FILE,)))
+    table = run.read(SEQUENCES_FILE, columns=["doc", "perplexity"])
+    metadata = run.metadata
     docs = table.column("doc").to_numpy()
     values = table.column("perplexity").to_numpy(zero_copy_only=False).astype(np.float64)
     ppl = np.full(int(docs.max()) + 1 if len(docs) else 0, np.nan)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import gzip
+import itertools
 import json
 import math
 import os
 import stat
 import sys
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -35,7 +36,8 @@ class Record:
     `spans` are the character spans of `text` to score (None: all of it); `messages` is a conversation
     still to be rendered into `text`, and `chat` marks a text that was rendered from one. `kept` holds the
     values of the fields to copy into the outputs (`Fields.keep`): JSON values, or one-row Arrow arrays
-    for Parquet columns; scoring never looks at them.
+    for Parquet columns; scoring never looks at them. `source` is the input it was read from, named as
+    `Rejected.source` names it, and `line` its line (or row) there.
     """
 
     doc: int
@@ -47,6 +49,7 @@ class Record:
     where: str = field(default="", compare=False)
     line: int = field(default=0, compare=False)
     kept: dict[str, object] | None = field(default=None, compare=False)
+    source: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,25 @@ class Fields:
         if self.messages:
             return [self.messages]
         return [self.prompt, self.response] if self.prompt else [self.text]
+
+
+def fields_of(
+    text_field: str | None = None,
+    id_field: str | None = "id",
+    prompt_field: str | None = None,
+    response_field: str | None = None,
+    messages_field: str | None = None,
+    keep: tuple[str, ...] = (),
+) -> Fields:
+    """The Fields that these options name, checking that they name one consistent way to find the text."""
+    if text_field is not None and (messages_field is not None or prompt_field is not None):
+        other = "`messages_field`" if messages_field is not None else "`prompt_field`/`response_field`"
+        raise UsageError(f"cannot be combined with {other}, which say where the text is", arg="text_field")
+    if (prompt_field is None) != (response_field is None):
+        raise UsageError("`prompt_field` and `response_field` go together: give both or neither")
+    if messages_field is not None and prompt_field is not None:
+        raise UsageError("cannot be combined with `prompt_field`/`response_field`", arg="messages_field")
+    return Fields(text_field or "text", id_field, prompt_field, response_field, messages_field, keep)
 
 
 def display_name(source: str | Path) -> str:
@@ -126,7 +148,7 @@ def read_records(
             try:
                 if isinstance(row, str):
                     raise InputError(f"{where}: {row}")
-                yield _record(doc, row, fields, where, number, kept)
+                yield _record(doc, row, fields, where, number, kept, name)
             except InputError as e:
                 if on_error is None:
                     raise
@@ -136,6 +158,24 @@ def read_records(
         raise InputError(f"{shown_name}: no records to score (the input is empty)")
 
 
+def read_rows(
+    rows: Iterable[Mapping], fields: Fields | None = None, *, name: str = "records", limit: int | None = None
+) -> Iterator[Record]:
+    """Validate records held in memory (dicts, as JSON lines decode) as read_records does a file's lines.
+
+    A bad record raises InputError naming it by its position, `name[3]`; `limit` stops after the first
+    `limit` records.
+    """
+    if limit is not None and limit < 1:
+        raise UsageError(f"must be at least 1, not {limit}", arg="limit")
+    fields = fields or Fields()
+    for doc, row in enumerate(itertools.islice(rows, limit)):
+        where = f"{name}[{doc}]"
+        if not isinstance(row, Mapping):
+            raise InputError(f"{where}: expected a record (a dict), got {_json_type(row)}")
+        yield _record(doc, dict(row), fields, where, doc + 1)
+
+
 def _raw_text(row: dict | str, raw: bytes | None) -> str:
     """A rejected record as text: its line as read, or its Parquet row as JSON (made only when needed)."""
     if raw is not None:
@@ -143,8 +183,10 @@ def _raw_text(row: dict | str, raw: bytes | None) -> str:
     return json.dumps(row, ensure_ascii=False, default=str)
 
 
-def _record(doc: int, row: dict, fields: Fields, where: str, line: int, kept: dict | None = None) -> Record:
-    """A validated Record from one decoded row, or InputError naming the place and the field.
+def _record(
+    doc: int, row: dict, fields: Fields, where: str, line: int, kept: dict | None = None, source: str = ""
+) -> Record:
+    """A validated Record from one decoded row of the input `source`, or InputError naming the place and the field.
 
     `kept` are the values of the kept fields where the reader took them itself (Parquet); else they come
     from the row, a missing field as null.
@@ -154,12 +196,13 @@ def _record(doc: int, row: dict, fields: Fields, where: str, line: int, kept: di
         kept = {name: _checked_json(row.get(name), name, where) for name in fields.keep}
     if fields.messages:
         messages = _messages(row, fields.messages, where)
-        return Record(doc, "", doc_id, messages=messages, where=where, line=line, kept=kept)
+        return Record(doc, "", doc_id, messages=messages, where=where, line=line, kept=kept, source=source)
     if fields.prompt:
         prompt, response = _text(row, fields.prompt, where), _text(row, fields.response, where)
         text = prompt + response
-        return Record(doc, text, doc_id, spans=((len(prompt), len(text)),), where=where, line=line, kept=kept)
-    return Record(doc, _text(row, fields.text, where), doc_id, where=where, line=line, kept=kept)
+        spans = ((len(prompt), len(text)),)
+        return Record(doc, text, doc_id, spans=spans, where=where, line=line, kept=kept, source=source)
+    return Record(doc, _text(row, fields.text, where), doc_id, where=where, line=line, kept=kept, source=source)
 
 
 def count_records(source: str | Path) -> int | None:

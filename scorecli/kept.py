@@ -29,8 +29,11 @@ JSON_MARK = {b"scorecli_kept": b"json"}  # field metadata of a column that holds
 KeptTypes = dict[str, pa.DataType | None]
 
 
-def parse_keep_fields(spec: str | None, taken: Iterable[str]) -> tuple[str, ...]:
-    """The field names of a comma-separated list; none may be one of the output's own columns (`taken`)."""
+def parse_keep_fields(spec: str | None, taken: Iterable[str], id_field: str | None = None) -> tuple[str, ...]:
+    """The field names of a comma-separated list; none may be one of the output's own columns (`taken`).
+
+    Nor may one be `id_field`, whose values the output already holds as its column 'id'.
+    """
     if spec is None:
         return ()
     names = [name.strip() for name in spec.split(",")]
@@ -43,6 +46,11 @@ def parse_keep_fields(spec: str | None, taken: Iterable[str]) -> tuple[str, ...]
         if name in taken:
             raise UsageError(
                 f"cannot keep field '{name}': sequences.parquet has a column '{name}' of its own", arg="keep_fields"
+            )
+        if name == id_field:
+            raise UsageError(
+                f"cannot keep field '{name}': it is the `id_field`, which sequences.parquet holds as its column 'id'",
+                arg="keep_fields",
             )
     return tuple(names)
 

@@ -1,4 +1,4 @@
-"""Resolve `--model` (hub id, local folder or GGUF file), load model and tokenizer, cache both."""
+"""Resolve `--model` (hub id, local folder or GGUF file), load model and tokenizer, shared where asked."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 _GGUF_MAGIC = b"GGUF"
 _CACHE_FORMAT = 1
-_loaded: dict[tuple[str, str, str], LoadedModel] = {}
+# The models of callers that asked to share them (`load_model(shared=True)`): scoring only, never trained.
+_loaded: dict[tuple[str, str, str, HubOptions], LoadedModel] = {}
 
 
 @dataclass
@@ -126,32 +127,40 @@ def load_model(
     trust_remote_code: bool = False,
     progress: Callable[[LoadStep], None] | None = None,
     arg: str = "model",
+    shared: bool = False,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer once per process: a hub id, a folder, a .gguf file, or the default.
+    """Load a causal LM and its tokenizer: a hub id, a folder, a .gguf file, or the default.
 
+    Each call gives a model of its own (a policy and a reference loaded from one checkpoint never share
+    weights), unless `shared`: then every caller that asks to share gets the one model of this process for
+    the same arguments, loaded once; a shared model is for scoring only, never for training.
     `revision` (a branch, tag or commit) and `trust_remote_code` go to transformers' `from_pretrained`;
-    `progress` is told each step of loading (converting a GGUF file takes a while, once). Errors name
-    `arg`, the argument that gave `spec` (a reference model's, say), and its revision's (`ref_revision`).
+    `progress` is told each step of loading (converting a GGUF file takes a while, once: the converted
+    model is cached on disk). Errors name `arg`, the argument that gave `spec` (a reference model's, say),
+    and its revision's (`ref_revision`).
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     hub = HubOptions(revision, trust_remote_code)
     key = (spec or "", str(torch_device), str(torch_dtype), hub)
-    if key not in _loaded:
-        try:
-            with _quiet_loading():
-                _loaded[key] = _load(spec, torch_device, torch_dtype, hub, progress or (lambda _: None))
-        except ModelError as e:
-            raise ModelError(e.message, arg=arg if e.arg == "model" else e.arg) from None
-        except UsageError as e:
-            # A reference model's revision is its own argument (`ref_revision` for `ref_model`).
-            name = arg.removesuffix("model") + "revision" if e.arg == "revision" else e.arg
-            raise UsageError(e.message, arg=name) from None
-        except (MemoryError, torch.OutOfMemoryError) as e:
-            gc.collect()  # the half-loaded weights
-            what = "beside the models already loaded" if _loaded else "here"
-            raise ModelError(f"{spec}: does not fit in memory {what} ({first_line(e)})", arg=arg) from None
-    return _loaded[key]
+    if shared and key in _loaded:
+        return _loaded[key]
+    try:
+        with _quiet_loading():
+            loaded = _load(spec, torch_device, torch_dtype, hub, progress or (lambda _: None))
+    except ModelError as e:
+        raise ModelError(e.message, arg=arg if e.arg == "model" else e.arg) from None
+    except UsageError as e:
+        # A reference model's revision is its own argument (`ref_revision` for `ref_model`).
+        name = arg.removesuffix("model") + "revision" if e.arg == "revision" else e.arg
+        raise UsageError(e.message, arg=name) from None
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        gc.collect()  # the half-loaded weights
+        what = "beside the models already loaded" if _loaded else "here"
+        raise ModelError(f"{spec}: does not fit in memory {what} ({first_line(e)})", arg=arg) from None
+    if shared:
+        _loaded[key] = loaded
+    return loaded
 
 
 @contextmanager

@@ -334,7 +334,7 @@ class ScoreOptions:
         from scorecli.kept import parse_keep_fields
         from scorecli.scores import SEQUENCE_COLUMNS
 
-        keep = parse_keep_fields(self.keep_fields, (c.name for c in SEQUENCE_COLUMNS))
+        keep = parse_keep_fields(self.keep_fields, (c.name for c in SEQUENCE_COLUMNS), self.id_field)
         text = text or "text"
         return Fields(text=text, id=self.id_field, prompt=prompt, response=response, messages=messages, keep=keep)
 
@@ -418,5 +418,13 @@ def resolved_path(path: str | None) -> str | None:
 
 
 def resolved_inputs(inputs: list[str] | str) -> list[str]:
-    """The inputs with local paths resolved (a run saved before INPUT became a list names one)."""
-    return [resolved_path(arg) for arg in ([inputs] if isinstance(inputs, str) else inputs)]
+    """The inputs with local paths and globs made absolute (a run saved before INPUT was a list names one)."""
+    args = [inputs] if isinstance(inputs, str) else inputs
+    return [str(Path(arg).resolve()) if _is_local_pattern(arg) else resolved_path(arg) for arg in args]
+
+
+def _is_local_pattern(arg: str) -> bool:
+    """Whether an input is a glob of local paths (read relative to the working folder)."""
+    from scorecli.corpus import is_pattern
+
+    return arg != STDIN and "://" not in arg and is_pattern(arg)

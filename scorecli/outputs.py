@@ -11,7 +11,7 @@ from typing import TextIO
 
 import pyarrow.parquet as pq
 
-from scorecli.errors import UsageError
+from scorecli.errors import UsageError, reading
 from scorecli.inputs import Rejected
 from scorecli.kept import JSON_MARK, json_default, json_value
 from scorecli.scores import DEFAULT_STATS, DocScore
@@ -83,6 +83,23 @@ def finite(row: dict) -> dict:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The key/value metadata scorecli wrote into a Parquet output file."""
-    meta = pq.read_schema(path).metadata or {}
-    return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW:")}
+    """The key/value metadata scorecli wrote into a Parquet output file; OutputError where it cannot be read."""
+    with reading(path):
+        meta = pq.read_schema(path).metadata or {}
+        return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW:")}
+
+
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object a file holds; ValueError where it holds another JSON value (see errors.reading)."""
+    value = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(value, dict):
+        raise ValueError(f"not a JSON object but {_json_kind(value)}")
+    return value
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in words."""
+    if value is None:
+        return "null"
+    kinds = {bool: "true or false", str: "a string", list: "an array", int: "a number", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from scorecli.bootstrap import corpus_intervals, sequence_sums
-from scorecli.compare import Comparison, compare_runs
-from scorecli.errors import OutputError
+from scorecli.compare import RunComparison, compare_runs
+from scorecli.errors import OutputError, shown
 from scorecli.heat import LN2, SCALES, colours, delta_colours, hex_colour, text_colour
 from scorecli.layout import SEQUENCES_FILE, TOKENS_FILE, WORDS_FILE
 from scorecli.rundocs import FinishedRun, open_run, token_strings
@@ -102,6 +102,8 @@ def build_report(run: str | Path, compare: str | Path | None = None, out: str | 
         sections.append(_kl_section(run, seq, agg))
     if run.has(WORDS_FILE):
         sections.append(_words_section(run))
+    elif meta.get("words") == "true":
+        raise OutputError(f"{shown(run.folder / WORDS_FILE)}: is missing")
     if comparison is not None:
         sections.append(_compare_section(comparison))
     page = _PAGE.format(
@@ -331,7 +333,7 @@ def _doc_block(kind: str, doc: int, row: dict, payload: dict) -> str:
     return f"<div class='doc' data-kind='{kind}'><h4>{title}</h4><div class='tokens' data-doc='{data}'></div></div>"
 
 
-def _heatmaps(run: FinishedRun, seq, comparison: Comparison | None) -> str:
+def _heatmaps(run: FinishedRun, seq, comparison: RunComparison | None) -> str:
     """The documents with the highest and the lowest perplexity, each token on the colour of its value."""
     high, low = _extreme_docs(seq)
     docs = high + low
@@ -445,7 +447,7 @@ def _words_section(run: FinishedRun) -> str:
     )
 
 
-def _compare_section(c: Comparison) -> str:
+def _compare_section(c: RunComparison) -> str:
     """The comparison with another run: figures, document against document, Δ distribution, movers."""
     import plotly.graph_objects as go
 
@@ -510,7 +512,7 @@ def _compare_section(c: Comparison) -> str:
     )
 
 
-def _movers_html(c: Comparison) -> str:
+def _movers_html(c: RunComparison) -> str:
     """The documents that moved most: per-token Δ heatmaps where the tokens match, else a table."""
     s = c.summary
     docs = [r["doc"] for r in s["most_improved"] + s["most_worsened"]]

@@ -4,7 +4,7 @@
 process's files or a --ray run's datasets: layout.py). Needs pyarrow, not torch; must not import the
 engine or the run's writers. A document's text comes from the run's input file where it is at hand (the
 same name and size as when scored), so tokens show as the characters they cover; otherwise from the decoded
-tokens of tokens.parquet.
+tokens of tokens.parquet. A file of the run that is missing, truncated or garbled is an OutputError naming it.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from scorecli.errors import InputError, OutputError, UsageError
-from scorecli.inputs import Fields, read_records
-from scorecli.layout import SEQUENCES_FILE, SUMMARY_FILE, TOKENS_FILE, WORDS_FILE, result_files
-from scorecli.outputs import read_metadata
+from scorecli.corpus import read_corpus
+from scorecli.errors import InputError, OutputError, UsageError, reading, shown
+from scorecli.inputs import Fields
+from scorecli.layout import SEQUENCES_FILE, SUMMARY_FILE, TOKENS_FILE, WORDS_FILE, kind_dir
+from scorecli.outputs import read_json_object, read_metadata
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,11 @@ class FinishedRun:
         path = self.folder / SUMMARY_FILE
         if not path.is_file():
             return {}
-        return json.loads(path.read_text(encoding="utf-8")).get("summary", {})
+        with reading(path):
+            figures = read_json_object(path).get("summary", {})
+            if not isinstance(figures, dict):
+                raise ValueError("its summary is not a JSON object")
+        return figures
 
     def token_columns(self) -> list[str]:
         """The columns of its tokens.parquet."""
@@ -111,6 +116,28 @@ def open_run(folder: str | Path | FinishedRun) -> FinishedRun:
     return FinishedRun(check_run(folder))
 
 
+def result_files(run: str | Path, name: str) -> list[Path]:
+    """The Parquet files of one of a run's results (`TOKENS_FILE`…): the file, or a --ray run's dataset folder's files.
+
+    A --ray run writes each result as a folder of one file per shard (tokens/00000.parquet, …), in input order,
+    as many as its metadata's `shards` says: one missing, or one more, is an OutputError naming it.
+    """
+    path = Path(run) / name
+    if path.is_file():
+        return [path]
+    folder = Path(run) / kind_dir(name)
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        return []
+    shards = read_metadata(files[0]).get("shards", "")
+    names = [f"{n:05d}.parquet" for n in range(int(shards) if shards.isdigit() else len(files))]
+    for missing in sorted(set(names) - {f.name for f in files}):
+        raise OutputError(f"{shown(folder / missing)}: is missing")
+    for extra in sorted({f.name for f in files} - set(names)):
+        raise OutputError(f"{shown(folder / extra)}: is not one of the run's {len(names)} shard files")
+    return files
+
+
 def has_result(run: str | Path, name: str) -> bool:
     """Whether a run holds one of the results (`WORDS_FILE`…), as a file or a dataset folder."""
     return bool(result_files(run, name))
@@ -118,30 +145,45 @@ def has_result(run: str | Path, name: str) -> bool:
 
 def read_result(run: str | Path, name: str, columns: list[str] | None = None, filters: list | None = None) -> pa.Table:
     """One of a run's results as one table, its files' rows in order."""
-    files = result_files(run, name)
-    tables = [pq.read_table(f, columns=columns, filters=filters) for f in files]
+    tables = []
+    for path in result_files(run, name):
+        with reading(path):
+            tables.append(pq.read_table(path, columns=columns, filters=filters))
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
 def result_batches(run: str | Path, name: str, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
     """One of a run's results a batch of rows at a time, in order."""
     for path in result_files(run, name):
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+        with reading(path):
+            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
 
 
 def result_rows(run: str | Path, name: str) -> int:
     """The number of rows of one of a run's results."""
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in result_files(run, name))
+    rows = 0
+    for path in result_files(run, name):
+        with reading(path):
+            rows += pq.ParquetFile(path).metadata.num_rows
+    return rows
 
 
-def check_run(folder: str | Path) -> Path:
-    """The folder of a finished run, or OutputError naming what is missing."""
+def check_run(folder: str | Path, needs: tuple[str, ...] = (SEQUENCES_FILE, TOKENS_FILE)) -> Path:
+    """The folder of a finished run holding the results it `needs`, or OutputError naming what is missing.
+
+    A run is finished when its summary.json is there (it is written last); a result missing beside it is damage.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise OutputError(f"{folder}: no such run folder")
-    for name in (SEQUENCES_FILE, TOKENS_FILE):
+    finished = (folder / SUMMARY_FILE).is_file()
+    for name in needs:
         if not has_result(folder, name):
+            if finished:
+                raise OutputError(f"{shown(folder / name)}: is missing")
             raise OutputError(f"{folder}: not a finished scorecli run (no {name})")
+    if not finished:
+        raise OutputError(f"{folder}: not a finished scorecli run (no {SUMMARY_FILE})")
     return folder
 
 
@@ -152,7 +194,9 @@ def run_metadata(run: Path) -> dict[str, str]:
 
 def token_columns(run: Path) -> list[str]:
     """The columns of a run's tokens.parquet (runs may carry optional ones: rank, kl, top_ids…)."""
-    return pq.read_schema(result_files(run, TOKENS_FILE)[0]).names
+    path = result_files(run, TOKENS_FILE)[0]
+    with reading(path):
+        return pq.read_schema(path).names
 
 
 def doc_tokens(run: Path, docs: list[int], columns: list[str] | None = None) -> pa.Table:
@@ -176,32 +220,61 @@ def find_doc(run: Path, doc: int | None = None, doc_id: str | None = None) -> di
 
 
 def input_texts(run: Path, docs: list[int]) -> dict[int, str]:
-    """The texts of some documents from the run's input file, or {} where it is not at hand or changed."""
+    """The texts of some documents from the run's input files, or {} where they are not at hand or changed.
+
+    A --join run's one document is the text it scored: its input's texts joined by its separator.
+    """
     meta = run_metadata(run)
-    source = meta.get("input")
-    if not docs or not source or meta.get("messages_field") or source == "-":
+    sources = _input_files(run, meta)
+    if not docs or not sources or meta.get("messages_field"):
         return {}  # chats are rendered by the tokenizer's template: their text is not the input's
-    path = Path(source)
-    if not path.is_absolute() and not path.exists():
-        path = Path(run).parent / source
+    fields = Fields(
+        text=meta.get("text_field", "text"),
+        id=meta.get("id_field") if meta.get("id_field") != "None" else None,
+        prompt=meta.get("prompt_field"),
+        response=meta.get("response_field"),
+    )
     try:
-        if not path.is_file() or str(os.stat(path).st_size) != meta.get("input_size"):
-            return {}
-        fields = Fields(
-            text=meta.get("text_field", "text"),
-            id=meta.get("id_field") if meta.get("id_field") != "None" else None,
-            prompt=meta.get("prompt_field"),
-            response=meta.get("response_field"),
-        )
+        if "join" in meta:
+            limit = int(meta["limit"]) if meta.get("limit", "").isdigit() else None
+            [joined] = read_corpus(sources, fields, join=json.loads(meta["join"]), limit=limit)
+            return {0: joined.text} if 0 in docs else {}
         wanted, last, texts = set(docs), max(docs), {}
-        for record in read_records(path, fields=fields, on_error=lambda r: None):
+        for record in read_corpus(sources, fields, on_error=lambda r: None):
             if record.doc in wanted:
                 texts[record.doc] = record.text
             if record.doc >= last:
                 break
         return texts
-    except (InputError, OSError):
+    except (InputError, OSError, ValueError):
         return {}
+
+
+def _input_files(run: Path, meta: dict[str, str]) -> list[str]:
+    """The run's input files where every one is at hand with the size it had when scored; [] otherwise.
+
+    A name that is relative and not found from here is looked for beside the run folder.
+    """
+    names, sizes = meta.get("input"), meta.get("input_size")
+    if not names or not sizes:
+        return []  # standard input, or a URL whose size was not known
+    try:
+        # Several files are JSON arrays (corpus_metadata); one file's size is a plain number.
+        names, sizes = (json.loads(names), json.loads(sizes)) if sizes.startswith("[") else ([names], [int(sizes)])
+    except ValueError:
+        return []
+    found = []
+    for name, size in zip(names, sizes):
+        path = Path(name)
+        if not path.is_absolute() and not path.exists():
+            path = Path(run).parent / name
+        try:
+            if not path.is_file() or os.stat(path).st_size != size:
+                return []
+        except OSError:
+            return []
+        found.append(str(path))
+    return found if len(found) == len(names) == len(sizes) else []
 
 
 def token_strings(tokens: pa.Table, text: str | None) -> list[str]:

@@ -114,10 +114,11 @@ def run(
         state = session.claim(overwrite=overwrite, resume=resume, command=command)
         if state is not None:
             # Options not given are those the run was started with; those given must agree (check_resume).
+            given_inputs = inputs is not None
             options = options.resumed(state.options, given)
-            inputs = inputs if inputs is not None else state.options.get("input")
+            inputs = inputs if given_inputs else state.options.get("input")
             inputs = [inputs] if isinstance(inputs, str) else inputs  # a run saved before INPUT became a list
-            sources = expand_inputs(inputs)
+            sources = _resumed_sources(state.options, inputs, given_inputs)
             source = sources[0] if len(sources) == 1 else ""
             _check_run_options(source, stream is not None, resume, overwrite, options.words, rows)
             session.source = sources[0]
@@ -143,9 +144,11 @@ def run(
         scorer, model_metadata = make_scorer(options, loaded, ref, stream=stream is not None, expected_tokens=expected)
         metadata = {**model_metadata, **run_metadata(sources, options, fields, separator)}
         if state is not None:
-            _check_resumed_input(state, metadata, inputs, options.model, options.ref_model)
+            _check_resumed_input(state, metadata, inputs, sources, options.model, options.ref_model)
             check_resume(state, metadata)
-        session.start(metadata, options.words, state, options.saved(inputs), scorer.columns, kept)
+        # The files read, as absolute paths: a resumed run reads these, from whatever folder it is started in.
+        saved = {**options.saved(inputs), "files": resolved_inputs(sources)}
+        session.start(metadata, options.words, state, saved, scorer.columns, kept)
         total = 1 if separator is not None else records_total
         docs_total = min(total, options.limit) if total and options.limit else total
         written = session.score(
@@ -268,17 +271,35 @@ def _expected_tokens(sources: list[str], limit: int | None, records: int | None 
     return expected_tokens(corpus_bytes(sources), records, limit)
 
 
-def _check_resumed_input(
-    state: RunState, metadata: dict[str, str], inputs: list[str], model: str | None, ref_model: str | None = None
-) -> None:
-    """Compare the input and model paths of a resumed run as absolute paths, however they were typed.
+def _resumed_sources(saved: dict, inputs: list[str], given: bool) -> list[str]:
+    """The files a resumed run reads: those its first session read, unless `inputs` are given again.
 
-    Where they agree, the metadata names them as the first session did, so the rest of it must match exactly.
+    A run saved before the files were saved expands its inputs again.
     """
-    was = state.options.get("input")
-    now = resolved_inputs(inputs)
-    if was is not None and resolved_inputs(was) != now:
-        shown_was, shown_now = (v[0] if len(v) == 1 else v for v in (resolved_inputs(was), now))
+    files = saved.get("files")
+    return list(files) if files is not None and not given else expand_inputs(inputs)
+
+
+def _check_resumed_input(
+    state: RunState,
+    metadata: dict[str, str],
+    inputs: list[str],
+    sources: list[str],
+    model: str | None,
+    ref_model: str | None = None,
+) -> None:
+    """Compare the input files and model paths of a resumed run as absolute paths, however they were typed.
+
+    The files `sources` read now must be those the first session read (its inputs, for a run saved before
+    those were). Where they agree, the metadata names them as the first session did, so the rest of it
+    must match exactly.
+    """
+    was, now = state.options.get("files"), resolved_inputs(sources)
+    if was is None:  # saved before the files were: its inputs, resolved from here
+        was = state.options.get("input")
+        was, now = (None if was is None else resolved_inputs(was)), resolved_inputs(inputs)
+    if was is not None and was != now:
+        shown_was, shown_now = (v[0] if len(v) == 1 else v for v in (was, now))
         raise OutputError(f": the run was started with input {shown_was!r}, not {shown_now!r}", arg="resume")
     if "input" in state.metadata and was is not None:
         metadata["input"] = state.metadata["input"]

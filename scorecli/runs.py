@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scorecli import faults
-from scorecli.errors import OutputError, first_line
+from scorecli.errors import OutputError, reading, unreadable
 from scorecli.inputs import Rejected
 from scorecli.kept import KeptTypes, final_fields, json_types, typed, types_metadata
 from scorecli.layout import (
@@ -55,8 +55,8 @@ from scorecli.layout import (
     write_file,
 )
 from scorecli.options import METADATA_BEFORE_IT_EXISTED
-from scorecli.outputs import finite
-from scorecli.scores import DEFAULT_STATS, DocScore, numpy_type
+from scorecli.outputs import finite, read_json_object
+from scorecli.scores import DEFAULT_STATS, SEQUENCE_COLUMNS, DocScore, numpy_type
 from scorecli.tables import WORD_SCHEMA, sequence_schema, sequence_table, token_batches, token_schema, word_batches
 from scorecli.words import Words
 
@@ -270,27 +270,40 @@ def _run_state(out_dir: Path) -> RunState:
     if (out_dir / SUMMARY_FILE).exists():
         raise OutputError(f"{out_dir}: nothing to resume (its run is finished)", arg="out_dir")
     if not (parts / RUN_FILE).exists():
+        if any(parts.glob("*.json")):  # saved parts whose run's settings are gone
+            raise _damaged(out_dir, f"{PARTS_DIR}/{RUN_FILE} is missing")
         raise OutputError(f"{out_dir}: nothing to resume (there is no unfinished run in it)", arg="out_dir")
-    try:
-        run = json.loads((parts / RUN_FILE).read_text(encoding="utf-8"))
+    with _saved_file(out_dir, parts / RUN_FILE):
+        run = read_json_object(parts / RUN_FILE)
         state = RunState(dict(run["metadata"]), dict(run.get("options", {})))
         kinds = list(run["kinds"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise _damaged(out_dir, f"{PARTS_DIR}/{RUN_FILE} cannot be read ({first_line(e)})") from None
     try:
         _verify_parts(out_dir, state, kinds)
-        in_flight = parts / IN_FLIGHT_FILE
-        if in_flight.exists():
-            saved = json.loads(in_flight.read_text(encoding="utf-8"))
-            docs = (_doc_from_json(d) for d in saved["docs"])
+    except OSError as e:
+        raise OutputError(f"{out_dir}: the saved run cannot be read ({e.strerror or e})", arg="out_dir") from None
+    in_flight = parts / IN_FLIGHT_FILE
+    if in_flight.exists():
+        with _saved_file(out_dir, in_flight):
+            saved = read_json_object(in_flight)
+            # Documents an older version saved lack their count of unscored characters: they are scored again,
+            # in the same batches as before, to the same numbers.
+            docs = (_doc_from_json(d) for d in saved["docs"] if "unscored_chars" in d)
             # Documents a part saved after them already hold are left out.
             state.in_flight = {d.doc: d for d in docs if d.doc >= state.records_done}
             state.summary = saved["summary"]  # newer than the last part's: it counts the time up to the interrupt
-    except OSError as e:
-        raise OutputError(f"{out_dir}: the saved run cannot be read ({e.strerror or e})", arg="out_dir") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise _damaged(out_dir, f"{PARTS_DIR}/{IN_FLIGHT_FILE} cannot be read ({first_line(e)})") from None
     return state
+
+
+@contextlib.contextmanager
+def _saved_file(out_dir: Path, path: Path, where: str = "") -> Iterator[None]:
+    """Turn a failure to read or parse a file the run saved into the error that the saved run is damaged, naming it."""
+    try:
+        yield
+    except Exception as e:
+        why = unreadable(path, e)
+        if why is None:
+            raise
+        raise _damaged(out_dir, f"{where}{_rel(out_dir, path)} {why}") from None
 
 
 def _damaged(out_dir: Path, what: str) -> OutputError:
@@ -317,12 +330,10 @@ def _verify_parts(out_dir: Path, state: RunState, kinds: list[str]) -> None:
         if number not in numbered:
             raise _damaged(out_dir, f"part {name}: its manifest {PARTS_DIR}/{name}.json is missing")
         path = numbered[number]
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
+        with _saved_file(out_dir, path, f"part {name}: "):
+            manifest = read_json_object(path)
             said, previous, (start, end) = manifest["part"], manifest["previous"], manifest["records"]
             files, docs, rejected = manifest["files"], int(manifest["documents"]), len(manifest["rejected"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise _damaged(out_dir, f"part {name}: {_rel(out_dir, path)} cannot be read ({first_line(e)})") from None
         if said != number or previous != (number - 1 if number else None):
             raise _damaged(out_dir, f"part {name}: {_rel(out_dir, path)} is the manifest of another part ({said})")
         if start != state.records_done or end < start:
@@ -339,7 +350,30 @@ def _verify_parts(out_dir: Path, state: RunState, kinds: list[str]) -> None:
         state.rejected += rejected
         state.summary = manifest["summary"]
         state.files.append(files)
+    if count and SEQUENCES_FILE in kinds:
+        _check_sequence_columns(out_dir, parts / kind_dir(SEQUENCES_FILE) / f"{0:06d}.parquet")
     _remove_cut_short(out_dir, kinds, count)
+
+
+def _check_sequence_columns(out_dir: Path, path: Path) -> None:
+    """OutputError where a saved sequences file lacks a column every run writes now: an older version wrote it.
+
+    Its rows cannot be completed (what the new column counts was not kept), so the run cannot go on.
+    """
+    with _saved_file(out_dir, path):
+        names = pq.read_schema(path).names
+    missing = [c.name for c in SEQUENCE_COLUMNS if c.needs is None and c.name not in names]
+    if missing:
+        raise OutputError(
+            f"{out_dir}: the saved run was started by an older version of scorecli, whose {SEQUENCES_FILE} has "
+            f"no {', '.join(missing)} column: finish it with that version, or {_OVERWRITE}",
+            arg="out_dir",
+        )
+
+
+def check_finished_columns(out_dir: Path) -> None:
+    """OutputError where the finished run in `out_dir` was written by an older version (see _check_sequence_columns)."""
+    _check_sequence_columns(Path(out_dir), Path(out_dir) / SEQUENCES_FILE)
 
 
 def _remove_cut_short(out_dir: Path, kinds: list[str], count: int) -> None:
@@ -400,10 +434,8 @@ def _complete_finish(out_dir: Path) -> list[Path]:
     marker = parts / FINISHED_FILE
     if not marker.exists():
         return []
-    try:
-        names = [str(name) for name in json.loads(marker.read_text(encoding="utf-8"))["files"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise _damaged(out_dir, f"{_rel(out_dir, marker)} cannot be read ({first_line(e)})") from None
+    with _saved_file(out_dir, marker):
+        names = [str(name) for name in read_json_object(marker)["files"]]
     for i, name in enumerate(names):
         staged = parts / STAGED_DIR / name
         if staged.exists():
@@ -673,16 +705,13 @@ class RunWriter:
         if _file_problem(path, info):
             raise _damaged(self.out_dir, f"{where} does not match its manifest (it was changed or garbled)")
         rows = 0
-        try:
-            with pq.ParquetFile(path) as part:
-                if not part.schema_arrow.remove_metadata().equals(schema):
-                    raise ValueError("its columns are not those of the run")
-                for group in range(part.num_row_groups):
-                    for batch in part.read_row_group(group).to_batches():
-                        rows += batch.num_rows
-                        yield batch
-        except (pa.ArrowException, ValueError) as e:
-            raise _damaged(self.out_dir, f"{where} cannot be read ({first_line(e)})") from None
+        with _saved_file(self.out_dir, path, f"part {name}: "), pq.ParquetFile(path) as part:
+            if not part.schema_arrow.remove_metadata().equals(schema):
+                raise ValueError("its columns are not those of the run")
+            for group in range(part.num_row_groups):
+                for batch in part.read_row_group(group).to_batches():
+                    rows += batch.num_rows
+                    yield batch
         if rows != info["rows"]:
             raise _damaged(self.out_dir, f"{where} has {rows} rows, not {info['rows']}")
 
@@ -691,10 +720,8 @@ class RunWriter:
         lines = []
         for number in range(self.parts):
             path = self.parts_dir / f"{number:06d}.json"
-            try:
-                rejected = json.loads(path.read_text(encoding="utf-8"))["rejected"]
-            except (ValueError, KeyError, TypeError) as e:
-                raise _damaged(self.out_dir, f"{_rel(self.out_dir, path)} cannot be read ({first_line(e)})") from None
+            with _saved_file(self.out_dir, path):
+                rejected = read_json_object(path)["rejected"]
             lines += [json.dumps(r, ensure_ascii=False) + "\n" for r in rejected]
         write_file(staged / ERRORS_FILE, "".join(lines).encode())
         return ERRORS_FILE
@@ -752,7 +779,7 @@ def _fsync(path: Path) -> int:
 
 
 _DOC_ARRAYS = ("token_ids", "positions", "starts", "ends", "is_response")
-_DOC_SCALARS = ("doc", "id", "text", "n_bytes", "truncated")
+_DOC_SCALARS = ("doc", "id", "text", "n_bytes", "truncated", "unscored_chars")
 
 
 def _doc_to_json(doc: DocScore) -> dict:
@@ -785,8 +812,9 @@ def read_rejects(out_dir: Path) -> list[Rejected]:
     path = Path(out_dir) / ERRORS_FILE
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    return [Rejected(r["doc"], r["input"], r["line"], r["reason"], r["record"]) for r in rows]
+    with reading(path, arg="out_dir"):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        return [Rejected(r["doc"], r["input"], r["line"], r["reason"], r["record"]) for r in rows]
 
 
 def read_summary(out_dir: Path) -> tuple[dict, dict[str, str]]:
@@ -801,8 +829,10 @@ def read_summary(out_dir: Path) -> tuple[dict, dict[str, str]]:
         else:
             why = "no such folder"
         raise OutputError(f"{out_dir}: {why}", arg="out_dir")
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        return saved["summary"], saved["metadata"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise OutputError(f"{path}: cannot be read ({first_line(e)})", arg="out_dir") from None
+    with reading(path, arg="out_dir"):
+        saved = read_json_object(path)
+        figures, metadata = saved["summary"], saved["metadata"]
+        for key, value in (("summary", figures), ("metadata", metadata)):
+            if not isinstance(value, dict):
+                raise ValueError(f"its {key} is not a JSON object")
+        return figures, metadata

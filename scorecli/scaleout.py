@@ -27,7 +27,7 @@ from typing import TextIO
 
 from scorecli import faults, interrupts
 from scorecli.corpus import is_text_file, read_corpus
-from scorecli.errors import OutputError, ScorecliError, UsageError, first_line
+from scorecli.errors import OutputError, ScorecliError, UsageError, first_line, reading
 from scorecli.inputs import Fields, Rejected, display_name, is_parquet, read_records
 from scorecli.kept import types_metadata
 from scorecli.layout import (
@@ -116,7 +116,7 @@ class ShardedResult:
 def saved_options(out_dir: str | Path) -> dict | None:
     """The options an unfinished sharded run in `out_dir` was started with, or None where there is none."""
     path = Path(out_dir) / SHARDS_DIR / PLAN_FILE
-    if not path.is_file():
+    if not path.parent.is_dir():
         return None
     return _read_plan(path)["options"]
 
@@ -355,6 +355,7 @@ def score_sharded(
         elif plan_path.is_file():
             plan = _read_plan(plan_path)
             _check_same(plan["options"], job.options, out_dir)
+            _check_complete_shards(out_dir, plan)
         elif any(p.name != LOCK_FILE for p in out_dir.iterdir()):
             raise OutputError(
                 f"{out_dir}: the folder is not empty; pass `overwrite` to replace its results", arg="out_dir"
@@ -380,7 +381,7 @@ def score_sharded(
                 plan_path.parent.mkdir(exist_ok=True)
                 _write_json(plan_path, {"options": job.options, "shards": [asdict(s) for s in planned], "seconds": 0})
             plan = _read_plan(plan_path)
-            planned = [Shard(**{**s, "at": tuple(s["at"])}) for s in plan["shards"]]
+            planned = _plan_shards(plan)
             job.threads = threads
             # Shards are length-sorted and batched apart, which can change float rounding (never beyond 1e-4).
             job.metadata = {**job.metadata, "shards": str(len(planned))}
@@ -617,7 +618,7 @@ def _join(
     """
     from scorecli.bootstrap import corpus_intervals, sequence_sums
     from scorecli.runs import read_summary, response_columns, write_summary
-    from scorecli.summary import Comparison, Summary
+    from scorecli.summary import ReferenceComparison, Summary
 
     total = Summary()
     options = job.score_options
@@ -658,7 +659,7 @@ def _join(
     total.seconds = total.session_seconds = seconds
     total.session_tokens = session_tokens
     if "ref_head" in metadata:
-        total.comparison.add(response_columns(result_files(out_dir, TOKENS_FILE), Comparison.COLUMNS))
+        total.comparison.add(response_columns(result_files(out_dir, TOKENS_FILE), ReferenceComparison.COLUMNS))
     total.intervals = corpus_intervals(sequence_sums(result_files(out_dir, SEQUENCES_FILE)))
     write_summary(out_dir / SUMMARY_FILE, total.as_dict(), metadata)
     written.append(out_dir / SUMMARY_FILE)
@@ -719,12 +720,34 @@ def _check_same(was: dict, now: dict, out_dir: Path) -> None:
             )
 
 
+def _check_complete_shards(out_dir: Path, plan: dict) -> None:
+    """OutputError where a complete shard was written by an older version: it would join with other columns.
+
+    (Unfinished shards are checked as they resume, as a single process's run is.)
+    """
+    from scorecli.runs import check_finished_columns
+
+    for shard in _plan_shards(plan):
+        folder = out_dir / SHARDS_DIR / shard.name
+        if (folder / SUMMARY_FILE).is_file() and (folder / SEQUENCES_FILE).is_file():
+            check_finished_columns(folder)
+
+
 def _read_plan(path: Path) -> dict:
-    """A sharded run's plan."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise OutputError(f"{path}: cannot be read ({first_line(e)})", arg="out_dir") from None
+    """A sharded run's plan; OutputError naming it where it is missing, damaged or not a plan."""
+    from scorecli.outputs import read_json_object
+
+    with reading(path, arg="out_dir"):
+        plan = read_json_object(path)
+        if not isinstance(plan["options"], dict) or not isinstance(plan["seconds"], (int, float)):
+            raise ValueError("its options or seconds are not what a plan holds")
+        _plan_shards(plan)
+        return plan
+
+
+def _plan_shards(plan: dict) -> list[Shard]:
+    """The shards a plan lists."""
+    return [Shard(**{**s, "at": tuple(s["at"])}) for s in plan["shards"]]
 
 
 def _write_json(path: Path, value: dict) -> None:

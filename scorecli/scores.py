@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from scorecli.summary import perplexity
+from scorecli.measures import bits_per_byte, perplexity
 from scorecli.words import Words, word_stats
 
 # Per-token statistics, in their order in tokens.parquet (between `end` and `is_response`). A statistic's
@@ -45,7 +44,8 @@ class DocScore:
     `stats` holds the per-token statistics as columns named as in TOKEN_COLUMNS ([n] or [n, K] arrays).
     Statistics count the response rows only (every row of a plain text is one); prompt rows are present
     only when asked for, as context that was scored but not counted. `kept` carries the record's kept
-    input fields (`Record.kept`) to the outputs, untouched.
+    input fields (`Record.kept`) to the outputs, untouched. `unscored_chars` counts the characters of the
+    scored text (the response, the scored chat turns) that no token holds: the tokenizer dropped them.
     """
 
     doc: int
@@ -62,6 +62,7 @@ class DocScore:
     words: Words
     stats: dict[str, np.ndarray]
     kept: dict[str, object] | None = None
+    unscored_chars: int = 0
     sum_logprob: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -177,7 +178,7 @@ def _scored(value: Callable[[DocScore], object]) -> Callable[[DocScore], object]
 
 def _bits_per_byte(d: DocScore) -> float | None:
     """-Σ log-prob / ln 2 over the UTF-8 bytes of the scored text."""
-    return -d.sum_logprob / (d.n_bytes * math.log(2)) if d.n_tokens and d.n_bytes else None
+    return bits_per_byte(d.sum_logprob, d.n_bytes) if d.n_tokens and d.n_bytes else None
 
 
 SEQUENCE_COLUMNS = (
@@ -195,6 +196,7 @@ SEQUENCE_COLUMNS = (
         "word_perplexity", pa.float64(), lambda d: perplexity(d.sum_logprob / len(d.words)) if len(d.words) else None
     ),
     SequenceColumn("truncated", pa.bool_(), lambda d: d.truncated),
+    SequenceColumn("unscored_chars", pa.int64(), lambda d: d.unscored_chars),
     SequenceColumn(
         "top1_rate",
         pa.float64(),

@@ -90,8 +90,13 @@ def load_models(options: ScoreOptions, progress: Progress = _ignore) -> tuple[Lo
 def _load(load_model, what: str, spec: str | None, kwargs: dict, progress: Progress, arg: str = "model"):
     """Load one model, reporting its steps as `what` loads, and when it is loaded."""
     progress(RunProgress("loading", what=what))
+    # Scored only, so shared: a process that scores several runs (a --ray worker's shards) loads a model once.
     loaded = load_model(
-        spec, **kwargs, progress=lambda step: progress(RunProgress("loading", what=what, step=step)), arg=arg
+        spec,
+        **kwargs,
+        progress=lambda step: progress(RunProgress("loading", what=what, step=step)),
+        arg=arg,
+        shared=True,
     )
     progress(RunProgress("loaded", what=what))
     return loaded
@@ -404,7 +409,7 @@ class Session:
     def _chat_reject(self, record: Record, reason: str) -> None:
         """Note a conversation the chat template refused."""
         raw = json.dumps([{"role": r, "content": c} for r, c in record.messages or ()], ensure_ascii=False)
-        self.reject(Rejected(record.doc, display_name(self.source), record.line, reason, raw))
+        self.reject(Rejected(record.doc, record.source or display_name(self.source), record.line, reason, raw))
 
     def _saved_docs(self) -> int:
         """How many finished documents the output folder holds for a resumed run."""

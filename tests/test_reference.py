@@ -113,6 +113,36 @@ def test_rank_and_top_k_match_the_plain_reference(tiny):
     assert row["top1_rate"] == pytest.approx(np.mean(scores[0].stats["rank"] == 1))
 
 
+def test_a_top_k_beyond_the_vocabulary_is_refused_and_the_whole_vocabulary_listed(tiny_pair, smollm):
+    from scorecli.errors import UsageError
+
+    model, ref = tiny_pair
+    vocab = model.model.get_output_embeddings().weight.shape[0]
+    for ref_model in (None, ref.model):
+        with pytest.raises(UsageError, match=f"^top_k {vocab + 1} exceeds the model's vocabulary of {vocab:,} tokens"):
+            Scorer(model.model, model.tokenizer, top_k=vocab + 1, ref_model=ref_model)
+        # K = the vocabulary lists every token once, none left out.
+        [score] = Scorer(model.model, model.tokenizer, top_k=vocab, ref_model=ref_model).score_texts([TEXTS[0]])
+        assert score.stats["top_ids"].shape == (score.n_tokens, vocab)
+        assert (np.sort(score.stats["top_ids"], axis=1) == np.arange(vocab)).all()
+    with pytest.raises(UsageError, match="^top_k 100000 exceeds the model's vocabulary of 49,152 tokens"):
+        Scorer(smollm.model, smollm.tokenizer, top_k=100_000)
+
+
+def test_cli_a_top_k_beyond_the_vocabulary_is_a_usage_error(gpt2_dir, gpt2_ref_dir, tmp_path):
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(gpt2_dir).vocab_size
+    for ref in ([], ["--ref-model", gpt2_ref_dir]):
+        result = _score(SAMPLES / "mixed.jsonl", "-m", gpt2_dir, *ref, "--top-k", vocab + 1, "-o", tmp_path / "o")
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == (
+            f"scorecli: error: --top-k {vocab + 1} exceeds the model's vocabulary of {vocab:,} tokens "
+            "(the most there are to list)"
+        )
+        assert not (tmp_path / "o").exists()
+
+
 def test_reference_model_matches_the_plain_reference(tiny_pair):
     model, ref = tiny_pair
     scores = Scorer(model.model, model.tokenizer, top_k=3, ref_model=ref.model).score_texts(TEXTS)

@@ -135,3 +135,24 @@ def test_report_errors(plain, tmp_path):
     assert result.exit_code == 5 and "no such run folder" in result.stderr
     result = runner.invoke(app, ["report", str(plain), "-o", str(tmp_path / "no" / "such" / "r.html")])
     assert result.exit_code == 5 and result.stderr.startswith("scorecli: error: --out ")
+
+
+def test_report_of_a_joined_run_shows_the_joined_text(gpt2_dir, tmp_path):
+    texts = __import__("conftest").sample_texts()[3:9]  # code with newlines, accented letters, Japanese
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    out = tmp_path / "o"
+    args = ["score", str(data), "-m", str(gpt2_dir), "--join", " | ", "-o", str(out), "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    payloads = _payloads((out / "report.html").read_text())
+    assert [(kind, doc) for kind, doc, _ in payloads] == [("high", 0), ("low", 0)]  # the one document, both ways
+    expected = " | ".join(texts)  # what --join ' | ' scores, built from the records
+    tokens = pd.read_parquet(out / "tokens.parquet")
+    whole = [i for i, t in enumerate(tokens["token"]) if "\ufffd" not in t]
+    assert len(whole) > len(tokens) / 2 and len(whole) < len(tokens)  # split characters too
+    for _, _, p in payloads:
+        assert "".join(p["text"]) == expected
+        # Each token shows the characters its offsets cover in the joined text, which are those it decodes to.
+        assert [p["text"][i] for i in whole] == [expected[tokens["start"][i] : tokens["end"][i]] for i in whole]
+        assert [p["text"][i] for i in whole] == [tokens["token"][i] for i in whole]

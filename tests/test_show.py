@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import sample_texts
 from runfolders import TEXTS, make_run
 from typer.testing import CliRunner
 
@@ -129,3 +130,38 @@ def test_characters_split_across_tokens_show_once(gpt2_dir, tmp_path):
     assert result.exit_code == 0, result.output
     body = _styled_tokens(result.stdout)[9:]
     assert "".join(t for _, t in body) == text
+
+
+def _expected_spans(tokens, text):
+    """Where show colours each token in `text`: the characters it covers, a split character with its first token."""
+    spans, at = [], 0
+    for a, b in zip(tokens["start"], tokens["end"]):
+        if b > max(a, at):
+            spans.append((max(a, at), b))
+        at = max(at, b)
+    return spans
+
+
+def test_a_joined_run_shows_the_joined_text_its_offsets_refer_to(gpt2_dir, tmp_path):
+    from scorecli.show import render_document
+
+    # Accented letters and Japanese (characters the tokenizer splits), then code with newlines.
+    parts = (sample_texts()[5:9], sample_texts()[:5])
+    files = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    for path, part in zip(files, parts):
+        path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in part), encoding="utf-8")
+    for inputs in (files[:1], files):  # one file, and a corpus of two
+        out = tmp_path / f"o{len(inputs)}"
+        args = ["score", *map(str, inputs), "-m", str(gpt2_dir), "--join", r"\n\n", "-o", str(out), "-q"]
+        assert runner.invoke(app, args).exit_code == 0
+        expected = "\n\n".join([t for part in parts[: len(inputs)] for t in part])  # what --join '\n\n' scores
+        tokens = pd.read_parquet(out / "tokens.parquet")
+        # The offsets index the joined text: each token covers the characters it decodes to.
+        whole = [(a, b, t) for a, b, t in zip(tokens["start"], tokens["end"], tokens["token"]) if "\ufffd" not in t]
+        assert [expected[a:b] for a, b, _ in whole] == [t for _, _, t in whole] and len(whole) > len(tokens) / 2
+        assert tokens["end"].max() == len(expected) and "\ufffd" in "".join(tokens["token"])  # split characters
+        text = render_document(out, doc=0).renderables[-1]
+        assert text.plain == expected
+        assert [(s.start, s.end) for s in text.spans if " on #" in str(s.style)] == _expected_spans(tokens, expected)
+        result = runner.invoke(app, ["show", str(out), "--doc", "0"], env={"COLUMNS": "1000"})
+        assert result.exit_code == 0 and expected in result.stdout, result.output

@@ -6,7 +6,8 @@ import pytest
 from rich.console import Console
 
 from scorecli.scores import DocScore
-from scorecli.summary import Summary, render
+from scorecli.summary import Summary
+from scorecli.summary_view import render
 from scorecli.words import Words, word_spans
 
 
