@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from scorecli.cli import app
 from scorecli.errors import OutputError, reading
-from scorecli.runs import SIGNAL_AT_ENV
+from scorecli.faults import FAULT_ENV
 
 SCORECLI = [sys.executable, "-m", "scorecli"]
 runner = CliRunner()
@@ -188,7 +188,7 @@ def unfinished(gpt2_dir, tmp_path_factory):
     data.write_text("".join(json.dumps({"text": f"{i}: {texts[i % len(texts)]}"}) + "\n" for i in range(120)))
     out = root / "o"
     args = ["score", str(data), "-m", str(gpt2_dir), "-o", str(out), "--batch-tokens", "32", "-q"]
-    result = runner.invoke(app, args, env={SIGNAL_AT_ENV: "part-written"})  # Ctrl-C as the first part is saved
+    result = runner.invoke(app, args, env={FAULT_ENV: "part-written"})  # Ctrl-C as the first part is saved
     assert result.exit_code == 130, result.output
     parts = out / "parts"
     assert {p.name for p in parts.glob("*.json")} == {"run.json", "000000.json", "in-flight.json"}

@@ -18,8 +18,8 @@ from scorecli.batching import Encoder
 from scorecli.chat import render_chat
 from scorecli.cli import app
 from scorecli.engine import Scorer
+from scorecli.faults import FAULT_ENV
 from scorecli.inputs import Record
-from scorecli.interrupts import SIGNAL_AT_ENV
 
 runner = CliRunner()
 # SmolLM2's converted tokenizer has no token for these six control characters (all others have one).
@@ -192,7 +192,7 @@ def test_documents_an_older_version_kept_from_an_interrupt_are_scored_again(drop
     texts = [f"{i}: some text\x1d here" * (1 + i % 3) for i in range(40)]
     data = _texts_file(tmp_path / "data.jsonl", texts)
     args = [data, "-m", dropping_dir, "--batch-tokens", 64, "--threads", 1]
-    stopped = _score(*args, "-o", tmp_path / "o", env={SIGNAL_AT_ENV: "batch"})
+    stopped = _score(*args, "-o", tmp_path / "o", env={FAULT_ENV: "batch"})
     assert stopped.exit_code == 130, stopped.output
     in_flight = tmp_path / "o" / "parts" / "in-flight.json"
     saved = json.loads(in_flight.read_text())
@@ -213,8 +213,7 @@ def test_a_ray_run_with_a_shard_an_older_version_finished_is_refused_before_ray_
     import pyarrow as pa
 
     from scorecli.errors import OutputError
-    from scorecli.inputs import Fields
-    from scorecli.runs import OPTIONS_BEFORE_THEY_EXISTED
+    from scorecli.options import OPTIONS_BEFORE_THEY_EXISTED
     from scorecli.scaleout import Job, _check_complete_shards, score_sharded
     from scorecli.tables import SEQUENCE_SCHEMA
 
@@ -228,7 +227,7 @@ def test_a_ray_run_with_a_shard_an_older_version_finished_is_refused_before_ray_
     (shard / "summary.json").write_text(json.dumps({"summary": {}, "metadata": {}}))
     old = SEQUENCE_SCHEMA.remove(SEQUENCE_SCHEMA.get_field_index("unscored_chars"))
     pq.write_table(pa.Table.from_pylist([], old), shard / "sequences.parquet")
-    job = Job(fields=Fields(), roles=("assistant",), model=None, load={}, scorer={}, options=options)
+    job = Job(options=options)
     with pytest.raises(OutputError, match="older version of scorecli, whose sequences.parquet has no unscored_chars"):
         score_sharded(job, ["x.jsonl"], tmp_path / "o", address="127.0.0.1:1")
     # A shard this version finished passes the check.
