@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -19,6 +19,7 @@ PIECE_CHARS = 1 << 16
 # Tokens are kept only where at least this much of the piece follows them (half a piece, if less): far more
 # than any special token or ordinary word, and the overlap check below catches the rest.
 LOOKAHEAD_CHARS = 4096
+_NO_POSITIONS = np.zeros(0, dtype=np.int64)
 
 
 @dataclass
@@ -27,6 +28,12 @@ class Encoded:
 
     `response` marks, for each text token, whether it lies in a response span (every token of a plain text
     does); `targets` marks, for each position of `ids`, whether its token gets a log-probability.
+
+    Where the encoder was asked for the rows after each stretch of response tokens, `after` holds the position
+    in `ids` of each stretch's next token, whose row is the predictive distribution after the stretch (-1 where
+    unknown: a truncated text's last stretch). A stretch that ends the text is followed by one more id, the
+    end token, fed never but a label: its row is the distribution after the whole text. `extra` are the
+    positions among `after` that are targets only for that row, not token rows.
     """
 
     ids: np.ndarray
@@ -35,12 +42,25 @@ class Encoded:
     truncated: bool
     response: np.ndarray
     targets: np.ndarray
+    after: np.ndarray = field(default_factory=lambda: _NO_POSITIONS)
+    extra: np.ndarray = field(default_factory=lambda: _NO_POSITIONS)
 
     @cached_property
     def n_scored(self) -> int:
-        """How many of the sequence's tokens get a log-probability."""
+        """How many rows the sequence has: its tokens that get a log-probability, and its rows after stretches."""
         # Counted once: a huge text's targets are millions long, and each of its windows asks.
         return int(self.targets.sum())
+
+    @property
+    def text_targets(self) -> np.ndarray:
+        """Whether each of the text's tokens is a token row (rows after stretches aside): a view where it can be."""
+        end = self.n_prefix + len(self.offsets)
+        targets = self.targets[self.n_prefix : end]
+        inside = self.extra[self.extra < end]
+        if len(inside):
+            targets = targets.copy()
+            targets[inside - self.n_prefix] = False
+        return targets
 
 
 @dataclass(frozen=True)
@@ -127,12 +147,16 @@ class Encoder:
         truncate: bool = False,
         all_tokens: bool = False,
         piece_chars: int = PIECE_CHARS,
+        end_id: int | None = None,
     ) -> None:
         """Prepare to encode with `tokenizer`; `max_length` bounds the fed sequence, BOS included.
 
-        Texts longer than `piece_chars` characters are tokenised in pieces, to the very same tokens.
+        Texts longer than `piece_chars` characters are tokenised in pieces, to the very same tokens. With
+        `end_id`, each sequence also gets the rows after its stretches of response tokens (Encoded.after),
+        `end_id` being the label after the text's last token.
         """
         self.tokenizer = tokenizer
+        self.end_id = end_id
         self.piece_chars = piece_chars
         self.bos_id = bos_token_id(tokenizer) if bos else None
         self.max_length = max_length
@@ -224,12 +248,29 @@ class Encoder:
         response = response_mask(offsets, spans)
         # The tokenizer's offsets are this text's own (a copy, or the whole text's where truncated): no copy.
         offsets = partition_offsets(offsets, in_place=True)
-        targets = np.zeros(len(prefix) + len(ids), dtype=bool)
-        targets[len(prefix) :] = True if self.all_tokens else response
+        n = len(prefix) + len(ids)
+        after = _NO_POSITIONS if self.end_id is None else _after_stretches(response, len(prefix), truncated)
+        end = [self.end_id] if len(after) and after[-1] == n else []
+        targets = np.zeros(n + len(end), dtype=bool)
+        targets[len(prefix) : n] = True if self.all_tokens else response
         targets[:1] = False  # the first token of the sequence has no context to be predicted from
-        return Encoded(
-            np.concatenate([np.asarray(prefix, ids.dtype), ids]), offsets, len(prefix), truncated, response, targets
-        )
+        known = after[after >= 0]
+        extra = known[~targets[known]]
+        targets[extra] = True
+        ids = np.concatenate([np.asarray(prefix, ids.dtype), ids, np.asarray(end, ids.dtype)])
+        return Encoded(ids, offsets, len(prefix), truncated, response, targets, after, extra)
+
+
+def _after_stretches(response: np.ndarray, start: int, truncated: bool) -> np.ndarray:
+    """The position after each stretch of response tokens (text tokens from `start` on); -1 where the text was cut."""
+    if response.all():  # a plain text: one stretch, the whole of it
+        ends = np.array([len(response) - 1] if len(response) else [], dtype=np.int64)
+    else:
+        ends = np.flatnonzero(response & ~np.append(response[1:], False))
+    after = start + ends + 1
+    if truncated and len(after) and after[-1] == start + len(response):
+        after[-1] = -1  # the text goes on past its last token: what follows is not known
+    return after
 
 
 def _boundary(offsets: np.ndarray, after: int) -> int | None:

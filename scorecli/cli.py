@@ -91,6 +91,7 @@ app = typer.Typer(
 FLAGS = {
     "bos=False": "--no-bos",
     "messages": "--messages-field",
+    "words_field": "--words-field",
     "overwrite": "--overwrite",
     "threads": "--threads",
     "compile": "--compile",
@@ -215,7 +216,15 @@ def score(
     all_tokens: bool = typer.Option(
         False, "--all-tokens", help="Also write prompt (context) token rows, with is_response false."
     ),
-    words: bool = typer.Option(False, "--words", help="Also write words.parquet: surprisal per word."),
+    words: bool = typer.Option(
+        False, "--words", help="Also write words.parquet: surprisal per word, plain and corrected (README)."
+    ),
+    words_field: Optional[str] = typer.Option(
+        None,
+        "--words-field",
+        help="Field holding the text cut into words or regions (a list of strings, joined by single spaces): "
+        "each is one word in words.parquet. Instead of --text-field.",
+    ),
     batch_tokens: Optional[int] = typer.Option(
         None, "--batch-tokens", help="Token budget per batch, padding included. Default: 1024 on CPU, 16384 on CUDA."
     ),
@@ -437,6 +446,7 @@ def score(
             prefix_sharing=options["prefix_sharing"],
             min_shared_prefix=options["min_shared_prefix"],
             head_dtype=options["head_dtype"],
+            words=options["words"] or rows is Rows.words,
         )
         metadata = {
             **loaded.info,
@@ -532,6 +542,7 @@ def _score_on_ray(
         scorer={
             **{k: options[k] for k in ("bos", "max_length", "stride", "truncate", "all_tokens", "batch_tokens")},
             **{k: options[k] for k in ("top_k", "compile", "prefix_sharing", "min_shared_prefix", "head_dtype")},
+            "words": options["words"] or rows is Rows.words,
             # The whole input's size decides --compile auto, for every shard alike (and as a single process).
             "expected_tokens": _expected_tokens(sources, limit),
         },
@@ -949,6 +960,7 @@ _SAVED_OPTIONS = (
     "prompt_field",
     "response_field",
     "messages_field",
+    "words_field",
     "roles",
     "all_tokens",
     "words",
@@ -998,7 +1010,9 @@ def _checked_options(options: dict) -> tuple[Fields, list[str]]:
     if options["ref_model"] is not None and options["ref_dtype"] is not None:
         check_dtype(options["ref_dtype"], arg="ref_dtype")
     fields = _fields(
-        *(options[k] for k in ("text_field", "id_field", "prompt_field", "response_field")), options["messages_field"]
+        *(options[k] for k in ("text_field", "id_field", "prompt_field", "response_field")),
+        options["messages_field"],
+        options["words_field"],
     )
     from scorecli.kept import parse_keep_fields
     from scorecli.scores import SEQUENCE_COLUMNS
@@ -1070,8 +1084,18 @@ def _check_resumed_input(
             metadata[key] = state.metadata[key]
 
 
-def _fields(text: str | None, id_: str, prompt: str | None, response: str | None, messages: str | None) -> Fields:
+def _fields(
+    text: str | None,
+    id_: str,
+    prompt: str | None,
+    response: str | None,
+    messages: str | None,
+    words: str | None = None,
+) -> Fields:
     """The record fields to read, checking that the options name one consistent way to find the text."""
+    if words is not None and (text is not None or messages is not None or prompt is not None):
+        other = "--text-field" if text is not None else "--messages-field" if messages else "--prompt-field"
+        raise UsageError(f"--words-field cannot be combined with {other}: both say where the text is")
     if text is not None and (messages is not None or prompt is not None):
         other = "--messages-field" if messages is not None else "--prompt-field/--response-field"
         raise UsageError(f"--text-field cannot be combined with {other}, which say where the text is")
@@ -1079,7 +1103,7 @@ def _fields(text: str | None, id_: str, prompt: str | None, response: str | None
         raise UsageError("--prompt-field and --response-field go together: give both or neither")
     if messages is not None and prompt is not None:
         raise UsageError("--messages-field cannot be combined with --prompt-field/--response-field")
-    return Fields(text=text or "text", id=id_, prompt=prompt, response=response, messages=messages)
+    return Fields(text=text or "text", id=id_, prompt=prompt, response=response, messages=messages, words=words)
 
 
 def _check_run_options(source: str, out: str, resume: bool, overwrite: bool, words: bool, rows: Rows | None) -> None:
@@ -1104,6 +1128,8 @@ def _input_metadata(sources: list[str], fields: Fields, join: str | None) -> dic
     meta["id_field"] = str(fields.id)
     if fields.messages:
         meta["messages_field"] = fields.messages
+    elif fields.words:
+        meta["words_field"] = fields.words
     elif fields.prompt:
         meta["prompt_field"], meta["response_field"] = fields.prompt, fields.response
     else:
@@ -1173,8 +1199,10 @@ def _join_separator(join: str | None, fields: Fields, on_error: OnError) -> str 
     """The decoded --join separator, checking that the other options allow one joined document."""
     if join is None:
         return None
-    if fields.prompt or fields.messages:
-        raise UsageError("--join joins plain texts: it cannot be combined with --prompt-field or --messages-field")
+    if fields.prompt or fields.messages or fields.words:
+        raise UsageError(
+            "--join joins plain texts: it cannot be combined with --prompt-field, --messages-field or --words-field"
+        )
     if on_error is OnError.skip:
         raise UsageError("--join scores the input as one document: --on-error skip cannot leave records out of it")
     return decode_separator(join)
