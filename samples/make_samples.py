@@ -107,6 +107,13 @@ STIMULI = [
     "The horse that was raced past the barn fell.",
 ]
 
+# The same kind of sentences cut into the regions of a self-paced reading study (regions.jsonl: --words-field).
+REGIONS = [
+    ["The horse", "raced past", "the barn", "fell."],
+    ["The horse", "that was raced past", "the barn", "fell."],
+    ["The cook", "tasted", "the soup", "and added", "a pinch of", "salt."],
+]
+
 
 # Web pages with the fields a crawl keeps (web.jsonl: --keep-fields): TEXTS index, url, language, links, tags.
 WEB = [
@@ -173,6 +180,9 @@ def main() -> None:
     with open(HERE / "stimuli.jsonl", "w", encoding="utf-8") as f:
         for i, text in enumerate(STIMULI):
             f.write(json.dumps({"id": f"s{i}", "text": text}, ensure_ascii=False) + "\n")
+    with open(HERE / "regions.jsonl", "w", encoding="utf-8") as f:
+        for i, regions in enumerate(REGIONS):
+            f.write(json.dumps({"id": f"r{i}", "regions": regions}, ensure_ascii=False) + "\n")
     with open(HERE / "web.jsonl", "w", encoding="utf-8") as f:
         for i, (text, url, lang, links, tags) in enumerate(WEB):
             row = {"id": f"w{i}", "text": TEXTS[text], "url": url, "lang": lang, "links": links}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -24,6 +24,8 @@ LOOKAHEAD_CHARS = 4096
 # Python's str.isspace also counts the separators U+001C to U+001F, which no tokenizer trims.
 WHITESPACE = frozenset(chr(c) for c in range(0x3001) if chr(c).isspace()) - frozenset("\x1c\x1d\x1e\x1f")
 
+_NO_POSITIONS = np.zeros(0, dtype=np.int64)
+
 
 @dataclass
 class Encoded:
@@ -32,6 +34,12 @@ class Encoded:
     `response` marks, for each text token, whether it lies in a response span (every token of a plain text
     does); `targets` marks, for each position of `ids`, whether its token gets a log-probability.
     `unscored` counts the characters of the scored text (see `unscored_chars`) that no token holds.
+
+    Where the encoder was asked for the rows after each stretch of response tokens, `after` holds the position
+    in `ids` of each stretch's next token, whose row is the predictive distribution after the stretch (-1 where
+    unknown: a truncated text's last stretch). A stretch that ends the text is followed by one more id, the
+    end token, fed never but a label: its row is the distribution after the whole text. `extra` are the
+    positions among `after` that are targets only for that row, not token rows.
     """
 
     ids: np.ndarray
@@ -41,12 +49,25 @@ class Encoded:
     response: np.ndarray
     targets: np.ndarray
     unscored: int
+    after: np.ndarray = field(default_factory=lambda: _NO_POSITIONS)
+    extra: np.ndarray = field(default_factory=lambda: _NO_POSITIONS)
 
     @cached_property
     def n_scored(self) -> int:
-        """How many of the sequence's tokens get a log-probability."""
+        """How many rows the sequence has: its tokens that get a log-probability, and its rows after stretches."""
         # Counted once: a huge text's targets are millions long, and each of its windows asks.
         return int(self.targets.sum())
+
+    @property
+    def text_targets(self) -> np.ndarray:
+        """Whether each of the text's tokens is a token row (rows after stretches aside): a view where it can be."""
+        end = self.n_prefix + len(self.offsets)
+        targets = self.targets[self.n_prefix : end]
+        inside = self.extra[self.extra < end]
+        if len(inside):
+            targets = targets.copy()
+            targets[inside - self.n_prefix] = False
+        return targets
 
 
 @dataclass(frozen=True)
@@ -179,12 +200,16 @@ class Encoder:
         truncate: bool = False,
         all_tokens: bool = False,
         piece_chars: int = PIECE_CHARS,
+        end_id: int | None = None,
     ) -> None:
         """Prepare to encode with `tokenizer`; `max_length` bounds the fed sequence, BOS included.
 
-        Texts longer than `piece_chars` characters are tokenised in pieces, to the very same tokens.
+        Texts longer than `piece_chars` characters are tokenised in pieces, to the very same tokens. With
+        `end_id`, each sequence also gets the rows after its stretches of response tokens (Encoded.after),
+        `end_id` being the label after the text's last token.
         """
         self.tokenizer = tokenizer
+        self.end_id = end_id
         self.piece_chars = piece_chars
         self.trimmed = trims_offsets(tokenizer)
         self.bos_id = bos_token_id(tokenizer) if bos else None
@@ -280,18 +305,29 @@ class Encoder:
         unscored = unscored_chars(text, offsets, spans, end, self.trimmed)
         # The tokenizer's offsets are this text's own (a copy, or the whole text's where truncated): no copy.
         offsets = partition_offsets(offsets, in_place=True)
-        targets = np.zeros(len(prefix) + len(ids), dtype=bool)
-        targets[len(prefix) :] = True if self.all_tokens else response
+        n = len(prefix) + len(ids)
+        after = _NO_POSITIONS if self.end_id is None else _after_stretches(response, len(prefix), truncated)
+        end = [self.end_id] if len(after) and after[-1] == n else []
+        targets = np.zeros(n + len(end), dtype=bool)
+        targets[len(prefix) : n] = True if self.all_tokens else response
         targets[:1] = False  # the first token of the sequence has no context to be predicted from
-        return Encoded(
-            np.concatenate([np.asarray(prefix, ids.dtype), ids]),
-            offsets,
-            len(prefix),
-            truncated,
-            response,
-            targets,
-            unscored,
-        )
+        known = after[after >= 0]
+        extra = known[~targets[known]]
+        targets[extra] = True
+        ids = np.concatenate([np.asarray(prefix, ids.dtype), ids, np.asarray(end, ids.dtype)])
+        return Encoded(ids, offsets, len(prefix), truncated, response, targets, unscored, after, extra)
+
+
+def _after_stretches(response: np.ndarray, start: int, truncated: bool) -> np.ndarray:
+    """The position after each stretch of response tokens (text tokens from `start` on); -1 where the text was cut."""
+    if response.all():  # a plain text: one stretch, the whole of it
+        ends = np.array([len(response) - 1] if len(response) else [], dtype=np.int64)
+    else:
+        ends = np.flatnonzero(response & ~np.append(response[1:], False))
+    after = start + ends + 1
+    if truncated and len(after) and after[-1] == start + len(response):
+        after[-1] = -1  # the text goes on past its last token: what follows is not known
+    return after
 
 
 def _boundary(offsets: np.ndarray, after: int) -> int | None:

@@ -78,6 +78,7 @@ FLAGS = {
     "inputs": "INPUT",
     "bos=False": "--no-bos",
     "messages": "--messages-field",
+    "words_field": "--words-field",
     "overwrite": "--overwrite",
     "out_dir": "--out",
     "resume": "--resume",

@@ -23,7 +23,8 @@ from scorecli.prefix import DEFAULT_MIN_SHARED_PREFIX, SharedPrefix, plan_prefix
 from scorecli.scores import DocScore, TokenStrings, perplexity
 from scorecli.stats import columns_of, concat
 from scorecli.threads import intra_op_threads
-from scorecli.words import assign_words, word_spans
+from scorecli.words import Words, assign_words, ended_logprob, word_corrections, word_spans
+from scorecli.wordstart import given_word_starts, word_starts
 
 __all__ = [
     "BufferPlan",
@@ -153,6 +154,8 @@ class Scorer:
         prefix_sharing: bool = True,
         min_shared_prefix: int = DEFAULT_MIN_SHARED_PREFIX,
         head_dtype: str = "auto",
+        words: bool = False,
+        word_start_ids: Sequence[int] | None = None,
     ) -> None:
         """Set the scoring policy; None picks the model's context length, half of it and the device's budget.
 
@@ -176,6 +179,9 @@ class Scorer:
         tokens have that start fed once, its key/value cache serving each of them.
         `head_dtype` (auto, float32, bfloat16, float16) is the dtype of the output layer's products: float32 is
         exact; auto takes a 16-bit model's own dtype where such products are fast (head.head_products).
+        `words` computes what the beginning-of-word correction of word surprisal needs (Words.correction): the
+        log-probability of a word-start token at each position (the tokenizer's, wordstart.py, or the token
+        ids `word_start_ids` where given) and the rows after each stretch of scored tokens.
         """
         check_counts(min_shared_prefix, threads, top_k)
         self.device = next(model.parameters()).device
@@ -193,7 +199,6 @@ class Scorer:
         check_limits(batch_tokens, max_length, stride, truncate)
         self.model = model
         self.tokenizer = tokenizer
-        self.encoder = Encoder(tokenizer, bos=bos, max_length=max_length, truncate=truncate, all_tokens=all_tokens)
         self.max_length = max_length
         self.stride = stride
         self.roles = tuple(roles)
@@ -213,6 +218,24 @@ class Scorer:
             # Refused, not capped: a run whose metadata says top_k K lists K tokens at each position.
             message = f"{top_k} exceeds the model's vocabulary of {vocab:,} tokens (the most there are to list)"
             raise UsageError(message, arg="top_k")
+        self.words = words
+        self.word_starts = None
+        if words and word_start_ids is not None:
+            self.word_starts = given_word_starts(tokenizer, word_start_ids, self.head.vocab_size)
+        elif words:
+            self.word_starts = word_starts(tokenizer, self.head.vocab_size)
+        correcting = self.word_starts is not None and self.word_starts.ids is not None
+        # The word-start tokens as a 0/1 mask over the vocabulary (stats.WordStart), and as booleans for words.py.
+        self.starts_word = self.word_starts.mask(self.head.vocab_size) if correcting else None
+        self.subset = torch.from_numpy(self.starts_word).float().to(self.device) if correcting else None
+        self.encoder = Encoder(
+            tokenizer,
+            bos=bos,
+            max_length=max_length,
+            truncate=truncate,
+            all_tokens=all_tokens,
+            end_id=self.word_starts.end_id if correcting else None,
+        )
         compiling, self.compile_mode = should_compile(compile, self.device, self.head.chunked, expected_tokens)
         if compiling:
             # Compiled here, on the intra-op thread count of one worker: inductor builds that count in.
@@ -236,6 +259,7 @@ class Scorer:
             "rank",
             *(("top_k",) if top_k else ()),
             *(("reference",) if ref_model is not None else ()),
+            *(("word_start",) if correcting else ()),
         )
         self.columns = (*columns_of(self.statistics), *(("top_tokens",) if top_k else ()))
         self.token_texts = TokenTexts(tokenizer)
@@ -273,6 +297,7 @@ class Scorer:
             # How a product is split across threads can change float rounding (never beyond 1e-4 nats).
             "threads": f"{self.threads} ({self.workers} batch{'es' if self.workers > 1 else ''} at a time)",
             "top_k": str(self.top_k),
+            **({"word_correction": self.word_starts.correction} if self.word_starts is not None else {}),
             # Shared prefixes change how products are batched: rounding only (never beyond 1e-4 nats).
             "prefix_sharing": (
                 f"on (starts of at least {self.min_shared_prefix} tokens shared by windows of a buffer fed once)"
@@ -617,7 +642,9 @@ class Scorer:
     def _stats(self, states: list[torch.Tensor], labels: torch.Tensor) -> dict[str, np.ndarray]:
         """The statistics of rows of states of the model (and the reference, second), as numpy columns."""
         ref_states = states[1] if len(states) > 1 else None
-        stats = self.head.score_states(states[0], labels, self.statistics, self.top_k, self.ref_head, ref_states)
+        stats = self.head.score_states(
+            states[0], labels, self.statistics, self.top_k, self.ref_head, ref_states, self.subset
+        )
         return {c: v.cpu().numpy() for c, v in stats.items()}
 
     def _score_batch(self, batch: list[Window], encoded: list[Encoded]) -> list[dict[str, np.ndarray]]:
@@ -633,7 +660,14 @@ class Scorer:
         # without a mask attention takes the fused causal kernel instead of materialising [B, heads, T, T].
         with torch.inference_mode():
             stats = self.head.score(
-                input_ids, labels, None, select=select, statistics=self.statistics, top_k=self.top_k, ref=self.ref_head
+                input_ids,
+                labels,
+                None,
+                select=select,
+                statistics=self.statistics,
+                top_k=self.top_k,
+                ref=self.ref_head,
+                subset=self.subset,
             )
         bounds = np.cumsum(select.sum(dim=1).tolist())[:-1]
         return _split({c: v.cpu().numpy() for c, v in stats.items()}, bounds)
@@ -646,19 +680,24 @@ class Scorer:
         """Assemble a document's token rows from its encoding and the scores of its targets."""
         # Every array here is int32 or bool, and the token texts are decoded only as rows are written: a
         # document of millions of tokens costs some 30 bytes a token (see benchmarks/bench_memory.py).
-        targets = enc.targets[enc.n_prefix :]
+        stats, after = _after_rows(enc, stats)
+        targets = enc.text_targets
+        text_ids = enc.ids[enc.n_prefix : enc.n_prefix + len(enc.offsets)]  # the end token after them aside
         if targets.all():  # every token is a row (a plain text): views, not copies
             positions = np.arange(len(targets), dtype=np.int32)
-            token_ids, offsets, is_response = enc.ids[enc.n_prefix :], enc.offsets, enc.response
+            token_ids, offsets, is_response = text_ids, enc.offsets, enc.response
         else:
             positions = np.flatnonzero(targets).astype(np.int32)
             token_ids, offsets, is_response = (
-                enc.ids[enc.n_prefix :][positions],
+                text_ids[positions],
                 enc.offsets[positions],
                 enc.response[positions],
             )
         token_ids, offsets = token_ids.astype(np.int32, copy=False), offsets.astype(np.int32, copy=False)
         counted = offsets if is_response.all() else offsets[is_response]
+        words = assign_words(word_spans(record.text, record.spans, _reach(enc), record.regions), counted)
+        if self.words:
+            words.correction = self._corrections(words, enc, token_ids, positions, is_response, stats, after)
         return DocScore(
             doc=record.doc,
             id=record.id,
@@ -671,10 +710,38 @@ class Scorer:
             is_response=is_response,
             n_bytes=_scored_bytes(record, enc),
             truncated=enc.truncated,
-            words=assign_words(word_spans(record.text, record.spans, _reach(enc)), counted),
+            words=words,
             stats=self._with_top_tokens(stats),
             kept=record.kept,
             unscored_chars=enc.unscored,
+        )
+
+    def _corrections(
+        self,
+        words: Words,
+        enc: Encoded,
+        token_ids: np.ndarray,
+        positions: np.ndarray,
+        is_response: np.ndarray,
+        stats: dict[str, np.ndarray],
+        after: dict[str, np.ndarray],
+    ) -> np.ndarray:
+        """Each word's beginning-of-word correction (words.word_corrections); zeros where the tokenizer needs none."""
+        if self.starts_word is None:
+            return np.zeros(len(words))
+        every = is_response.all()
+        response = lambda values: values if every else values[is_response]  # noqa: E731
+        # Each stretch's last token, among the text's tokens (the last one where the text was cut after it).
+        ends = np.where(enc.after >= 0, enc.after - enc.n_prefix - 1, len(enc.offsets) - 1)
+        ended = ended_logprob(after["token_id"], after["logprob"], after["word_start_logprob"], self.starts_word)
+        return word_corrections(
+            words,
+            response(token_ids),
+            response(positions),
+            self.starts_word,
+            response(stats["word_start_logprob"]),
+            ends,
+            ended,
         )
 
     def _with_top_tokens(self, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -747,6 +814,31 @@ def _fill(
     return columns
 
 
+def _after_rows(enc: Encoded, stats: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A document's token rows, and its rows after each stretch (Encoded.after): labels, log-probs, word starts.
+
+    The log-probs and word-start log-probs of the rows after are NaN where unknown (a truncated text's end).
+    """
+    after = {"token_id": np.zeros(len(enc.after), dtype=np.int64)}
+    after |= {c: np.full(len(enc.after), np.nan, dtype=np.float32) for c in ("logprob", "word_start_logprob")}
+    if not len(enc.after):
+        return stats, after
+    known = np.flatnonzero(enc.after >= 0)
+    rows = len(stats["logprob"])
+    if len(enc.extra) == 1 and enc.extra[0] == len(enc.ids) - 1 and enc.after[known].tolist() == [len(enc.ids) - 1]:
+        # A plain text: its one extra row, after the text, is its last: views of the rest, no copies.
+        tokens, at = {c: v[: rows - 1] for c, v in stats.items()}, np.array([rows - 1])
+    else:
+        row_of = np.cumsum(enc.targets) - 1
+        keep = np.ones(rows, dtype=bool)
+        keep[row_of[enc.extra]] = False
+        tokens, at = {c: v[keep] for c, v in stats.items()}, row_of[enc.after[known]]
+    after["token_id"][known] = enc.ids[enc.after[known]]
+    for c in ("logprob", "word_start_logprob"):
+        after[c][known] = stats[c][at]
+    return tokens, after
+
+
 def _reach(enc: Encoded) -> int | None:
     """Where a truncated text's tokens end (None where the text is whole)."""
     return int(enc.offsets[-1, 1]) if enc.truncated and len(enc.offsets) else None
@@ -754,7 +846,7 @@ def _reach(enc: Encoded) -> int | None:
 
 def _scored_bytes(record: Record, enc: Encoded) -> int:
     """UTF-8 bytes of the response text from the first scored token (the text's start, after a BOS) on."""
-    targets = enc.targets[enc.n_prefix :]
+    targets = enc.text_targets
     if not targets.any():
         return 0
     start = 0 if enc.n_prefix else int(enc.offsets[int(targets.argmax()), 0])

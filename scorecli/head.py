@@ -191,11 +191,13 @@ class OutputHead:
         statistics: Sequence[str] = ("logprob", "entropy"),
         top_k: int = 0,
         ref: OutputHead | None = None,
+        subset: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The named statistics (stats.py), flat, for the positions `select` marks (all positions when None).
 
         With `ref`, the reference model runs on the same input, and each chunk of positions goes through
-        both output heads in lock-step; the reference is frozen (no gradients flow into it).
+        both output heads in lock-step; the reference is frozen (no gradients flow into it). `subset` is
+        the vocabulary mask of "word_start".
         """
         selected = labels.reshape(-1) if select is None else labels[select]
         if selected.numel() and (int(selected.min()) < 0 or int(selected.max()) >= self.vocab_size):
@@ -205,7 +207,7 @@ class OutputHead:
         if ref is not None:
             with torch.no_grad():
                 ref_states = ref._flat(ref._states(input_ids, attention_mask), select)
-        return self.score_states(states, selected, statistics, top_k, ref, ref_states)
+        return self.score_states(states, selected, statistics, top_k, ref, ref_states, subset)
 
     def cached_states(
         self,
@@ -234,10 +236,12 @@ class OutputHead:
         top_k: int = 0,
         ref: OutputHead | None = None,
         ref_states: torch.Tensor | None = None,
+        subset: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The named statistics of rows of states [N, H] (from `cached_states` or the model) and their labels [N].
 
-        With `ref`, `ref_states` are the reference model's states of the same positions.
+        With `ref`, `ref_states` are the reference model's states of the same positions; `subset` is the
+        vocabulary mask of "word_start".
         """
 
         def block_stats(states: torch.Tensor, ref_states: torch.Tensor | None, labels: torch.Tensor) -> dict:
@@ -249,7 +253,15 @@ class OutputHead:
                     ref_of, ref_label_logits = ref._chunks(ref_states, labels)
                 ref_of = _without_grad(ref_of)
             return chunked_stats(
-                logits_of, self.vocab_size, labels, label_logits, statistics, top_k, ref_of, ref_label_logits
+                logits_of,
+                self.vocab_size,
+                labels,
+                label_logits,
+                statistics,
+                top_k,
+                ref_of,
+                ref_label_logits,
+                subset=subset,
             )
 
         parts = []

@@ -34,7 +34,8 @@ class Record:
     """One input document: its 0-based position in the input, its text and optional id.
 
     `spans` are the character spans of `text` to score (None: all of it); `messages` is a conversation
-    still to be rendered into `text`, and `chat` marks a text that was rendered from one. `kept` holds the
+    still to be rendered into `text`, and `chat` marks a text that was rendered from one. `regions` are the
+    character spans of the words where the input gave the text cut into words (`Fields.words`). `kept` holds the
     values of the fields to copy into the outputs (`Fields.keep`): JSON values, or one-row Arrow arrays
     for Parquet columns; scoring never looks at them. `source` is the input it was read from, named as
     `Rejected.source` names it, and `line` its line (or row) there.
@@ -50,6 +51,7 @@ class Record:
     line: int = field(default=0, compare=False)
     kept: dict[str, object] | None = field(default=None, compare=False)
     source: str = field(default="", compare=False)
+    regions: Spans | None = None
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,10 @@ class Rejected:
 
 @dataclass(frozen=True)
 class Fields:
-    """Which fields of a record hold what: plain text, a prompt and a response, or a conversation.
+    """Which fields of a record hold what: plain text, text cut into words, a prompt and a response, or a conversation.
 
-    `keep` names fields copied, untouched, into the outputs.
+    `words` names a field holding the text as a list of words or regions, joined by single spaces to make the
+    text. `keep` names fields copied, untouched, into the outputs.
     """
 
     text: str = "text"
@@ -76,12 +79,15 @@ class Fields:
     response: str | None = None
     messages: str | None = None
     keep: tuple[str, ...] = ()
+    words: str | None = None
 
     @property
     def required(self) -> list[str]:
         """The fields every record must have."""
         if self.messages:
             return [self.messages]
+        if self.words:
+            return [self.words]
         return [self.prompt, self.response] if self.prompt else [self.text]
 
 
@@ -197,6 +203,10 @@ def _record(
     if fields.messages:
         messages = _messages(row, fields.messages, where)
         return Record(doc, "", doc_id, messages=messages, where=where, line=line, kept=kept, source=source)
+        return Record(doc, "", doc_id, messages=messages, where=where, line=line, kept=kept)
+    if fields.words:
+        text, regions = _words(row, fields.words, where)
+        return Record(doc, text, doc_id, where=where, line=line, kept=kept, regions=regions, source=source)
     if fields.prompt:
         prompt, response = _text(row, fields.prompt, where), _text(row, fields.response, where)
         text = prompt + response
@@ -337,7 +347,12 @@ def _parquet_rows(
         if name not in schema.names:
             raise InputError(f"{shown(path)}: no column '{name}' (columns: {', '.join(schema.names)})")
         column_type = schema.field(name).type
-        if name != fields.messages and not _is_text_type(column_type):
+        if name == fields.words:
+            if not (pa.types.is_list(column_type) or pa.types.is_large_list(column_type)) or not _is_text_type(
+                column_type.value_type
+            ):
+                raise InputError(f"{shown(path)}: column '{name}' has type {column_type}, expected a list of strings")
+        elif name != fields.messages and not _is_text_type(column_type):
             raise InputError(f"{shown(path)}: column '{name}' has type {column_type}, expected string")
     columns = list(dict.fromkeys(fields.required + ([fields.id] if fields.id in schema.names else [])))
     kept = [name for name in fields.keep if name in schema.names]
@@ -377,6 +392,25 @@ def _text(row: dict, field: str, where: str) -> str:
     if not isinstance(value, str):
         raise InputError(f"{where}: field '{field}' must be a string, got {_json_type(value)}")
     return _checked_unicode(value, field, where)
+
+
+def _words(row: dict, field: str, where: str) -> tuple[str, Spans]:
+    """A record's text given cut into words (or regions): the words joined by single spaces, and each one's span."""
+    value = row.get(field)
+    if not isinstance(value, list) or not value:
+        got = "missing" if field not in row else "an empty array" if value == [] else _json_type(value)
+        raise InputError(f"{where}: field '{field}' must be a non-empty array of words (strings), got {got}")
+    spans, start = [], 0
+    for i, word in enumerate(value, start=1):
+        if not isinstance(word, str):
+            raise InputError(f"{where}: field '{field}': word {i} must be a string, got {_json_type(word)}")
+        if not word or word != word.strip():
+            what = "is empty" if not word else f"has whitespace at its start or end ({word!r})"
+            raise InputError(f"{where}: field '{field}': word {i} {what}; words are joined by single spaces")
+        _checked_unicode(word, field, where)
+        spans.append((start, start + len(word)))
+        start += len(word) + 1
+    return " ".join(value), tuple(spans)
 
 
 def _messages(row: dict, field: str, where: str) -> Messages:

@@ -116,6 +116,13 @@ class ScoreOptions:
         help="Field holding a chat ([{role, content}, ...]), rendered with the model's chat template.",
         metadata="messages_field",
     )
+    words_field: Optional[str] = _option(
+        None,
+        "--words-field",
+        help="Field holding the text cut into words or regions (a list of strings, joined by single spaces): "
+        "each is one word in words.parquet. Instead of --text-field.",
+        metadata="words_field",
+    )
     roles: str = _option(
         "assistant", "--roles", help="Comma-separated chat roles whose turns are scored.", metadata="roles"
     )
@@ -126,7 +133,9 @@ class ScoreOptions:
         metadata="all_tokens",
         scorer=True,
     )
-    words: bool = _option(False, "--words", help="Also write words.parquet: surprisal per word.", metadata="words")
+    words: bool = _option(
+        False, "--words", help="Also write words.parquet: surprisal per word, plain and corrected.", metadata="words"
+    )
     batch_tokens: Optional[int] = _option(
         None,
         "--batch-tokens",
@@ -323,6 +332,10 @@ class ScoreOptions:
     def input_fields(self) -> Fields:
         """The record fields to read, checking that the options name one consistent way to find the text."""
         text, prompt, response, messages = self.text_field, self.prompt_field, self.response_field, self.messages_field
+        words = self.words_field
+        if words is not None and (text is not None or messages is not None or prompt is not None):
+            other = "`text_field`" if text is not None else "`messages_field`" if messages else "`prompt_field`"
+            raise UsageError(f"cannot be combined with {other}: both say where the text is", arg="words_field")
         if text is not None and (messages is not None or prompt is not None):
             other = "`messages_field`" if messages is not None else "`prompt_field`/`response_field`"
             raise UsageError(f"cannot be combined with {other}, which say where the text is", arg="text_field")
@@ -336,7 +349,9 @@ class ScoreOptions:
 
         keep = parse_keep_fields(self.keep_fields, (c.name for c in SEQUENCE_COLUMNS), self.id_field)
         text = text or "text"
-        return Fields(text=text, id=self.id_field, prompt=prompt, response=response, messages=messages, keep=keep)
+        return Fields(
+            text=text, id=self.id_field, prompt=prompt, response=response, messages=messages, keep=keep, words=words
+        )
 
     def role_names(self) -> tuple[str, ...]:
         """The chat roles whose turns are scored."""
@@ -401,7 +416,9 @@ TYPES: dict[str, object] = typing.get_type_hints(ScoreOptions)
 # The options, and the metadata, of a run saved by an older version that lacks them: it was scored that way.
 OPTIONS_BEFORE_THEY_EXISTED = {name: spec.before for name, spec in SPECS.items() if spec.before is not NOT_SET}
 METADATA_BEFORE_IT_EXISTED = {
-    spec.metadata: spec.metadata_before for spec in SPECS.values() if spec.metadata_before is not None
+    **{spec.metadata: spec.metadata_before for spec in SPECS.values() if spec.metadata_before is not None},
+    # Not an option: what the run's words were corrected by (words.py), none before the correction existed.
+    "word_correction": "none (a run of a scorecli before the correction of word surprisal)",
 }
 
 

@@ -169,6 +169,11 @@ def _run_section(run: FinishedRun, meta: dict, f: dict) -> str:
         ("bits per byte", _num(f.get("bits_per_byte"), 4) + _ci(f.get("bits_per_byte_ci"))),
         ("mean document perplexity", _num(f.get("mean_doc_perplexity"))),
         ("word perplexity", _num(f.get("word_perplexity"))),
+        *(
+            [("word perplexity, corrected", _num(f["word_perplexity_corrected"]))]
+            if f.get("word_perplexity_corrected")
+            else []
+        ),
         ("mean entropy (nats)", _num(f.get("mean_entropy"), 4)),
     ]
     for key in ("model", "input", "dtype", "bos", "long_texts", "scored"):

@@ -141,7 +141,9 @@ def run(
         records_total = count_corpus(sources) if separator is None or options.limit else None
         expected = _expected_tokens(sources, options.limit, records_total)
         # On a stream, lines are wanted as soon as they exist; a folder run keeps fixed buffers for resume.
-        scorer, model_metadata = make_scorer(options, loaded, ref, stream=stream is not None, expected_tokens=expected)
+        scorer, model_metadata = make_scorer(
+            options, loaded, ref, stream=stream is not None, expected_tokens=expected, words=rows == "words"
+        )
         metadata = {**model_metadata, **run_metadata(sources, options, fields, separator)}
         if state is not None:
             _check_resumed_input(state, metadata, inputs, sources, options.model, options.ref_model)
@@ -330,6 +332,8 @@ def _input_metadata(sources: list[str], fields: Fields, join: str | None) -> dic
     meta["id_field"] = str(fields.id)
     if fields.messages:
         meta["messages_field"] = fields.messages
+    elif fields.words:
+        meta["words_field"] = fields.words
     elif fields.prompt:
         meta["prompt_field"], meta["response_field"] = fields.prompt, fields.response
     else:
@@ -351,8 +355,9 @@ def _join_separator(options: ScoreOptions, fields: Fields) -> str | None:
     """The decoded `join` separator, checking that the other options allow one joined document."""
     if options.join is None:
         return None
-    if fields.prompt or fields.messages:
-        raise UsageError("joins plain texts: it cannot be combined with `prompt_field` or `messages_field`", arg="join")
+    if fields.prompt or fields.messages or fields.words:
+        why = "joins plain texts: it cannot be combined with `prompt_field`, `messages_field` or `words_field`"
+        raise UsageError(why, arg="join")
     if options.skip_bad:
         raise UsageError("scores the input as one document: `on_error` skip cannot leave records out of it", arg="join")
     return decode_separator(options.join)

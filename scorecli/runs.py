@@ -507,7 +507,8 @@ class RunWriter:
     @property
     def kinds(self) -> list[tuple[str, pa.Schema]]:
         """The Parquet files this run writes, with their schemas."""
-        kinds = [(TOKENS_FILE, token_schema(self.stats)), (SEQUENCES_FILE, sequence_schema(self.stats, self.kept))]
+        sequences = sequence_schema(self.stats, self.kept, self.words)
+        kinds = [(TOKENS_FILE, token_schema(self.stats)), (SEQUENCES_FILE, sequences)]
         return kinds + ([(WORDS_FILE, WORD_SCHEMA)] if self.words else [])
 
     def _part_file(self, kind: str, name: str) -> Path:
@@ -537,7 +538,7 @@ class RunWriter:
         rejects = [r for r in self._pending_rejects if r.doc < records_done]
         batches = {
             TOKENS_FILE: lambda docs, schema: token_batches(docs, schema),
-            SEQUENCES_FILE: lambda docs, schema: sequence_table(docs, self.stats, self.kept).to_batches(),
+            SEQUENCES_FILE: lambda docs, schema: sequence_table(docs, self.stats, self.kept, self.words).to_batches(),
             WORDS_FILE: lambda docs, schema: word_batches(docs),
         }
         written: list[Path] = []
@@ -648,7 +649,7 @@ class RunWriter:
 
         Their types go into the metadata (`kept_types`) of every final file.
         """
-        schema = sequence_schema(self.stats, self.kept)
+        schema = sequence_schema(self.stats, self.kept, self.words)
         json_names = [name for name, kind in self.kept.items() if kind is None]
 
         def parts() -> Iterator[pa.Table]:
@@ -787,6 +788,10 @@ def _doc_to_json(doc: DocScore) -> dict:
     arrays = {name: getattr(doc, name).tolist() for name in _DOC_ARRAYS}
     stats = {name: {"shape": list(v.shape), "values": v.tolist()} for name, v in doc.stats.items()}
     words = {name: getattr(doc.words, name).tolist() for name in ("starts", "ends", "token_word")}
+    for name in ("index", "correction"):  # None where every word holds a token, and where not computed
+        value = getattr(doc.words, name)
+        # NaN (an unknown correction) has no JSON form: it is saved as null.
+        words[name] = None if value is None else [None if v != v else v for v in value.tolist()]
     scalars = {name: getattr(doc, name) for name in _DOC_SCALARS}
     return {**scalars, **arrays, "tokens": list(doc.tokens), "words": words, "stats": stats}
 
@@ -797,7 +802,12 @@ def _doc_from_json(row: dict) -> DocScore:
     stats = {
         name: np.asarray(v["values"], dtype=numpy_type(name)).reshape(v["shape"]) for name, v in row["stats"].items()
     }
-    words = Words(*(np.asarray(row["words"][k], dtype=np.int64) for k in ("starts", "ends", "token_word")))
+    saved = row["words"]
+    words = Words(*(np.asarray(saved[k], dtype=np.int64) for k in ("starts", "ends", "token_word")))
+    if saved.get("index") is not None:
+        words.index = np.asarray(saved["index"], dtype=np.int64)
+    if saved.get("correction") is not None:
+        words.correction = np.asarray([np.nan if v is None else v for v in saved["correction"]], dtype=np.float64)
     scalars = {name: row[name] for name in _DOC_SCALARS}
     return DocScore(**scalars, **arrays, tokens=row["tokens"], words=words, stats=stats)
 

@@ -249,7 +249,9 @@ def score_shard(shard: Shard, job: Job, shard_dir: Path, report: Callable[[int, 
         return _shard_state(shard_dir)
     options = job.score_options
     loaded, ref = load_models(options)
-    scorer, model_metadata = make_scorer(options, loaded, ref, expected_tokens=job.expected_tokens, threads=job.threads)
+    scorer, model_metadata = make_scorer(
+        options, loaded, ref, expected_tokens=job.expected_tokens, threads=job.threads, words=job.words
+    )
     metadata = {**model_metadata, **job.metadata}
     session = Session(shard.source, shard_dir, first_doc=shard.first_doc)
     resume = (shard_dir / PARTS_DIR / RUN_FILE).is_file()

@@ -26,6 +26,7 @@ TOKEN_COLUMNS: dict[str, pa.DataType] = {
     "kl": pa.float32(),
     "reverse_kl": pa.float32(),
     "same_top": pa.bool_(),
+    "word_start_logprob": pa.float32(),
 }
 DEFAULT_STATS = ("logprob", "entropy", "rank")
 
@@ -110,12 +111,31 @@ class DocScore:
 
     def sequence_row(self) -> dict:
         """The document's row of sequences.parquet; statistics are None where no token was scored."""
-        return {c.name: c.value(self) for c in SEQUENCE_COLUMNS if c.present(self.stats)}
+        words = self.words.correction is not None
+        return {c.name: c.value(self) for c in SEQUENCE_COLUMNS if c.present(self.stats, words)}
 
     def word_columns(self) -> dict[str, np.ndarray]:
-        """The numeric columns of the document's rows of words.parquet: start, end and the word statistics."""
+        """The numeric columns of the document's rows of words.parquet: start, end and the word statistics.
+
+        `surprisal_corrected` is NaN where the correction was not computed or is unknown (a truncated text's
+        last word).
+        """
         stats = word_stats(self.words, self.response_values("logprob"), self.response_values("entropy"))
+        correction = self.words.correction
+        stats["surprisal_corrected"] = stats["surprisal"] + (np.nan if correction is None else correction)
         return {"start": self.words.starts, "end": self.words.ends, **stats}
+
+    def corrected_word_surprisal(self) -> tuple[float, int]:
+        """Σ corrected surprisal over the words that have one (all but a truncated text's last), and their number."""
+        correction = self.words.correction
+        if correction is None or not len(correction):
+            return 0.0, 0
+        known = np.isfinite(correction)
+        total = -self.sum_logprob + float(correction[known].sum(dtype=np.float64))
+        if not known.all():  # the unknown words' surprisal is in the document's sum, and must leave it
+            surprisal = word_stats(self.words, self.response_values("logprob"), self.response_values("entropy"))
+            total -= float(surprisal["surprisal"][~known].sum())
+        return total, int(known.sum())
 
     def word_texts(self, first: int = 0, end: int | None = None) -> list[str]:
         """The texts of the document's words `first` to `end`."""
@@ -125,7 +145,7 @@ class DocScore:
     def word_rows(self) -> dict[str, np.ndarray | list]:
         """The document's rows of words.parquet, as columns."""
         columns = self.word_columns()
-        return {"word": np.arange(len(self.words)), "text": self.word_texts(), **columns}
+        return {"word": self.words.indices(), "text": self.word_texts(), **columns}
 
 
 class TokenStrings(Sequence[str]):
@@ -165,10 +185,11 @@ class SequenceColumn:
     type: pa.DataType
     value: Callable[[DocScore], object]
     needs: str | None = None  # the token column a run must have for this one to be present
+    words: bool = False  # present only in runs that compute word rows (and their correction)
 
-    def present(self, stats: Iterable[str]) -> bool:
-        """Whether a run with these token columns has this column."""
-        return self.needs is None or self.needs in stats
+    def present(self, stats: Iterable[str], words: bool = False) -> bool:
+        """Whether a run with these token columns (and word rows, where `words`) has this column."""
+        return (self.needs is None or self.needs in stats) and (words or not self.words)
 
 
 def _scored(value: Callable[[DocScore], object]) -> Callable[[DocScore], object]:
@@ -179,6 +200,12 @@ def _scored(value: Callable[[DocScore], object]) -> Callable[[DocScore], object]
 def _bits_per_byte(d: DocScore) -> float | None:
     """-Σ log-prob / ln 2 over the UTF-8 bytes of the scored text."""
     return bits_per_byte(d.sum_logprob, d.n_bytes) if d.n_tokens and d.n_bytes else None
+
+
+def _corrected_word_perplexity(d: DocScore) -> float | None:
+    """exp(Σ corrected word surprisal / words) over the words that have one; None where none has."""
+    total, n = d.corrected_word_surprisal()
+    return perplexity(-total / n) if n else None
 
 
 SEQUENCE_COLUMNS = (
@@ -195,6 +222,7 @@ SEQUENCE_COLUMNS = (
     SequenceColumn(
         "word_perplexity", pa.float64(), lambda d: perplexity(d.sum_logprob / len(d.words)) if len(d.words) else None
     ),
+    SequenceColumn("word_perplexity_corrected", pa.float64(), lambda d: _corrected_word_perplexity(d), words=True),
     SequenceColumn("truncated", pa.bool_(), lambda d: d.truncated),
     SequenceColumn("unscored_chars", pa.int64(), lambda d: d.unscored_chars),
     SequenceColumn(

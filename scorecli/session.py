@@ -110,11 +110,13 @@ def make_scorer(
     stream: bool = False,
     expected_tokens: int | None = None,
     threads: int | None = None,
+    words: bool = False,
 ) -> tuple[Scorer, dict[str, str]]:
     """The Scorer of the options over loaded models, and the metadata they make: the models' and the scorer's.
 
     `stream` splits the first buffer (see Scorer); `expected_tokens` weighs compile auto; `threads`, where
-    given, replaces the options' (a --ray shard's task has its own).
+    given, replaces the options' (a --ray shard's task has its own); `words` asks for what word rows need
+    (the options' words ask too).
     """
     from scorecli.engine import Scorer
 
@@ -129,6 +131,7 @@ def make_scorer(
         ref_tokenizer=None if ref is None else ref.tokenizer,
         stream=stream,
         expected_tokens=expected_tokens,
+        words=options.words or words,
         **kwargs,
     )
     metadata = {

@@ -21,6 +21,7 @@ _DOC_FIGURES = (
     ("bits_per_byte", "bits per byte", "{:.4f}"),
     ("mean_entropy", "mean entropy (nats)", "{:.4f}"),
     ("word_perplexity", "word perplexity", "{:,.3f}"),
+    ("word_perplexity_corrected", "word perplexity, corrected", "{:,.3f}"),
     ("top1_rate", "top-1 rate", "{:.3f}"),
     ("mean_kl", "mean KL (nats)", "{:.4f}"),
     ("ref_perplexity", "reference perplexity", "{:,.3f}"),

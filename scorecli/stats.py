@@ -79,6 +79,7 @@ class RowBlock:
     ref_label_logits: torch.Tensor | None = None  # [n, 1]: the reference model's, where there is one
     ref: Softmax | None = None
     top_k: int = 0
+    subset: torch.Tensor | None = None  # [vocabulary] float32, 1 at the entries of a subset, else 0 ("word_start")
 
 
 @dataclass
@@ -202,6 +203,31 @@ def _top(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return values, ids
 
 
+class WordStart(Statistic):
+    """The log of the probability that the next token is in a fixed subset of the vocabulary: log Σ_{v∈S} p(v).
+
+    The subset (`Rows.subset`) is a tokenizer's word-start tokens, for the beginning-of-word correction of
+    word surprisal (wordstart.py); the sum follows the softmax's shift as its own sum does.
+    """
+
+    columns = ("word_start_logprob",)
+
+    def __init__(self, rows: RowBlock) -> None:
+        """Start with no mass."""
+        super().__init__(rows)
+        self.sum = torch.zeros(len(rows.labels), 1, device=rows.labels.device)
+
+    def add(self, chunk: Chunk) -> None:
+        """Add the chunk's entries of the subset: exp(logit - shift) summed by a product with the subset's 0/1 mask."""
+        softmax = self.rows.softmax
+        mask = self.rows.subset[chunk.start : chunk.start + chunk.logits.shape[-1], None]
+        self.sum = softmax.scale * self.sum + softmax.exp @ mask
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """The subset's log-sum-exp less the whole vocabulary's (-inf where the subset has no probability)."""
+        return {"word_start_logprob": (self.sum.log() - self.rows.softmax.sum.log()).squeeze(-1)}
+
+
 class Reference(Statistic):
     """The reference model's log-prob and entropy, both KL divergences, and whether the top tokens agree."""
 
@@ -246,13 +272,15 @@ class Reference(Statistic):
         }
 
 
-# Named so that a caller asks for statistics by name; "top_k" needs RowBlock.top_k, "reference" the reference's logits.
+# Named so that a caller asks for statistics by name; "top_k" needs RowBlock.top_k, "reference" the reference's logits,
+# "word_start" RowBlock.subset.
 STATISTICS: dict[str, type[Statistic]] = {
     "logprob": LogProb,
     "entropy": Entropy,
     "rank": Rank,
     "top_k": TopK,
     "reference": Reference,
+    "word_start": WordStart,
 }
 
 
@@ -271,15 +299,17 @@ def chunked_stats(
     ref_logits_of: LogitsOf | None = None,
     ref_label_logits: torch.Tensor | None = None,
     chunk: int | None = None,
+    subset: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The named statistics of a block of rows whose logits come a chunk of the vocabulary at a time, in float32.
 
     `label_logits` [n] are the labels' logits (and `ref_label_logits` the reference model's, whose chunks
-    come from `ref_logits_of`); `chunk` entries a chunk (default VOCAB_CHUNK).
+    come from `ref_logits_of`); `chunk` entries a chunk (default VOCAB_CHUNK); `subset` the 0/1 mask over
+    the vocabulary that "word_start" sums over.
     """
     chunk = chunk or VOCAB_CHUNK
     n, device = len(labels), labels.device
-    rows = RowBlock(labels, label_logits.float()[:, None], Softmax(n, device), top_k=top_k)
+    rows = RowBlock(labels, label_logits.float()[:, None], Softmax(n, device), top_k=top_k, subset=subset)
     if ref_logits_of is not None:
         rows.ref, rows.ref_label_logits = Softmax(n, device), ref_label_logits.float()[:, None]
     stats = [STATISTICS[name](rows) for name in statistics]
@@ -302,6 +332,7 @@ def token_stats(
     ref_logits: torch.Tensor | None = None,
     top_k: int = 0,
     chunk: int | None = None,
+    subset: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The named statistics of each row of whole logits [N, V] and its label, as columns, in float32."""
     ref_of = None if ref_logits is None else (lambda start, end, near: ref_logits[:, start:end])
@@ -315,6 +346,7 @@ def token_stats(
         ref_of,
         None if ref_logits is None else ref_logits.gather(-1, labels[:, None]).squeeze(-1),
         chunk,
+        subset,
     )
 
 

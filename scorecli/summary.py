@@ -35,6 +35,8 @@ _ADDED = (
     "n_bytes",
     "n_words",
     "sum_word_surprisal",
+    "n_words_corrected",
+    "sum_word_surprisal_corrected",
     "n_rejected",
     "sum_doc_perplexity",
     "n_top1",
@@ -58,6 +60,9 @@ class Summary:
     n_bytes: int = 0
     n_words: int = 0
     sum_word_surprisal: float = 0.0
+    # Words with a corrected surprisal (runs with word rows; all but a truncated text's last word), and its sum.
+    n_words_corrected: int = 0
+    sum_word_surprisal_corrected: float = 0.0
     n_rejected: int = 0
     sum_doc_perplexity: float = 0.0
     seconds: float = 0.0
@@ -93,6 +98,9 @@ class Summary:
         if row["n_words"]:  # texts of whitespace alone have tokens but no words
             self.n_words += row["n_words"]
             self.sum_word_surprisal -= score.sum_logprob
+            total, n = score.corrected_word_surprisal()
+            self.n_words_corrected += n
+            self.sum_word_surprisal_corrected += total
         self.sum_doc_perplexity += row["perplexity"]
         preview = _preview_source(score)
         entry = (row["perplexity"], -score.doc, score.doc, score.id, score.n_tokens, preview)
@@ -156,6 +164,12 @@ class Summary:
         return perplexity(-self.sum_word_surprisal / self.n_words) if self.n_words else None
 
     @property
+    def word_perplexity_corrected(self) -> float | None:
+        """exp(Σ corrected word surprisal / number of words) over the words that have one; None without any."""
+        n = self.n_words_corrected
+        return perplexity(-self.sum_word_surprisal_corrected / n) if n else None
+
+    @property
     def mean_entropy(self) -> float | None:
         """Mean predictive entropy per scored token, in nats."""
         return self.sum_entropy / self.n_tokens if self.n_tokens else None
@@ -199,6 +213,7 @@ class Summary:
             "mean_doc_perplexity": self.mean_doc_perplexity,
             "bits_per_byte": self.bits_per_byte,
             "word_perplexity": self.word_perplexity,
+            "word_perplexity_corrected": self.word_perplexity_corrected,
             "words": self.n_words,
             "mean_entropy": self.mean_entropy,
             "top1_rate": self.top1_rate,

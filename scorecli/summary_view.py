@@ -28,6 +28,11 @@ def render(figures: dict, metadata: dict[str, str]) -> Group:
         ("bits per byte", _num(figures.get("bits_per_byte"))),
         *_ci("bits/byte 95% CI", figures.get("bits_per_byte_ci")),
         ("word perplexity", _num(figures.get("word_perplexity"))),
+        *(
+            [("word perplexity, corrected", _num(figures["word_perplexity_corrected"]))]
+            if figures.get("word_perplexity_corrected") is not None
+            else []
+        ),
         ("mean entropy (nats)", _num(figures.get("mean_entropy"))),
         ("top-1 rate", _pct_text(figures.get("top1_rate"))),
         ("tokens/s", _num(figures.get("tokens_per_second"), 1)),

@@ -29,13 +29,15 @@ def token_schema(stats: Iterable[str] = DEFAULT_STATS) -> pa.Schema:
     return pa.schema([*_TOKEN_FIELDS, *named, ("is_response", pa.bool_())])
 
 
-def sequence_schema(stats: Iterable[str] = DEFAULT_STATS, kept: KeptTypes | None = None) -> pa.Schema:
-    """The schema of sequences.parquet's parts for a run that computes the token columns `stats`.
+def sequence_schema(
+    stats: Iterable[str] = DEFAULT_STATS, kept: KeptTypes | None = None, words: bool = False
+) -> pa.Schema:
+    """The schema of sequences.parquet's parts for a run that computes the token columns `stats` (and word rows).
 
     The kept input fields `kept` follow scorecli's own columns.
     """
     stats = set(stats)
-    own = [pa.field(c.name, c.type) for c in SEQUENCE_COLUMNS if c.present(stats)]
+    own = [pa.field(c.name, c.type) for c in SEQUENCE_COLUMNS if c.present(stats, words)]
     return pa.schema(own + part_fields(kept or {}))
 
 
@@ -51,28 +53,29 @@ WORD_SCHEMA = pa.schema(
         ("end", pa.int32()),
         ("n_tokens", pa.int32()),
         ("surprisal", pa.float64()),
+        ("surprisal_corrected", pa.float64()),
         ("entropy", pa.float32()),
     ]
 )
 
 
 # The numeric word columns after `text`, as DocScore.word_columns gives them.
-WORD_COLUMNS = ("start", "end", "n_tokens", "surprisal", "entropy")
+WORD_COLUMNS = ("start", "end", "n_tokens", "surprisal", "surprisal_corrected", "entropy")
 # Rows per record batch of token and word rows: a huge document's rows are built and written a slice at a
 # time, never all at once.
 BATCH_ROWS = 1 << 16
 
 
 def sequence_table(
-    scores: list[DocScore], stats: Iterable[str] = DEFAULT_STATS, kept: KeptTypes | None = None
+    scores: list[DocScore], stats: Iterable[str] = DEFAULT_STATS, kept: KeptTypes | None = None, words: bool = False
 ) -> pa.Table:
     """The sequence rows of several documents as one Arrow table, with their kept fields `kept`."""
-    schema = sequence_schema(stats)
+    schema = sequence_schema(stats, words=words)
     table = pa.Table.from_pylist([s.sequence_row() for s in scores], schema)
     if not kept:
         return table
     arrays = [*table.columns, *part_arrays([s.kept for s in scores], kept)]
-    return pa.Table.from_arrays(arrays, schema=sequence_schema(stats, kept))
+    return pa.Table.from_arrays(arrays, schema=sequence_schema(stats, kept, words))
 
 
 def word_table(scores: list[DocScore]) -> pa.Table:
@@ -93,10 +96,15 @@ def word_batches(scores: list[DocScore], rows: int = BATCH_ROWS) -> Iterator[pa.
             [
                 pa.array(_cat([np.full(b - a, s.doc, np.int64) for s, a, b, _ in parts], np.int64)),
                 pa.array([s.id for s, a, b, _ in parts for _ in range(b - a)], pa.string()),
-                pa.array(_cat([np.arange(a, b) for _, a, b, _ in parts], np.int32)),
+                pa.array(_cat([s.words.indices(a, b) for s, a, b, _ in parts], np.int32)),
                 pa.array([t for s, a, b, _ in parts for t in s.word_texts(a, b)], pa.string()),
                 *(
-                    pa.array(_cat([c[name][a:b] for _, a, b, c in parts], field.type.to_pandas_dtype()), field.type)
+                    # NaN (a correction not computed, or unknown) is written as null.
+                    pa.array(
+                        _cat([c[name][a:b] for _, a, b, c in parts], field.type.to_pandas_dtype()),
+                        field.type,
+                        from_pandas=True,
+                    )
                     for name, field in ((n, WORD_SCHEMA.field(n)) for n in WORD_COLUMNS)
                 ),
             ],

@@ -201,10 +201,31 @@ def sample_texts(name: str = "mixed.jsonl") -> list[str]:
 
 def _train_tokenizer(folder: Path, style: str) -> None:
     """A small byte-level BPE trained on our samples; 'gpt2' style has only an EOS, 'llama' style a BOS
-    that the tokenizer itself adds by default (to check that scorecli never doubles it)."""
+    that the tokenizer itself adds by default (to check that scorecli never doubles it); 'sp' style is
+    SentencePiece's way instead: spaces as ▁ (one before the text's first word), bytes as <0xNN> tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if style == "sp":
+        tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+        tok.decoder = decoders.Sequence(
+            [decoders.Metaspace(replacement="\u2581", prepend_scheme="first"), decoders.ByteFallback(), decoders.Fuse()]
+        )
+        trainer = trainers.BpeTrainer(vocab_size=444, special_tokens=["<unk>", "<s>", "</s>"], limit_alphabet=100)
+        tok.train_from_iterator(sample_texts() + sample_texts("long.jsonl")[:50], trainer)
+        # The 256 byte tokens <0x00>…<0xFF> are ordinary vocabulary entries, after the special ones (as Llama's).
+        spec = json.loads(tok.to_str())
+        vocab = spec["model"]["vocab"]
+        spec["model"]["vocab"] = {
+            **{t: i for t, i in vocab.items() if i < 3},
+            **{f"<0x{b:02X}>": 3 + b for b in range(256)},
+            **{t: i + 256 for t, i in vocab.items() if i >= 3},
+        }
+        tok = Tokenizer.from_str(json.dumps(spec))
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+        fast.save_pretrained(folder)
+        return
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -233,13 +254,13 @@ def _build(folder: Path, style: str, seed: int | None = None, tokenizer_from: Pa
     else:
         AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(folder)
     vocab = len(AutoTokenizer.from_pretrained(folder))
-    torch.manual_seed((0 if style == "gpt2" else 1) if seed is None else seed)
+    torch.manual_seed({"gpt2": 0, "llama": 1, "sp": 2}[style] if seed is None else seed)
     if style == "gpt2":
         config = GPT2Config(
             vocab_size=vocab, n_positions=512, n_embd=32, n_layer=2, n_head=2, eos_token_id=0, bos_token_id=0
         )
         model = GPT2LMHeadModel(config)
-    else:
+    else:  # "llama" and "sp": a Llama model
         config = LlamaConfig(
             vocab_size=vocab,
             hidden_size=32,
@@ -249,8 +270,8 @@ def _build(folder: Path, style: str, seed: int | None = None, tokenizer_from: Pa
             num_key_value_heads=2,
             max_position_embeddings=512,
             tie_word_embeddings=False,
-            bos_token_id=0,
-            eos_token_id=1,
+            bos_token_id=1 if style == "sp" else 0,
+            eos_token_id=2 if style == "sp" else 1,
         )
         model = LlamaForCausalLM(config)
     # Random init gives near-uniform predictions; sharpen them so the scores differ from token to token.
@@ -268,6 +289,12 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def sp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama with a SentencePiece-style tokenizer (▁ for spaces, byte fallback)."""
+    return _build(tmp_path_factory.mktemp("tiny-sp"), "sp")
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from scorecli.faults import FAULT_ENV
 from scorecli.layout import LOCK_FILE
 from scorecli.outputs import read_metadata
 from scorecli.runs import FINISH_STAGES, claim_out_dir
+from scorecli.scores import DEFAULT_STATS
 
 SCORECLI = [sys.executable, "-m", "scorecli"]
 RESULTS = ("tokens.parquet", "sequences.parquet", "words.parquet")
@@ -287,7 +288,9 @@ def test_a_part_damaged_after_resume_checked_it_is_named_when_the_parts_are_join
     out = tmp_path / "o"
     shutil.copytree(cut[1], out)
     with claim_out_dir(out, resume=True) as folder:
-        writer = RunWriter(folder, folder.state.metadata, words=True)
+        # The run's token columns: those of --words (the word-start statistic) beside the defaults.
+        stats = (*DEFAULT_STATS, "word_start_logprob")
+        writer = RunWriter(folder, folder.state.metadata, words=True, stats=stats)
         (out / "parts" / "tokens" / "000001.parquet").write_bytes(b"PAR1 not really")
         with pytest.raises(OutputError, match="part 000001: parts/tokens/000001.parquet does not match its manifest"):
             writer.finish(records_read=writer.records_done, summary={}, errors_file=False)
