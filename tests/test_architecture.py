@@ -105,6 +105,7 @@ def _table(text: str, header: list[str]) -> list[list[str]]:
 
 
 def _names(cell: str) -> set[str]:
+    """The comma-separated names of a table cell (`none`: no name)."""
     return {name.strip() for name in cell.split(",") if name.strip() and name.strip() != "none"}
 
 
@@ -123,7 +124,7 @@ GOALS = {
 }
 
 
-def goal(test_id: str):
+def goal(test_id: str) -> list[pytest.MarkDecorator]:
     """An expected failure while the page names this rule as a goal, or nothing once it is not one."""
     reason = GOALS.get(test_id)
     return [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
