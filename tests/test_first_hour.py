@@ -225,9 +225,9 @@ def test_revision_and_trust_remote_code_reach_from_pretrained(gpt2_dir, tmp_path
     assert line == "scorecli: error: --revision applies to hub models and model folders, not to GGUF files"
 
 
-def test_surprisal_in_bits_as_the_readme_computes_it(gpt2_dir, tmp_path, monkeypatch):
-    readme = (ROOT / "README.md").read_text()
-    [line] = [line for line in readme.splitlines() if line.startswith("python -c") and "surprisal_bits" in line]
+def test_surprisal_in_bits_as_the_docs_compute_it(gpt2_dir, tmp_path, monkeypatch):
+    page = (ROOT / "docs" / "outputs.md").read_text()
+    [line] = [line for line in page.splitlines() if line.startswith("python -c") and "surprisal_bits" in line]
     code = shlex.split(line)[2]
     folder = re.search(r"read_parquet\('([^']+)/tokens.parquet'\)", code).group(1)
     monkeypatch.chdir(tmp_path)
