@@ -185,7 +185,8 @@ def _run_sharded(
         _check_run_options("", True, resume, overwrite, options.words, rows)
     if resume and overwrite:
         raise UsageError("`resume` and `overwrite` cannot be used together")
-    saved = None if out is None else scaleout.saved_options(out)
+    # `overwrite` starts again, whatever is saved (a damaged plan included).
+    saved = None if out is None or overwrite else scaleout.saved_options(out)
     if resume and saved is None:
         if out is not None and is_sharded_run(out):
             return RunResult(Path(out), {}, {}, nothing_to_do=True, sharded=True)
