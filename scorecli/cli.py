@@ -217,6 +217,7 @@ def score(ctx: typer.Context, **values: object) -> None:
                     signals=True,
                 )
         except RunInterrupted as e:
+            interrupts.settle()  # stopping: another Ctrl-C must not cut this short
             typer.echo(f"scorecli: {_stopped(e)}", err=True)
             raise typer.Exit(EXIT_TERMINATED if e.terminated else EXIT_INTERRUPTED) from None
         if result.nothing_to_do:
@@ -427,6 +428,7 @@ def _reported_errors(flags: dict[str, str] = FLAGS) -> Iterator[None]:
         typer.echo(f"scorecli: error: {one_line(e.for_cli(flags))}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
+        interrupts.settle()  # stopping: another Ctrl-C must not cut this short
         typer.echo("scorecli: interrupted", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:

@@ -563,8 +563,10 @@ class Scorer:
             try:
                 yield pool.map
             finally:
-                # On Ctrl-C or an error, drop the batches not yet started rather than finish the buffer.
-                pool.shutdown(wait=True, cancel_futures=True)
+                # On Ctrl-C or an error, drop the batches not yet started rather than finish the buffer. Signals wait
+                # for the workers' last batches: a join cut short would leave them running as the process ends.
+                with interrupts.held():
+                    pool.shutdown(wait=True, cancel_futures=True)
 
     def _plan_prefixes(self, work: list[Window], encoded: list[Encoded]) -> list[SharedPrefix]:
         """The windows of a buffer that share a start worth feeding once (none without prefix sharing)."""

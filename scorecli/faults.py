@@ -17,6 +17,7 @@ The stages, in the order a run meets them:
   finishing, joining, joined, committed, moving, moved, finished
                       the stages of the committed finish (runs.py)
   shard-complete      a --ray run's driver has a shard's result (scaleout.py)
+  exiting             the interpreter shuts down, its threads joined (__main__.py; only where asked for)
 
 This is the one place the variable is read; nothing else in scorecli exists for tests.
 """
