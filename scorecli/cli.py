@@ -489,7 +489,8 @@ def _score_on_ray(
     """
     from scorecli import scaleout
 
-    scaleout.require_ray()
+    with interrupts.deferred("ray-import"):  # Ray's native parts, held like torch's
+        scaleout.require_ray()
     if out is None:
         raise UsageError("--ray writes Parquet datasets into a folder: give --out DIR (or --out - for JSON lines)")
     if out == STDIN:
