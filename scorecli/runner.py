@@ -178,7 +178,8 @@ def _run_sharded(
 
     On a stream, the shards' rows go as JSON lines, in input order, as the shards complete.
     """
-    scaleout.require_ray()
+    with interrupts.deferred("ray-import"):  # Ray's native parts, held like torch's
+        scaleout.require_ray()
     if out is None and stream is None:
         raise UsageError("writes Parquet datasets into a folder: give `out` DIR (or `out` - for JSON lines)", arg="ray")
     if stream is not None:
