@@ -42,7 +42,10 @@ MONTHS = [
     "November",
     "December",
 ]
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven"]
+NUMBER_WORDS = [
+    *("zero", "one", "two", "three", "four", "five", "six"),
+    *("seven", "eight", "nine", "ten", "eleven", "twelve"),
+]
 WORDS = ["garden", "river", "window", "pencil", "harbour", "lantern", "castle", "meadow", "kettle", "basket", "violin"]
 # Odd one out: three of a kind and one of another.
 KINDS = {

@@ -180,7 +180,8 @@ class ScorecliLM(TemplateLM):
             sequences.append(whole)
             first.append(len(whole) - len(continuation))
         stats = self.scorer.score_sequences(sequences, first, self.progress)
-        # is_greedy: every continuation token is the model's most likely (rank 1), lm-eval's exact match.
+        # is_greedy: every continuation token is the model's most likely (rank 1: no logit above it), lm-eval's exact
+        # match; `hf` takes the first of tied largest logits instead, which differs only where floats tie exactly.
         return [(float(np.sum(s["logprob"], dtype=np.float64)), bool((s["rank"] == 1).all())) for s in stats]
 
     def loglikelihood_rolling(self, requests: Sequence[object], disable_tqdm: bool = False) -> list[float]:
@@ -205,8 +206,7 @@ class ScorecliLM(TemplateLM):
         tasks = sorted({str(getattr(r, "task_name", None) or "?") for r in requests})
         raise UsageError(
             f"{NAME} scores text, it does not generate: task(s) {', '.join(tasks)} ask for generated text "
-            "(generate_until); run them with a generating backend such as hf or vllm",
-            arg=None,
+            "(generate_until); run them with a generating backend such as hf or vllm"
         )
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
@@ -244,16 +244,14 @@ def run_cli(argv: Sequence[str]) -> None:
     from lm_eval.__main__ import cli_evaluate
 
     args = list(argv)
-    if args[:1] == ["run"]:
-        args = args[1:]
-    named = any(a in ("--model", "-M") or a.startswith("--model=") for a in args)
-    commands = ("ls", "validate")
-    if args[:1] and args[0] in commands:
+    if args[:1] and args[0] in ("ls", "validate"):
         full = args
     else:
+        args = args[1:] if args[:1] == ["run"] else args
+        model = _option(args, "--model", "-M")
         # lm-eval's own default device (cuda:0) is no choice of scorecli's: its `auto` stands in where none is given.
-        device = any(a == "--device" or a.startswith("--device=") for a in args)
-        full = ["run", *([] if named else ["--model", NAME, *([] if device else ["--device", "auto"])]), *args]
+        ours = ["--device", "auto"] if model in (None, NAME) and _option(args, "--device") is None else []
+        full = ["run", *(["--model", NAME] if model is None else []), *ours, *args]
     saved = sys.argv
     sys.argv = ["scorecli lm-eval", *full]
     try:
@@ -264,6 +262,18 @@ def run_cli(argv: Sequence[str]) -> None:
         raise ScorecliError(f"lm-eval: {type(e).__name__}: {first_line(e)}") from None
     finally:
         sys.argv = saved
+
+
+def _option(args: Sequence[str], *names: str) -> str | None:
+    """The value given to a command-line option under any of its `names` (the last one given), or None."""
+    value = None
+    for k, arg in enumerate(args):
+        for name in names:
+            if arg == name and k + 1 < len(args):
+                value = args[k + 1]
+            elif arg.startswith(f"{name}="):
+                value = arg.split("=", 1)[1]
+    return value
 
 
 def _tokenizer(loaded: object, add_bos_token: bool | None, revision: object, trust_remote_code: bool) -> object:

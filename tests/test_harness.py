@@ -272,3 +272,30 @@ def test_cli_errors_name_model_args(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as e:
         ScorecliLM(batch_tokens=0)
     assert e.value.for_cli(LM_EVAL_FLAGS) == "--model_args batch_tokens must be a whole number of at least 1, not 0"
+
+
+def test_run_cli_passes_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scorecli.errors import ScorecliError
+    from scorecli.harness import run_cli
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr("lm_eval.__main__.cli_evaluate", lambda: seen.append(sys.argv[1:]))
+    options = ["--tasks", "t1", "t2", "--model_args", "dtype=float32", "--limit", "3", "--log_samples"]
+    run_cli(options)
+    run_cli(["run", "--model", "hf", *options])
+    run_cli(["--model=scorecli", "--device", "cpu", *options])
+    run_cli(["ls", "tasks"])
+    assert seen == [
+        ["run", "--model", "scorecli", "--device", "auto", *options],  # lm-eval's default device is cuda:0
+        ["run", "--model", "hf", *options],
+        ["run", "--model=scorecli", "--device", "cpu", *options],
+        ["ls", "tasks"],
+    ]
+
+    def refuse() -> None:
+        raise ValueError("Tasks not found: t1\nTry `lm-eval ls tasks`")
+
+    monkeypatch.setattr("lm_eval.__main__.cli_evaluate", refuse)
+    with pytest.raises(ScorecliError) as e:
+        run_cli(options)
+    assert str(e.value) == "lm-eval: ValueError: Tasks not found: t1"
