@@ -299,3 +299,16 @@ def test_run_cli_passes_options_through(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(ScorecliError) as e:
         run_cli(options)
     assert str(e.value) == "lm-eval: ValueError: Tasks not found: t1"
+
+
+def test_samples_tasks_are_make_tasks_output(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("make_tasks", SAMPLES / "make_tasks.py")
+    make_tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_tasks)
+    written = make_tasks.write_tasks(tmp_path / "tasks")  # the defaults of `python samples/make_tasks.py`
+    files = sorted(p.relative_to(written) for p in written.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(SAMPLES / "tasks") for p in (SAMPLES / "tasks").rglob("*") if p.is_file())
+    for name in files:
+        # The repository's copy names its data relative to the repository root; this one absolutely.
+        text = (written / name).read_text(encoding="utf-8").replace(str(written), "samples/tasks")
+        assert text == (SAMPLES / "tasks" / name).read_text(encoding="utf-8"), name
