@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 
 from scorecli import __version__, interrupts, options
 from scorecli.corpus import expand_inputs
-from scorecli.errors import ScorecliError, one_line, shown
+from scorecli.errors import ScorecliError, UsageError, one_line, shown
 from scorecli.inputs import Rejected
 from scorecli.options import SPECS, TYPES, ScoreOptions
 from scorecli.session import RESUME_SKIPPING
@@ -217,6 +217,7 @@ def score(ctx: typer.Context, **values: object) -> None:
                     signals=True,
                 )
         except RunInterrupted as e:
+            interrupts.settle()  # stopping: another Ctrl-C must not cut this short
             typer.echo(f"scorecli: {_stopped(e)}", err=True)
             raise typer.Exit(EXIT_TERMINATED if e.terminated else EXIT_INTERRUPTED) from None
         if result.nothing_to_do:
@@ -427,6 +428,7 @@ def _reported_errors(flags: dict[str, str] = FLAGS) -> Iterator[None]:
         typer.echo(f"scorecli: error: {one_line(e.for_cli(flags))}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
+        interrupts.settle()  # stopping: another Ctrl-C must not cut this short
         typer.echo("scorecli: interrupted", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:
@@ -495,3 +497,45 @@ def report(
     with _reported_errors():
         path = build_report(run, compare=compare, out=out)
         Console(stderr=True).print(f"wrote {path}")
+
+
+# The model arguments of `scorecli lm-eval` that error messages name, as they are given there.
+LM_EVAL_FLAGS = {
+    "model_args": "--model_args",
+    "model": "--model_args pretrained",
+    **{
+        name: f"--model_args {name}"
+        for name in (
+            "dtype",
+            "device",
+            "batch_tokens",
+            "threads",
+            "prefix_sharing",
+            "min_shared_prefix",
+            "head_dtype",
+            "compile",
+            "revision",
+            "trust_remote_code",
+            "add_bos_token",
+            "prefix_token_id",
+            "max_length",
+        )
+    },
+}
+
+
+@app.command(
+    "lm-eval",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def lm_eval_command(ctx: typer.Context) -> None:
+    """Run lm-evaluation-harness with scorecli as its model; every option is lm-eval's (--tasks, --model_args …)."""
+    with _reported_errors(LM_EVAL_FLAGS):
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError:
+            raise UsageError("needs lm-evaluation-harness: pip install 'scorecli[lm-eval]'") from None
+        from scorecli.harness import run_cli
+
+        run_cli(ctx.args)

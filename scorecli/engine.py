@@ -355,6 +355,44 @@ class Scorer:
         for buffer in self._buffers(records, on_error):
             yield from self._score_buffer(buffer, state, report, done or {})
 
+    def score_sequences(
+        self, sequences: Sequence[Sequence[int]], first: Sequence[int], state: ScoreProgress | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """The statistics of the tokens of each token-id sequence from position `first[i]` on, in input order.
+
+        For callers that tokenise themselves (lm-evaluation-harness, harness.py): each sequence is fed whole,
+        as given (no BOS added, no windows: one longer than the model's context is the caller's to cut),
+        batched, sorted and prefix-shared as the windows of one buffer of `score_records` are. `state`, where
+        given, counts the tokens scored, fed and spared by shared prefixes.
+        """
+        if len(first) != len(sequences):
+            raise UsageError(f"has {len(first)} positions for {len(sequences)} sequences", arg="first")
+        encoded, work = [], []
+        for i, (ids, start) in enumerate(zip(sequences, first)):
+            ids = np.asarray(ids, dtype=np.int32)
+            if not 1 <= start <= len(ids):
+                raise UsageError(f"{start} is not a position from 1 to sequence {i}'s length, {len(ids)}", arg="first")
+            targets = np.zeros(len(ids), dtype=bool)
+            targets[start:] = True
+            no_text = np.zeros((0, 2), dtype=np.int32)
+            encoded.append(Encoded(ids, no_text, 0, False, np.ones(len(ids), dtype=bool), targets))
+            if start < len(ids):
+                work.append(Window(i, 0, len(ids), start))
+        out = [self._empty() for _ in sequences]
+        state = state if state is not None else ScoreProgress()
+        state.docs_planned += len(sequences)
+        state.tokens_planned += sum(e.n_scored for e in encoded)
+        tasks = self._tasks(work, encoded)
+        with self._batch_runner() as run:
+            for task, (scores, fed) in zip(tasks, run(lambda task: self._score_task(task, work, encoded), tasks)):
+                for i, score in zip(_rows(task), scores):
+                    out[work[i].doc] = score
+                    state.tokens_done += len(score["logprob"])
+                state.tokens_fed += fed
+                state.tokens_shared += sum(work[i].end - work[i].begin - 1 for i in _rows(task)) - fed
+        state.docs_done += len(sequences)
+        return out
+
     def plan_buffers(
         self, records: Iterable[Record], on_error: Callable[[Record, str], None] | None = None
     ) -> Iterator[BufferPlan]:
@@ -438,16 +476,19 @@ class Scorer:
             for w, row in self._windows(i, enc):
                 work.append(w)
                 first_rows.append(row)
+        return encoded, work, first_rows, self._tasks(work, encoded)
+
+    def _tasks(self, work: list[Window], encoded: list[Encoded]) -> list[Task]:
+        """The tasks that score a buffer's windows: groups sharing a prefix (most tokens first), then batches."""
         lengths = [w.end - w.begin for w in work]
         groups = self._plan_prefixes(work, encoded)
         grouped = {i for g in groups for i in g.members}
         alone = [i for i in range(len(work)) if i not in grouped]
         plain = [lengths[i] - 1 for i in alone]
-        tasks: list[Task] = [
+        return [
             *sorted(groups, key=lambda g: -g.fed(lengths)),
             *([alone[k] for k in rows] for rows in pack(plain, self._budget(plain))),
         ]
-        return encoded, work, first_rows, tasks
 
     def _budget(self, lengths: Sequence[int]) -> int:
         """The token budget of a buffer's batches of rows of `lengths`: smaller where it would not feed every worker."""
@@ -563,8 +604,10 @@ class Scorer:
             try:
                 yield pool.map
             finally:
-                # On Ctrl-C or an error, drop the batches not yet started rather than finish the buffer.
-                pool.shutdown(wait=True, cancel_futures=True)
+                # On Ctrl-C or an error, drop the batches not yet started rather than finish the buffer. Signals wait
+                # for the workers' last batches: a join cut short would leave them running as the process ends.
+                with interrupts.held():
+                    pool.shutdown(wait=True, cancel_futures=True)
 
     def _plan_prefixes(self, work: list[Window], encoded: list[Encoded]) -> list[SharedPrefix]:
         """The windows of a buffer that share a start worth feeding once (none without prefix sharing)."""

@@ -16,7 +16,10 @@ The stages, in the order a run meets them:
   part-saved          a part is saved, manifest and all (the scoring loop, session.py)
   finishing, joining, joined, committed, moving, moved, finished
                       the stages of the committed finish (runs.py)
+  ray-import, ray-start, ray-scoring, ray-joining
+                      a --ray run's driver: Ray imports, its cluster is up, the first shard reports, joining
   shard-complete      a --ray run's driver has a shard's result (scaleout.py)
+  exiting             the interpreter shuts down, its threads joined (__main__.py; only where asked for)
 
 This is the one place the variable is read; nothing else in scorecli exists for tests.
 """

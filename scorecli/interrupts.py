@@ -10,6 +10,13 @@ it (a weakref callback or `__del__` the garbage collector runs: "Exception ignor
 run go on to the end, so each signal is also recorded, and `reraise` raises it again at the next safe point;
 Python's "Exception ignored" traceback for it is not printed.
 
+Only the first signal raises: the run is stopping from then on, and another exception, raised while it saves
+its work or joins its worker threads, could cut that short (a thread join cut short leaves threads running
+torch as the interpreter shuts down, which aborts the process: "terminate called without an active
+exception"). In the `scorecli` process itself (`own_process`), SIGINT and SIGTERM are then ignored until it
+exits (`settle`), as they are once its results are complete and as the process ends: its exit code is
+decided, and a signal arriving while Python shuts down would otherwise kill it or print a traceback.
+
 A run stopped while it scores raises `RunInterrupted`, which says what it saved and where (session.py).
 """
 
@@ -26,6 +33,9 @@ from scorecli import faults
 _held: list[int] | None = None
 _previous: object = None
 _raised: list[KeyboardInterrupt] = []
+_owner = False  # this process is the `scorecli` command's own, not an application that imports scorecli
+_stopping = False  # a signal raised inside `as_exceptions`: the run is stopping, later signals change nothing
+_settled = False  # SIGINT and SIGTERM are ignored until the process ends
 
 
 class Terminated(KeyboardInterrupt):
@@ -128,8 +138,13 @@ def _record(signum: int, frame: object) -> None:
 @contextmanager
 def as_exceptions() -> Iterator[None]:
     """While the block runs, SIGINT raises KeyboardInterrupt and SIGTERM Terminated, in the main thread."""
+    global _stopping
 
     def handler(signum: int, frame: object) -> None:
+        global _stopping
+        if _stopping:  # raised again, it would replace the first one wherever the run is stopping
+            return
+        _stopping = True
         exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
         _raised.append(exc)
         raise exc
@@ -149,8 +164,12 @@ def as_exceptions() -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, before in previous.items():
-            signal.signal(sig, before)
+        stopped, _stopping = _stopping, False
+        if stopped:
+            settle()  # what is left is to save the work, say how to resume it and exit
+        if not _settled:
+            for sig, before in previous.items():
+                signal.signal(sig, before)
         sys.unraisablehook = hook
         _raised.clear()
 
@@ -159,3 +178,49 @@ def reraise() -> None:
     """Raise again the interrupt a signal raised inside `as_exceptions`, if it was swallowed before reaching us."""
     if _raised:
         raise _raised.pop()
+
+
+def own_process() -> None:
+    """Mark this process as the `scorecli` command itself, whose signals `settle` may ignore until it exits."""
+    global _owner
+    _owner = True
+
+
+def settle() -> None:
+    """In the `scorecli` process itself, ignore SIGINT and SIGTERM from now on: the exit code is decided.
+
+    Called once a run is stopping, once its results are complete, and as the process exits. SIG_IGN, not a
+    Python handler: as the interpreter finalises it resets its own handlers to the default one, so a signal
+    arriving then would kill the process (exit -2 or -15, not 130 or 143); SIG_IGN it leaves alone. Nothing
+    that could hang is left by then (the worker threads are joined), and SIGKILL still ends the process.
+    Child processes inherit SIG_IGN: none is started after this. Elsewhere (an application that imports
+    scorecli, tests that invoke the CLI in their own process) signals stay the application's business.
+    """
+    global _settled
+    if not _owner or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    _settled = True
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is done, then deliver them: the block is never cut short."""
+    caught: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    try:
+        previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread, where signals are not delivered anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)

@@ -70,7 +70,8 @@ def result_files(run: str | Path, name: str) -> list[Path]:
 def is_sharded_run(out_dir: str | Path) -> bool:
     """Whether a folder holds a sharded (--ray) run, finished or not."""
     out_dir = Path(out_dir)
-    return (out_dir / SHARDS_DIR / PLAN_FILE).is_file() or (out_dir / kind_dir(SEQUENCES_FILE)).is_dir()
+    # The shards folder, not its plan: a run whose plan is lost is still a --ray run, damaged.
+    return (out_dir / SHARDS_DIR).is_dir() or (out_dir / kind_dir(SEQUENCES_FILE)).is_dir()
 
 
 def write_file(path: Path, data: bytes | pa.Buffer) -> None:

@@ -178,14 +178,16 @@ def _run_sharded(
 
     On a stream, the shards' rows go as JSON lines, in input order, as the shards complete.
     """
-    scaleout.require_ray()
+    with interrupts.deferred("ray-import"):  # Ray's native parts, held like torch's
+        scaleout.require_ray()
     if out is None and stream is None:
         raise UsageError("writes Parquet datasets into a folder: give `out` DIR (or `out` - for JSON lines)", arg="ray")
     if stream is not None:
         _check_run_options("", True, resume, overwrite, options.words, rows)
     if resume and overwrite:
         raise UsageError("`resume` and `overwrite` cannot be used together")
-    saved = None if out is None else scaleout.saved_options(out)
+    # `overwrite` starts again, whatever is saved (a damaged plan included).
+    saved = None if out is None or overwrite else scaleout.saved_options(out)
     if resume and saved is None:
         if out is not None and is_sharded_run(out):
             return RunResult(Path(out), {}, {}, nothing_to_do=True, sharded=True)

@@ -19,7 +19,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -31,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scorecli import faults
+from scorecli import faults, interrupts
 from scorecli.errors import OutputError, reading, unreadable
 from scorecli.inputs import Rejected
 from scorecli.kept import KeptTypes, final_fields, json_types, typed, types_metadata
@@ -66,28 +65,6 @@ FINISH_STAGES = ("finishing", "joining", "joined", "committed", "moving", "moved
 _RAW_CHARS = 1000  # of a rejected record kept in errors.jsonl: enough to find it, not a copy of the corpus
 _HASH_BLOCK = 1 << 20
 _OVERWRITE = "pass `overwrite` to start the run again"
-
-
-@contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block is done, then deliver them: the block is never cut short."""
-    caught: list[int] = []
-
-    def hold(signum: int, frame: object) -> None:
-        caught.append(signum)
-
-    try:
-        previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread, where signals are not delivered anyway
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        for sig in dict.fromkeys(caught):
-            signal.raise_signal(sig)
 
 
 @dataclass
@@ -542,7 +519,7 @@ class RunWriter:
             WORDS_FILE: lambda docs, schema: word_batches(docs),
         }
         written: list[Path] = []
-        with deferred_signals():  # a part is saved whole, or not at all
+        with interrupts.held():  # a part is saved whole, or not at all
             try:
                 if manifest_path.exists():
                     raise OutputError(f"{self.out_dir}: part {name} exists already; {_OVERWRITE}", arg="out_dir")
@@ -597,7 +574,7 @@ class RunWriter:
         then parts/finished.json commits them, then they are moved into place and the parts removed; a
         finish cut short after the commit is completed by the next run in the folder, never redone.
         """
-        with deferred_signals():
+        with interrupts.held():
             faults.point("finishing")
             if self._pending_rejects or self.parts == 0:
                 self.save([], max(records_read, self.records_done), summary)

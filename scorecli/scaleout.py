@@ -16,9 +16,13 @@ skips the shards that are complete.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
+import logging
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -55,8 +59,10 @@ SHARDS_PER_WORKER = 4  # a few per worker: a slow shard does not hold the whole 
 MAX_RETRIES = 3
 _FORWARDED_ENV = ("SCORECLI_CACHE_DIR", faults.FAULT_ENV, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _PROGRESS_SECONDS = 0.5
-# Ray's own chatter (log deduplication notes, usage statistics, the auth notice) is not the user's business.
+# Ray's own chatter (log deduplication notes, usage statistics) is not the user's business.
 _QUIET_ENV = {"RAY_DEDUP_LOGS": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}
+LOOPBACK = "127.0.0.1"
+DRIVER_LOG = "scorecli-driver-{pid}.log"  # in Ray's log folder: the driver's own lines from Ray
 
 
 def require_ray() -> None:
@@ -364,8 +370,7 @@ def score_sharded(
             )
         started = time.perf_counter()
         report(RunProgress("starting"))
-        ray = _start_ray(address)
-        try:
+        with _ray_session(address) as ray:
             ray_seconds = time.perf_counter() - started
             cpus, gpus = _cluster_resources(ray)
             if gpus_per_worker is None:  # Ray counts the GPUs CUDA shows each node
@@ -400,9 +405,6 @@ def score_sharded(
             report(RunProgress("joining", total, total, shards=len(planned), shards_done=len(planned)))
             figures, metadata, written = _join(out_dir, planned, plan["seconds"], state.session_tokens, job)
             return ShardedResult(figures, metadata, written, len(planned), scored, ray_seconds=ray_seconds)
-        finally:
-            with contextlib.suppress(Exception):
-                ray.shutdown()
 
 
 def stream_sharded(
@@ -437,34 +439,187 @@ def stream_sharded(
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _start_ray(address: str | None):
-    """Start a local Ray cluster (on 127.0.0.1, with this machine's CPUs) or join `address`; return ray."""
+@contextlib.contextmanager
+def _ray_session(address: str | None) -> Iterator:
+    """Ray for the block: a local cluster started on loopback only, or the one at `address` joined; stopped after.
+
+    Ray's own lines in this process (its start-up banner, its notices, what the cluster tells the driver) go to a
+    file in its log folder, not to stderr or stdout. A local cluster's start and any stop are never cut halfway
+    by SIGINT or SIGTERM: a signal that comes meanwhile is handled right after the start, and dropped during
+    the stop that an interrupt began. Joining a cluster (which may wait long for one that does not answer) can be.
+    """
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     import ray
+    from ray._private import worker as ray_worker
 
+    logger = logging.getLogger("ray")
+    saved = logger.handlers[:], logger.propagate, logger.level
+    log = _RayLog()
+    logger.handlers[:], logger.propagate = [log], False
+    # What the cluster sends the driver to show (a worker died, a task is retried, none can be scheduled) Ray
+    # prints on stdout, which may be the JSON lines of `--out -`: it goes to the same file.
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is not None:
+        ray_worker.print_to_stdstream = log.print_lines
+    ended = False  # by an exception: an interrupt, an error
+    try:
+        with _signals_held(hold=address is None):
+            info = _start_ray(ray, address)
+            faults.point("ray-start")
+        log.keep_in(Path(info["session_dir"]) / "logs" if info.get("session_dir") else None)
+        if address is None:
+            _check_loopback(ray, info)
+        yield ray
+    except BaseException:
+        ended = True
+        raise
+    finally:
+        with _signals_held(drop=ended):
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+        logger.handlers[:], logger.propagate = saved[:2]
+        logger.setLevel(saved[2])
+        if printer is not None:  # the thread that calls it ended with ray.shutdown
+            ray_worker.print_to_stdstream = printer
+        log.close()
+
+
+def _start_ray(ray, address: str | None) -> dict:
+    """Start a local Ray cluster (on loopback, with this machine's CPUs) or join `address`; its address_info."""
     # A local cluster's workers inherit this process's environment: a runtime env would only keep Ray from
     # using the workers it starts ahead of the first task (they have none), so it starts as many more.
     env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ} if address is not None else {}
     kwargs = {
         "include_dashboard": False,
         "log_to_driver": False,
-        "configure_logging": False,
+        # Ray's logger keeps the handler _ray_session gave it (without, its warnings would reach stderr).
+        "configure_logging": True,
         "runtime_env": {"env_vars": env} if env else None,
     }
     try:
-        if address is None:
+        if address is not None:
+            return getattr(ray.init(address=address, **kwargs), "address_info", {})  # none through Ray Client
+        # Ray turns a node address of 127.0.0.1 into this machine's network address, for other nodes to join
+        # it, but in its single-node mode (macOS's and Windows's), where every process listens on loopback.
+        from ray._private import ray_constants
+
+        multi_node = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        try:
             # "local": a new cluster of our own, even where another one runs on this machine.
-            ray.init(address="local", num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
-        else:
-            ray.init(address=address, **kwargs)
+            return ray.init(address="local", num_cpus=os.cpu_count(), _node_ip_address=LOOPBACK, **kwargs).address_info
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = multi_node
     except Exception as e:  # no cluster there, or one that refuses us: one line, not Ray's traceback
         with contextlib.suppress(Exception):
             ray.shutdown()
         where = f"join the Ray cluster at {address}" if address else "start a local Ray cluster"
         arg = "ray_address" if address else "ray"
         raise UsageError(f"cannot {where} ({type(e).__name__}: {first_line(e)})", arg=arg) from None
-    return ray
+
+
+def _check_loopback(ray, info: dict) -> None:
+    """UsageError where the local cluster's node or GCS is not on a loopback address (as another Ray might put it)."""
+    hosts = [info.get("node_ip_address") or "", str(info.get("gcs_address") or "").rpartition(":")[0]]
+    hosts += [node.get("NodeManagerAddress", "") for node in ray.nodes()]
+    elsewhere = [host for host in hosts if not _is_loopback(host)]
+    if elsewhere:
+        raise UsageError(
+            f"cannot start a local Ray cluster that listens on loopback only: Ray put it on {elsewhere[0]}", arg="ray"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether a host (an IP address, or localhost) is this machine's loopback."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host == "localhost"
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback  # ::ffff:127.0.0.1 too
+
+
+@contextlib.contextmanager
+def _signals_held(hold: bool = True, drop: bool = False) -> Iterator[None]:
+    """SIGINT and SIGTERM noted while the block runs (if `hold`), handled after it unless `drop` or it raised.
+
+    The handlers in place before the block are put back after it, also where the block replaced them (ray.init
+    installs a SIGTERM handler that exits, and a crash handler that aborts on SIGTERM). Only in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        came.append(signum)
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in before if hold else ():
+        signal.signal(sig, note)
+
+    def restore() -> None:
+        for sig, handler in before.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+    try:
+        yield
+    except BaseException:
+        restore()
+        raise
+    restore()
+    if came and not drop:
+        signal.raise_signal(came[0])
+
+
+class _RayLog(logging.Handler):
+    """Ray's lines in the driver (logged or printed): kept until its log folder is known, then written there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] | None = []
+        self.file: TextIO | None = None
+
+    def keep_in(self, folder: Path | None) -> None:
+        """Write the lines so far, and those to come, to DRIVER_LOG in `folder` (nowhere where there is none)."""
+        with self.lock:
+            if folder is not None and folder.is_dir():
+                with contextlib.suppress(OSError):
+                    self.file = open(folder / DRIVER_LOG.format(pid=os.getpid()), "a", encoding="utf-8")
+                    self.file.writelines(self.lines or ())
+                    self.file.flush()
+            self.lines = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep or write one record."""
+        try:
+            self._put(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def print_lines(self, data: dict, ignore_prefix: bool = False) -> None:
+        """Keep or write the lines Ray would print for the driver (its print_to_stdstream's arguments)."""
+        with contextlib.suppress(Exception):
+            for line in data.get("lines", ()):
+                self._put(f"({data.get('pid', 'ray')}) {line}")
+
+    def _put(self, line: str) -> None:
+        """Keep or write one line."""
+        with self.lock:
+            if self.lines is not None:
+                self.lines.append(line + "\n")
+            elif self.file is not None:
+                self.file.write(line + "\n")
+                self.file.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        with self.lock:
+            if self.file is not None:
+                with contextlib.suppress(OSError):
+                    self.file.close()
+                self.file = None
+        super().close()
 
 
 def _cluster_resources(ray) -> tuple[float, float]:
@@ -507,6 +662,7 @@ class _Driver:
             live = ray.get(tracker.snapshot.remote())
             if live and self.first_report is None:
                 self.first_report = time.perf_counter()
+                faults.point("ray-scoring")
             docs = done_docs + sum(finished.values())
             docs += sum(d for n, (d, _) in live.items() if n not in finished)
             self.session_tokens = sum(t for _, t in live.values())
@@ -522,25 +678,22 @@ class _Driver:
                 )
             )
 
-        try:
-            while queue or pending:
-                while queue and len(pending) < self.workers:
-                    shard = queue.pop(0)
-                    pending[task.remote(shard, self.job, str(folders[shard.number]), tracker)] = shard
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=_PROGRESS_SECONDS)
-                for ref in ready:
-                    shard = pending.pop(ref)
-                    self._result(ref, shard)
-                    finished[shard.number] = shard.records
-                    self.on_shard(shard, folders[shard.number])
-                    faults.point("shard-complete")
-                show()
-                interrupts.reraise()
-        except BaseException:
-            for ref in pending:
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
-            raise
+        # Tasks still running when this ends (an interrupt, a failed shard) are not cancelled: ray.cancel races
+        # with a task that completes meanwhile (Ray's task_manager.cc then fails a check and aborts the process),
+        # while ending the job (ray.shutdown) stops its tasks, on a local cluster or a joined one alike.
+        while queue or pending:
+            while queue and len(pending) < self.workers:
+                shard = queue.pop(0)
+                pending[task.remote(shard, self.job, str(folders[shard.number]), tracker)] = shard
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=_PROGRESS_SECONDS)
+            for ref in ready:
+                shard = pending.pop(ref)
+                self._result(ref, shard)
+                finished[shard.number] = shard.records
+                self.on_shard(shard, folders[shard.number])
+                faults.point("shard-complete")
+            show()
+            interrupts.reraise()
         return len(todo)
 
     def _result(self, ref, shard: Shard) -> dict:
@@ -654,6 +807,7 @@ def _join(
                 _write_typed(source, target, [f for f in final if kept[f.name] is None], metadata)
             else:
                 os.replace(source, target)
+        faults.point("ray-joining")
     written = [out_dir / kind for kind in RESULT_KINDS if (out_dir / kind).is_dir()]
     if errors:
         write_file(out_dir / ERRORS_FILE, "".join(errors).encode())

@@ -366,6 +366,7 @@ class Session:
                     figures = self.summary.as_dict()
                 records_read = max(self.records_seen, records_end)
                 self.written = self.writer.finish(records_read, figures, errors_file=skip_bad)
+                interrupts.settle()  # the results are complete: a signal from here on has nothing to stop
         except KeyboardInterrupt as e:
             from scorecli.engine import ScoringInterrupted
 

@@ -29,6 +29,7 @@ SLOW_FILES_FIRST = (  # by their test time in a whole run (--durations), longest
     "test_ray.py",
     "test_readme.py",
     "test_run_folder.py",
+    "test_harness.py",
     "test_prefix.py",
     "test_resume.py",
     "test_first_hour.py",
@@ -42,6 +43,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if "SCORECLI_CACHE_DIR" not in os.environ:
         _TEMP_CACHE.append(tempfile.mkdtemp(prefix="scorecli-test-cache-"))
         os.environ["SCORECLI_CACHE_DIR"] = _TEMP_CACHE[0]
+    # lm-eval's tasks load their JSONL files through `datasets`, which caches what it reads: never in the user's cache.
+    if "HF_DATASETS_CACHE" not in os.environ:
+        _TEMP_CACHE.append(tempfile.mkdtemp(prefix="scorecli-test-datasets-"))
+        os.environ["HF_DATASETS_CACHE"] = _TEMP_CACHE[-1]
     # A pytest started with SIGINT ignored (a background job of a non-interactive shell, say) passes SIG_IGN
     # on to every process it starts, whose Python then installs no KeyboardInterrupt handler: the tests'
     # Ctrl-Cs would do nothing. Handled here, SIGINT starts at its default in every child, as from a terminal.
