@@ -339,7 +339,7 @@ def _check_sequence_columns(out_dir: Path, path: Path) -> None:
     """
     with _saved_file(out_dir, path):
         names = pq.read_schema(path).names
-    missing = [c.name for c in SEQUENCE_COLUMNS if c.needs is None and c.name not in names]
+    missing = [c.name for c in SEQUENCE_COLUMNS if c.needs is None and not c.words and c.name not in names]
     if missing:
         raise OutputError(
             f"{out_dir}: the saved run was started by an older version of scorecli, whose {SEQUENCES_FILE} has "
