@@ -98,6 +98,7 @@ def score(
     ref = None
     if ref_model is not None:
         ref = _model(ref_model, "ref_model", device, ref_dtype or dtype, ref_revision, trust_remote_code)
+    options.setdefault("words", rows == "words")  # word rows need the word-start statistic; others may ask for it
     scorer = Scorer(
         loaded.model,
         loaded.tokenizer,

@@ -48,7 +48,7 @@ class Encoded:
     truncated: bool
     response: np.ndarray
     targets: np.ndarray
-    unscored: int
+    unscored: int = 0
     after: np.ndarray = field(default_factory=lambda: _NO_POSITIONS)
     extra: np.ndarray = field(default_factory=lambda: _NO_POSITIONS)
 
