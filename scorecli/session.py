@@ -285,9 +285,9 @@ class Session:
                     self.summary.next_session()
                 if "kl" in stats:
                     # The statistics against the reference need every token's values, not just totals.
-                    from scorecli.summary import Comparison
+                    from scorecli.summary import ReferenceComparison
 
-                    self.summary.comparison.add(self.writer.saved_tokens(Comparison.COLUMNS))
+                    self.summary.comparison.add(self.writer.saved_tokens(ReferenceComparison.COLUMNS))
         for rejected in self._early_rejects:
             self.reject(rejected)
 
