@@ -88,7 +88,7 @@ def test_score_gives_the_columns_and_values_of_the_cli_parquet_files(tiny, tmp_p
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS), encoding="utf-8")
     _cli(data, "-m", model, "-o", tmp_path / "out", "--words")
     for rows, schema in (("sequences", SEQUENCE_SCHEMA), ("tokens", TOKEN_SCHEMA), ("words", WORD_SCHEMA)):
-        frame = scorecli.score(TEXTS, model, rows=rows, words=True, **ON_CPU)  # as the CLI's --words run
+        frame = scorecli.score(TEXTS, model, rows=rows, **ON_CPU)
         assert list(frame.columns) == schema.names
         written = pq.read_table(tmp_path / "out" / f"{rows}.parquet").to_pandas()
         # The CLI's --words run also has the word-start statistic's columns, which scorecli.score leaves out.

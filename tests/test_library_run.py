@@ -73,7 +73,8 @@ def test_a_run_stopped_after_its_first_part_resumes_to_the_files_of_an_uninterru
     saved = json.loads((out / "parts" / "run.json").read_text())["options"]
     # The options, and the files the run read (absolute: a resume reads these, from any folder).
     assert list(saved) == ["input", *(name for name, spec in SPECS.items() if spec.saved), "files"]
-    assert saved == options.saved([str(corpus)]) and saved["input"] == [str(corpus.resolve())]
+    assert saved == {**options.saved([str(corpus)]), "files": [str(corpus.resolve())]}
+    assert saved["input"] == [str(corpus.resolve())]
     assert ScoreOptions.from_saved(saved) == replace(options, model=str(Path(gpt2_dir).resolve()))
 
     progress = []
