@@ -63,6 +63,59 @@ PAIRS = [
     ("Question: What is 12 times 12?\nAnswer:", " 144."),
 ]
 
+# Multiple-choice questions written for this project (choices.jsonl: --prompt-field question --choices-field
+# choices --label-field label), the label an index of the choices or, for the last two, the right one's text.
+CHOICES = [
+    (
+        "Question: Which animal is known for building dams in rivers?\nAnswer:",
+        [" The beaver", " The eagle", " The dolphin", " The camel"],
+        0,
+    ),
+    (
+        "Question: What do plants mostly take in through their leaves to make food?\nAnswer:",
+        [" Salt", " Carbon dioxide", " Sand", " Milk"],
+        1,
+    ),
+    ("Question: How many days are there in a leap year?\nAnswer:", [" 300", " 365", " 366", " 400"], 2),
+    ("Question: Which of these is a primary colour of light?\nAnswer:", [" Brown", " Grey", " Pink", " Green"], 3),
+    (
+        "Question: What falls from clouds when it is very cold?\nAnswer:",
+        [" Snow", " Leaves", " Sparks", " Coins"],
+        " Snow",
+    ),
+    (
+        "Question: Which tool is used to cut paper?\nAnswer:",
+        [" A spoon", " Scissors", " A pillow", " A bucket"],
+        " Scissors",
+    ),
+]
+
+# Minimal pairs written for this project (minimal_pairs.jsonl: --choices-field sentence_good,sentence_bad).
+MINIMAL_PAIRS = [
+    ("The cats on the mat are sleeping.", "The cats on the mat is sleeping."),
+    ("She has written three letters today.", "She have written three letters today."),
+    ("Every child in the village knows the song.", "Every child in the village know the song."),
+    ("The keys that I lost were under the sofa.", "The keys that I lost was under the sofa."),
+    ("He did not see anybody at the station.", "He did not saw anybody at the station."),
+    ("Which book did you say that Anna read?", "Which book did you say that Anna read it?"),
+]
+
+# Preference pairs written for this project (preferences.jsonl: --prompt-field prompt --choices-field chosen,rejected).
+PREFERENCES = [
+    (
+        "How do I boil an egg?\n",
+        "Place the egg in boiling water for about nine minutes, then cool it in cold water.",
+        "Eggs are round.",
+    ),
+    ("Name a planet with rings.\n", "Saturn is the best known planet with rings.", "The moon is made of cheese."),
+    (
+        "What is a good way to save energy at home?\n",
+        "Switch off lights in rooms that nobody is using.",
+        "Leave every window open in winter.",
+    ),
+    ("Suggest a title for a story about a lost dog.\n", "The Long Way Home", "Untitled Document Number Four"),
+]
+
 # Conversations written for this project (chats.jsonl: --messages-field messages).
 CHATS = [
     [
@@ -174,6 +227,17 @@ def main() -> None:
         for p, (prompt, responses) in enumerate(GRPO):
             for r, response in enumerate(responses):
                 f.write(json.dumps({"id": f"g{p}-{r}", "prompt": prompt, "response": response}) + "\n")
+    with open(HERE / "choices.jsonl", "w", encoding="utf-8") as f:
+        for i, (question, choices, label) in enumerate(CHOICES):
+            row = {"id": f"mc{i}", "question": question, "choices": choices, "label": label}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(HERE / "minimal_pairs.jsonl", "w", encoding="utf-8") as f:
+        for i, (good, bad) in enumerate(MINIMAL_PAIRS):
+            f.write(json.dumps({"id": f"mp{i}", "sentence_good": good, "sentence_bad": bad}) + "\n")
+    with open(HERE / "preferences.jsonl", "w", encoding="utf-8") as f:
+        for i, (prompt, chosen, rejected) in enumerate(PREFERENCES):
+            row = {"id": f"pref{i}", "prompt": prompt, "chosen": chosen, "rejected": rejected}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     with open(HERE / "chats.jsonl", "w", encoding="utf-8") as f:
         for i, messages in enumerate(CHATS):
             f.write(json.dumps({"id": f"c{i}", "messages": messages}, ensure_ascii=False) + "\n")

@@ -147,3 +147,28 @@ def sequence_sums(paths: Iterable[Path]) -> DocSums:
         batches = pq.ParquetFile(path).iter_batches(columns=["doc", *CORPUS_COLUMNS])
         add_sequence_batches(sums, batches)
     return sums
+
+
+def add_choice_batches(sums: DocSums, batches: Iterable[pa.RecordBatch], normalisations: Iterable[str]) -> DocSums:
+    """Add the labelled records of a choice run's sequences batches: whether each normalisation is right, and 1.
+
+    A record none of whose choices has a score counts as wrong.
+    """
+    names = [f"correct_{n}" for n in normalisations]
+    for batch in batches:
+        labelled = batch.filter(pc.is_valid(batch.column("label")))
+        if labelled.num_rows:
+            cols = [pc.fill_null(labelled.column(c), False).to_numpy(zero_copy_only=False) for c in names]
+            rows = np.stack([*cols, np.ones(labelled.num_rows)], axis=1).astype(np.float64)
+            sums.add(labelled.column("doc").to_numpy(), rows)
+    return sums
+
+
+def accuracy_intervals(sums: DocSums, resamples: int = RESAMPLES, seed: int = SEED) -> list[list[float] | None]:
+    """95% bootstrap intervals of each accuracy of `sums` (add_choice_batches's), records resampled."""
+    units = sums.units()
+    if len(units) < 2:
+        return [None] * (sums.width - 1)
+    resampled = resample_sums(units, resamples, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return [percentile_interval(resampled[:, j] / resampled[:, -1]) for j in range(sums.width - 1)]

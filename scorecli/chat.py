@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 
 from scorecli.errors import InputError, ModelError, first_line
-from scorecli.inputs import Record
+from scorecli.inputs import CHOICE_ROLE, Record
 
 DEFAULT_ROLES = ("assistant",)
 
@@ -62,7 +62,8 @@ def render_chats(
 ) -> Iterator[Record]:
     """Records with their conversations rendered into text and response spans; others pass unchanged.
 
-    A conversation the template refuses raises InputError, or goes to `on_error` and is skipped.
+    A conversation the template refuses raises InputError, or goes to `on_error` and is skipped. A choice
+    after a conversation (Record.choice) is its last turn, and the only one scored.
     """
     for record in records:
         if record.messages is None:
@@ -70,7 +71,11 @@ def render_chats(
             continue
         check_template(tokenizer)
         try:
-            text, spans = render_chat(tokenizer, record.messages, roles)
+            if record.choice is None:
+                text, spans = render_chat(tokenizer, record.messages, roles)
+            else:
+                text, spans = render_chat(tokenizer, record.messages, (CHOICE_ROLE,))
+                spans = spans[-1:]
         except Exception as e:  # templates raise anything (jinja2 errors, ValueError) for a bad conversation
             reason = f"the chat template cannot render the conversation ({first_line(e)})"
             if on_error is None:

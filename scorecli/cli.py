@@ -151,12 +151,12 @@ _OWN_PARAMETERS = {
     },
     "min_shared_prefix": {
         "rows": (
-            Optional[Literal["sequences", "tokens", "words"]],
+            Optional[Literal["sequences", "tokens", "words", "choices"]],
             typer.Option(
                 None,
                 "--rows",
-                help="With --out -: one JSON line per document (sequences), per token (tokens) or per word (words). "
-                "Default: sequences.",
+                help="With --out -: one JSON line per document (sequences), per token (tokens), per word (words) "
+                "or, with --choices-field, per choice (choices). Default: sequences.",
             ),
         ),
     },

@@ -337,7 +337,7 @@ class Scorer:
         records: Iterable[Record],
         progress: Callable[[ScoreProgress], None] | None = None,
         on_error: Callable[[Record, str], None] | None = None,
-        done: dict[int, DocScore] | None = None,
+        done: dict[object, DocScore] | None = None,
     ) -> Iterator[list[DocScore]]:
         """As score_records, one read-ahead buffer of documents at a time: the points to save a run at.
 
@@ -347,7 +347,7 @@ class Scorer:
         Buffers are cut by counts of records and characters only (fixed, unless streaming), so a run
         resumed after a buffer's last record meets the very same buffers, batches and numbers as an
         uninterrupted one. An interrupt (KeyboardInterrupt) is raised as ScoringInterrupted, carrying the
-        finished documents of the buffer in flight; given back as `done` (by input position), they are not
+        finished documents of the buffer in flight; given back as `done` (by Record.key), they are not
         scored again, and the batches that hold anything else are the same as before, so the numbers are too.
         """
         state = ScoreProgress()
@@ -425,7 +425,8 @@ class Scorer:
         """The read-ahead buffers of records (chats rendered), cut by counts of records and characters only.
 
         Streaming splits only the first full buffer, in two: its first `first_buffer_chars` characters,
-        then the rest of it. The buffers after it are those of fixed buffers, and so are their batches.
+        then the rest of it. The buffers after it are those of fixed buffers, and so are their batches. A
+        buffer ends only after a record's last choice (inputs.Choice).
         """
         buffer: list[Record] = []
         chars = full_docs = full_chars = 0
@@ -433,6 +434,8 @@ class Scorer:
         for record in render_chats(records, self.tokenizer, self.roles, on_error):
             buffer.append(record)
             chars, full_docs, full_chars = chars + len(record.text), full_docs + 1, full_chars + len(record.text)
+            if record.choice is not None and not record.choice.last:
+                continue  # a record's choices stay together, so that their context is fed once
             full = full_docs >= self.buffer_docs or full_chars >= self.buffer_chars
             if full or chars >= limit:
                 yield buffer
@@ -514,7 +517,7 @@ class Scorer:
         records: list[Record],
         state: ScoreProgress,
         report: Callable[[ScoreProgress], None],
-        done: dict[int, DocScore],
+        done: dict[object, DocScore],
     ) -> Iterator[list[DocScore]]:
         """Score one read-ahead buffer, longest windows first; its documents in input order, all at once.
 
@@ -531,9 +534,9 @@ class Scorer:
         columns: list[dict[str, np.ndarray] | None] = [None] * len(records)
         # Tasks are planned over the whole buffer's content, then those that hold only finished documents
         # skipped: a resumed buffer meets the very same tasks.
-        tasks = [t for t in tasks if any(records[work[i].doc].doc not in done for i in _rows(t))]
+        tasks = [t for t in tasks if any(records[work[i].doc].key not in done for i in _rows(t))]
         for i, record in enumerate(records):
-            if record.doc in done:
+            if record.key in done:
                 state.docs_done += int(left[i] > 0)
                 state.tokens_done += encoded[i].n_scored
                 left[i] = 0
@@ -546,7 +549,7 @@ class Scorer:
                     state.tokens_shared += sum(lengths[i] - 1 for i in _rows(task)) - fed
                     for i, score in zip(_rows(task), scores):
                         doc = work[i].doc
-                        if records[doc].doc not in done:
+                        if records[doc].key not in done:
                             columns[doc] = _fill(columns[doc], score, first_rows[i], encoded[doc].n_scored)
                             left[doc] -= 1
                             state.docs_done += int(left[doc] == 0)
@@ -574,16 +577,16 @@ class Scorer:
         records: list[Record],
         encoded: list[Encoded],
         columns: list[dict[str, np.ndarray] | None],
-        done: dict[int, DocScore],
+        done: dict[object, DocScore],
         which: Iterable[int],
     ) -> list[DocScore]:
         """The DocScores of the buffer's documents `which` (in order), from their statistics' columns."""
         docs = []
         for i in which:
             record = records[i]
-            if record.doc in done:
+            if record.key in done:
                 # An interrupted session's document, saved without its kept fields: they are the record's.
-                docs.append(replace(done[record.doc], kept=record.kept))
+                docs.append(replace(done[record.key], kept=record.kept))
                 continue
             stats = columns[i] if columns[i] is not None else self._empty()
             docs.append(self._doc_score(record, encoded[i], stats))
@@ -757,6 +760,7 @@ class Scorer:
             stats=self._with_top_tokens(stats),
             kept=record.kept,
             unscored_chars=enc.unscored,
+            choice=record.choice,
         )
 
     def _corrections(

@@ -12,7 +12,7 @@ import stat
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,6 +27,29 @@ _COUNT_LIMIT_BYTES = 1 << 30
 
 Spans = tuple[tuple[int, int], ...]
 Messages = tuple[tuple[str, str], ...]
+# The role of a choice's turn after a conversation: the assistant's next reply.
+CHOICE_ROLE = "assistant"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One choice of a record with choices (`Fields.choices`), as the Record that scores it carries it.
+
+    A record with choices is scored as one Record per choice, each its context followed by the choice (the
+    choice's span scored); with `unconditional`, one more per choice scores the choice alone after BOS.
+    All of a record's Records carry its `doc`; `index` is the choice's (0-based) among the record's `count`,
+    `name` the field it came from (choices given as several fields), `text` the choice itself, `label` the
+    index of the right choice where the record gives one. `last` marks the record's last Record: a record's
+    Records stay in one read-ahead buffer, so that their shared context is fed once.
+    """
+
+    index: int
+    count: int
+    text: str
+    name: str | None = None
+    label: int | None = None
+    unconditional: bool = False
+    last: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +75,12 @@ class Record:
     kept: dict[str, object] | None = field(default=None, compare=False)
     source: str = field(default="", compare=False)
     regions: Spans | None = None
+    choice: Choice | None = None
+
+    @property
+    def key(self) -> int | tuple[int, int, bool]:
+        """What tells this Record from every other of a run: its doc, and for a choice its index and kind."""
+        return self.doc if self.choice is None else (self.doc, self.choice.index, self.choice.unconditional)
 
 
 @dataclass(frozen=True)
@@ -80,10 +109,15 @@ class Fields:
     messages: str | None = None
     keep: tuple[str, ...] = ()
     words: str | None = None
+    choices: tuple[str, ...] = ()
+    label: str | None = None
+    unconditional: bool = False
 
     @property
     def required(self) -> list[str]:
         """The fields every record must have."""
+        if self.choices:
+            return [*self.choices, *(f for f in (self.prompt, self.messages) if f)]
         if self.messages:
             return [self.messages]
         if self.words:
@@ -154,11 +188,13 @@ def read_records(
             try:
                 if isinstance(row, str):
                     raise InputError(f"{where}: {row}")
-                yield _record(doc, row, fields, where, number, kept, name)
+                records = expand(_record(doc, row, fields, where, number, kept, name), row, fields)
             except InputError as e:
                 if on_error is None:
                     raise
                 on_error(Rejected(doc, name, number, str(e).removeprefix(f"{where}: "), _raw_text(row, raw)))
+            else:
+                yield from records
         doc += 1
     if doc == 0:
         raise InputError(f"{shown_name}: no records to score (the input is empty)")
@@ -179,7 +215,7 @@ def read_rows(
         where = f"{name}[{doc}]"
         if not isinstance(row, Mapping):
             raise InputError(f"{where}: expected a record (a dict), got {_json_type(row)}")
-        yield _record(doc, dict(row), fields, where, doc + 1)
+        yield from expand(_record(doc, dict(row), fields, where, doc + 1), row, fields)
 
 
 def _raw_text(row: dict | str, raw: bytes | None) -> str:
@@ -200,10 +236,14 @@ def _record(
     doc_id = _id(row, fields.id, where)
     if kept is None and fields.keep:
         kept = {name: _checked_json(row.get(name), name, where) for name in fields.keep}
+    if fields.choices:
+        # The context alone: `expand` makes the Records that are scored, one per choice.
+        context = _text(row, fields.prompt, where) if fields.prompt else ""
+        messages = _messages(row, fields.messages, where) if fields.messages else None
+        return Record(doc, context, doc_id, messages=messages, where=where, line=line, kept=kept, source=source)
     if fields.messages:
         messages = _messages(row, fields.messages, where)
         return Record(doc, "", doc_id, messages=messages, where=where, line=line, kept=kept, source=source)
-        return Record(doc, "", doc_id, messages=messages, where=where, line=line, kept=kept)
     if fields.words:
         text, regions = _words(row, fields.words, where)
         return Record(doc, text, doc_id, where=where, line=line, kept=kept, regions=regions, source=source)
@@ -213,6 +253,75 @@ def _record(
         spans = ((len(prompt), len(text)),)
         return Record(doc, text, doc_id, spans=spans, where=where, line=line, kept=kept, source=source)
     return Record(doc, _text(row, fields.text, where), doc_id, where=where, line=line, kept=kept, source=source)
+
+
+def expand(record: Record, row: Mapping, fields: Fields) -> list[Record]:
+    """The Records that score a record: itself, or where `fields` names choices, one per choice (see Choice).
+
+    A choice follows its context (the prompt, or the conversation as the assistant's next reply) as a
+    response follows its prompt; without a context it is a text of its own, scored from BOS. With
+    `fields.unconditional`, each choice is also scored alone, after the conditional ones. InputError
+    names the record and the field where the choices or the label are not what they must be.
+    """
+    if not fields.choices:
+        return [record]
+    texts, names = _choices(row, fields.choices, record.where)
+    label = _label(row, fields.label, texts, record.where) if fields.label else None
+    count = len(texts)
+    kinds = (False, True) if fields.unconditional else (False,)
+    out = []
+    for unconditional in kinds:
+        for index, (text, name) in enumerate(zip(texts, names)):
+            choice = Choice(index, count, text, name, label, unconditional)
+            if unconditional or (record.messages is None and not record.text):
+                out.append(replace(record, text=text, messages=None, choice=choice))
+            elif record.messages is not None:
+                out.append(replace(record, messages=(*record.messages, (CHOICE_ROLE, text)), choice=choice))
+            else:
+                full = record.text + text
+                out.append(replace(record, text=full, spans=((len(record.text), len(full)),), choice=choice))
+    out[-1] = replace(out[-1], choice=replace(out[-1].choice, last=True))
+    return out
+
+
+def _choices(row: Mapping, names: tuple[str, ...], where: str) -> tuple[list[str], list[str | None]]:
+    """A record's choices: the array of strings one field holds, or the strings of several fields (with their names)."""
+    if len(names) > 1:
+        texts = [_text(row, name, where) for name in names]
+        for name, text in zip(names, texts):
+            if not text.strip():
+                raise InputError(f"{where}: field '{name}' (a choice) is empty")
+        return texts, list(names)
+    field_name = names[0]
+    value = row.get(field_name)
+    if not isinstance(value, list) or not value:
+        got = "missing" if field_name not in row else "an empty array" if value == [] else _json_type(value)
+        raise InputError(f"{where}: field '{field_name}' must be a non-empty array of choices (strings), got {got}")
+    for i, choice in enumerate(value):
+        if not isinstance(choice, str):
+            raise InputError(f"{where}: field '{field_name}': choice {i} must be a string, got {_json_type(choice)}")
+        if not choice.strip():
+            raise InputError(f"{where}: field '{field_name}': choice {i} is empty")
+        _checked_unicode(choice, field_name, where)
+    return list(value), [None] * len(value)
+
+
+def _label(row: Mapping, field_name: str, choices: list[str], where: str) -> int:
+    """The index of a record's right choice: its label field, an index or the text of one choice (the first such)."""
+    if field_name not in row or row[field_name] is None:
+        got = "missing" if field_name not in row else "null"
+        raise InputError(f"{where}: field '{field_name}' (the label) is {got}")
+    value = row[field_name]
+    if isinstance(value, str):
+        if value not in choices:
+            raise InputError(f"{where}: field '{field_name}': {value!r} is none of the {len(choices)} choices")
+        return choices.index(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        got = _json_type(value)
+        raise InputError(f"{where}: field '{field_name}' must be a choice's index or text, got {got}")
+    if not 0 <= value < len(choices):
+        raise InputError(f"{where}: field '{field_name}': {value} is out of range (0 to {len(choices) - 1})")
+    return value
 
 
 def count_records(source: str | Path) -> int | None:
@@ -347,14 +456,15 @@ def _parquet_rows(
         if name not in schema.names:
             raise InputError(f"{shown(path)}: no column '{name}' (columns: {', '.join(schema.names)})")
         column_type = schema.field(name).type
-        if name == fields.words:
+        if name == fields.words or (fields.choices == (name,)):
             if not (pa.types.is_list(column_type) or pa.types.is_large_list(column_type)) or not _is_text_type(
                 column_type.value_type
             ):
                 raise InputError(f"{shown(path)}: column '{name}' has type {column_type}, expected a list of strings")
         elif name != fields.messages and not _is_text_type(column_type):
             raise InputError(f"{shown(path)}: column '{name}' has type {column_type}, expected string")
-    columns = list(dict.fromkeys(fields.required + ([fields.id] if fields.id in schema.names else [])))
+    optional = [name for name in (fields.id, fields.label) if name and name in schema.names]
+    columns = list(dict.fromkeys(fields.required + optional))
     kept = [name for name in fields.keep if name in schema.names]
     absent = dict.fromkeys(name for name in fields.keep if name not in schema.names)
     number = rows_before

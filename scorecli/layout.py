@@ -4,6 +4,7 @@ Needs neither torch nor pyarrow. A finished run holds its results as files, or (
 one file per shard, in input order; everything else belongs to the protocol of an unfinished run:
 
 DIR/tokens.parquet, sequences.parquet, words.parquet   the results of a single process
+DIR/choices.parquet                                    a run of records with choices: a row per choice
 DIR/tokens/NNNNN.parquet, sequences/…, words/…          the results of a --ray run, one file per shard
 DIR/errors.jsonl                                       the records skipped (`on_error` skip)
 DIR/summary.json                                       last: the run is finished
@@ -28,10 +29,11 @@ if TYPE_CHECKING:
 TOKENS_FILE = "tokens.parquet"
 SEQUENCES_FILE = "sequences.parquet"
 WORDS_FILE = "words.parquet"
+CHOICES_FILE = "choices.parquet"  # a run of records with choices (--choices-field): a row per choice
 ERRORS_FILE = "errors.jsonl"
 SUMMARY_FILE = "summary.json"
-RESULT_FILES = (TOKENS_FILE, SEQUENCES_FILE, WORDS_FILE, ERRORS_FILE, SUMMARY_FILE)
-RESULT_KINDS = ("tokens", "sequences", "words")  # the Parquet results, by kind (a --ray run's folders)
+RESULT_FILES = (TOKENS_FILE, SEQUENCES_FILE, WORDS_FILE, CHOICES_FILE, ERRORS_FILE, SUMMARY_FILE)
+RESULT_KINDS = ("tokens", "sequences", "words", "choices")  # the Parquet results, by kind (a --ray run's folders)
 LOCK_FILE = ".scorecli.lock"
 # An unfinished run (runs.py): its metadata and options, numbered parts, an interrupted buffer, the finish.
 PARTS_DIR = "parts"

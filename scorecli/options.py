@@ -123,6 +123,25 @@ class ScoreOptions:
         "each is one word in words.parquet. Instead of --text-field.",
         metadata="words_field",
     )
+    choices_field: Optional[str] = _option(
+        None,
+        "--choices-field",
+        help="Field holding the choices (an array of strings), or comma-separated fields holding one each: "
+        "each scored after --prompt-field or --messages-field (or BOS alone); writes choices.parquet.",
+        metadata="choices_field",
+    )
+    label_field: Optional[str] = _option(
+        None,
+        "--label-field",
+        help="With --choices-field: field holding the right choice, its 0-based index or its text.",
+        metadata="label_field",
+    )
+    unconditional: bool = _option(
+        False,
+        "--unconditional",
+        help="With --choices-field: also score each choice after BOS alone (unconditional_sum_logprob, pmi).",
+        metadata="unconditional",
+    )
     roles: str = _option(
         "assistant", "--roles", help="Comma-separated chat roles whose turns are scored.", metadata="roles"
     )
@@ -333,13 +352,30 @@ class ScoreOptions:
         """The record fields to read, checking that the options name one consistent way to find the text."""
         text, prompt, response, messages = self.text_field, self.prompt_field, self.response_field, self.messages_field
         words = self.words_field
+        choices = self.choice_fields()
+        if not choices and (self.label_field is not None or self.unconditional):
+            name = "label_field" if self.label_field is not None else "unconditional"
+            raise UsageError("goes with `choices_field`: it is about choices", arg=name)
+        if choices:
+            for name in ("text_field", "words_field", "response_field", "join"):
+                if getattr(self, name) is not None:
+                    raise UsageError(
+                        "cannot be combined with `choices_field`, whose choices are the scored text", arg=name
+                    )
+            if prompt is not None and messages is not None:
+                raise UsageError(
+                    "cannot be combined with `prompt_field`: both are the choices' context", arg="messages_field"
+                )
+            if self.unconditional and not self.bos:
+                raise UsageError("needs `bos`: a choice alone is scored from BOS", arg="unconditional")
+            response = None
         if words is not None and (text is not None or messages is not None or prompt is not None):
             other = "`text_field`" if text is not None else "`messages_field`" if messages else "`prompt_field`"
             raise UsageError(f"cannot be combined with {other}: both say where the text is", arg="words_field")
         if text is not None and (messages is not None or prompt is not None):
             other = "`messages_field`" if messages is not None else "`prompt_field`/`response_field`"
             raise UsageError(f"cannot be combined with {other}, which say where the text is", arg="text_field")
-        if (prompt is None) != (response is None):
+        if not choices and (prompt is None) != (response is None):
             raise UsageError("`prompt_field` and `response_field` go together: give both or neither")
         if messages is not None and prompt is not None:
             raise UsageError("cannot be combined with `prompt_field`/`response_field`", arg="messages_field")
@@ -350,8 +386,29 @@ class ScoreOptions:
         keep = parse_keep_fields(self.keep_fields, (c.name for c in SEQUENCE_COLUMNS), self.id_field)
         text = text or "text"
         return Fields(
-            text=text, id=self.id_field, prompt=prompt, response=response, messages=messages, keep=keep, words=words
+            text=text,
+            id=self.id_field,
+            prompt=prompt,
+            response=response,
+            messages=messages,
+            keep=keep,
+            words=words,
+            choices=choices,
+            label=self.label_field,
+            unconditional=self.unconditional,
         )
+
+    def choice_fields(self) -> tuple[str, ...]:
+        """The fields `choices_field` names (none without it)."""
+        if self.choices_field is None:
+            return ()
+        names = tuple(name.strip() for name in self.choices_field.split(","))
+        if not all(names) or len(set(names)) != len(names):
+            raise UsageError(
+                f"must name one field, or distinct fields separated by commas, not {self.choices_field!r}",
+                arg="choices_field",
+            )
+        return names
 
     def role_names(self) -> tuple[str, ...]:
         """The chat roles whose turns are scored."""

@@ -11,11 +11,12 @@ from typing import TextIO
 
 import pyarrow.parquet as pq
 
+from scorecli.choices import ChoiceLayout, choice_sequence_table, choice_table, group, scored
 from scorecli.errors import UsageError, reading
 from scorecli.inputs import Rejected
 from scorecli.kept import JSON_MARK, json_default, json_value
 from scorecli.scores import DEFAULT_STATS, DocScore
-from scorecli.tables import sequence_table, token_table, word_table
+from scorecli.tables import sequence_table, token_table, word_schema, word_table
 
 # The table whose rows each kind of JSON-lines output writes: the Parquet files' rows, column for column.
 ROW_TABLES = {"sequences": sequence_table, "tokens": token_table, "words": word_table}
@@ -31,13 +32,30 @@ class JsonlOutput:
     """
 
     def __init__(
-        self, stream: TextIO, rows: str = "sequences", stats: Iterable[str] = DEFAULT_STATS, keep: Iterable[str] = ()
+        self,
+        stream: TextIO,
+        rows: str = "sequences",
+        stats: Iterable[str] = DEFAULT_STATS,
+        keep: Iterable[str] = (),
+        choices: ChoiceLayout | None = None,
     ) -> None:
-        """Write `rows` with the token columns `stats` (and for sequences the kept fields `keep`) to `stream`."""
-        if rows not in ROW_TABLES:
-            raise UsageError(f"must be one of {', '.join(ROW_TABLES)}, not {rows!r}", arg="rows")
+        """Write `rows` with the token columns `stats` (and for sequences the kept fields `keep`) to `stream`.
+
+        A run of records with choices (`choices`, its layout) writes a line per record with its choices
+        (`choices`: their rows of choices.parquet), or (`rows` "choices") a line per choice.
+        """
+        kinds = [*ROW_TABLES, "choices"] if choices is not None else list(ROW_TABLES)
+        if rows not in kinds:
+            raise UsageError(f"must be one of {', '.join(kinds)}, not {rows!r}", arg="rows")
         self.stream = stream
-        self.table = ROW_TABLES[rows] if rows == "words" else partial(ROW_TABLES[rows], stats=tuple(stats))
+        self.choices, self.rows = choices, rows
+        self.table = (
+            ROW_TABLES.get(rows) if rows in ("words", "choices") else partial(ROW_TABLES[rows], stats=tuple(stats))
+        )
+        if choices is not None and rows == "tokens":
+            self.table = partial(token_table, stats=tuple(stats), choices=True)
+        elif choices is not None and rows == "words":
+            self.table = partial(word_table, schema=word_schema(True))
         self.keep = tuple(keep) if rows == "sequences" else ()
         self.rejected = 0
 
@@ -47,13 +65,28 @@ class JsonlOutput:
 
     def save(self, docs: list[DocScore], records_done: int, summary: dict) -> None:
         """Write the documents' lines and flush them downstream."""
-        rows = self.table(docs).to_pylist()
+        rows, kept = self._rows(docs)
         if self.keep:
-            for row, doc in zip(rows, docs):
+            for row, doc in zip(rows, kept):
                 row.update({name: json_value((doc.kept or {}).get(name)) for name in self.keep})
         for row in rows:
             self.stream.write(json.dumps(finite(row), ensure_ascii=False, default=json_default) + "\n")
         self.stream.flush()
+
+    def _rows(self, docs: list[DocScore]) -> tuple[list[dict], list[DocScore]]:
+        """The lines' rows, and the documents whose kept fields they end with (one per line of sequences)."""
+        if self.choices is None:
+            return self.table(docs).to_pylist(), docs
+        records = list(group(docs))
+        if self.rows == "choices":
+            return choice_table(records, self.choices).to_pylist(), []
+        if self.rows != "sequences":
+            return self.table(scored(docs)).to_pylist(), []
+        rows = choice_sequence_table(records, self.choices).to_pylist()
+        for row, record in zip(rows, records):
+            choices = choice_table([record], self.choices).to_pylist()
+            row["choices"] = [{k: v for k, v in c.items() if k not in ("doc", "id")} for c in choices]
+        return rows, [r.first for r in records]
 
     def finish(self, records_read: int, summary: dict, errors_file: bool) -> list[Path]:
         """Flush the stream; nothing is written to disk."""

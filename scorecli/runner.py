@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from scorecli import __version__, interrupts, scaleout
 from scorecli.corpus import (
@@ -36,6 +36,9 @@ from scorecli.layout import is_sharded_run
 from scorecli.options import SPECS, ScoreOptions, resolved_inputs, resolved_path
 from scorecli.runs import RunState, check_resume
 from scorecli.session import Progress, Selection, Session, load_models, make_scorer
+
+if TYPE_CHECKING:
+    from scorecli.choices import ChoiceLayout
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ def run(
             check_resume(state, metadata)
         # The files read, as absolute paths: a resumed run reads these, from whatever folder it is started in.
         saved = {**options.saved(inputs), "files": resolved_inputs(sources)}
-        session.start(metadata, options.words, state, saved, scorer.columns, kept)
+        session.start(metadata, options.words, state, saved, scorer.columns, kept, choices=choice_layout(options))
         total = 1 if separator is not None else records_total
         docs_total = min(total, options.limit) if total and options.limit else total
         written = session.score(
@@ -247,6 +250,15 @@ def _run_sharded(
     return RunResult(out_dir, result.figures, result.metadata, written, result.nothing_to_do, True, **shards)
 
 
+def choice_layout(options: ScoreOptions) -> ChoiceLayout | None:
+    """The layout of a run's choice tables (None: a run without choices)."""
+    if options.choices_field is None:
+        return None
+    from scorecli.choices import ChoiceLayout
+
+    return ChoiceLayout(unconditional=options.unconditional, ref=options.ref_model is not None)
+
+
 def _options(options: ScoreOptions | Mapping | None) -> ScoreOptions:
     """The options as ScoreOptions."""
     if options is None:
@@ -332,7 +344,15 @@ def _input_metadata(sources: list[str], fields: Fields, join: str | None) -> dic
     if join is not None:
         meta["join"] = json.dumps(join, ensure_ascii=False)
     meta["id_field"] = str(fields.id)
-    if fields.messages:
+    if fields.choices:
+        meta["choices_field"] = ",".join(fields.choices)
+        meta["label_field"] = str(fields.label)
+        meta["unconditional"] = str(fields.unconditional).lower()
+        if fields.messages:
+            meta["messages_field"] = fields.messages
+        elif fields.prompt:
+            meta["prompt_field"] = fields.prompt
+    elif fields.messages:
         meta["messages_field"] = fields.messages
     elif fields.words:
         meta["words_field"] = fields.words
@@ -346,6 +366,16 @@ def _input_metadata(sources: list[str], fields: Fields, join: str | None) -> dic
 def _scored(fields: Fields, roles: tuple[str, ...], all_tokens: bool) -> str:
     """Which tokens count in the statistics, in words, for the metadata."""
     rows = " (token rows for all tokens)" if all_tokens else ""
+    if fields.choices:
+        context = (
+            f"as the assistant's next turn after the chat in field '{fields.messages}'"
+            if fields.messages
+            else f"after field '{fields.prompt}'"
+            if fields.prompt
+            else "after BOS alone"
+        )
+        alone = "; and each after BOS alone" if fields.unconditional else ""
+        return f"each choice of field(s) '{','.join(fields.choices)}' {context}{alone}{rows}"
     if fields.messages:
         return f"chat turns of roles {','.join(roles)} in field '{fields.messages}'{rows}"
     if fields.prompt:

@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +31,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scorecli import faults, interrupts
+from scorecli.choices import ChoiceLayout, choice_sequence_table, choice_table, group, scored
 from scorecli.errors import OutputError, reading, unreadable
-from scorecli.inputs import Rejected
+from scorecli.inputs import Choice, Rejected
 from scorecli.kept import KeptTypes, final_fields, json_types, typed, types_metadata
 from scorecli.layout import (
+    CHOICES_FILE,
     ERRORS_FILE,
     FINISHED_FILE,
     IN_FLIGHT_FILE,
@@ -56,7 +58,7 @@ from scorecli.layout import (
 from scorecli.options import METADATA_BEFORE_IT_EXISTED
 from scorecli.outputs import finite, read_json_object
 from scorecli.scores import DEFAULT_STATS, SEQUENCE_COLUMNS, DocScore, numpy_type
-from scorecli.tables import WORD_SCHEMA, sequence_schema, sequence_table, token_batches, token_schema, word_batches
+from scorecli.tables import sequence_schema, sequence_table, token_batches, token_schema, word_batches, word_schema
 from scorecli.words import Words
 
 ROW_GROUP_ROWS = 1 << 16
@@ -79,7 +81,7 @@ class RunState:
     rejected: int = 0
     summary: dict | None = None
     files: list[dict] = field(default_factory=list)
-    in_flight: dict[int, DocScore] = field(default_factory=dict)
+    in_flight: dict[object, DocScore] = field(default_factory=dict)
 
 
 class RunFolder:
@@ -266,7 +268,7 @@ def _run_state(out_dir: Path) -> RunState:
             # in the same batches as before, to the same numbers.
             docs = (_doc_from_json(d) for d in saved["docs"] if "unscored_chars" in d)
             # Documents a part saved after them already hold are left out.
-            state.in_flight = {d.doc: d for d in docs if d.doc >= state.records_done}
+            state.in_flight = {d.key: d for d in docs if d.doc >= state.records_done}
             state.summary = saved["summary"]  # newer than the last part's: it counts the time up to the interrupt
     return state
 
@@ -451,12 +453,16 @@ class RunWriter:
         stats: tuple[str, ...] = DEFAULT_STATS,
         kept: KeptTypes | None = None,
         type_kept: bool = True,
+        choices: ChoiceLayout | None = None,
     ) -> None:
         """Start a run in a claimed folder, or continue the one it holds; `options` are saved for --resume.
 
         `stats` are the run's token columns, `kept` the input fields copied into sequences.parquet. Without
         `type_kept`, kept JSON fields stay JSON text in the final file, for a join of several runs to type.
+        A run of records with choices (`choices`, its tables' layout) writes choices.parquet too, and a
+        sequence row per record.
         """
+        self.choices = choices
         state = folder.state
         self.out_dir = folder.out_dir
         self.parts_dir = self.out_dir / PARTS_DIR
@@ -484,9 +490,22 @@ class RunWriter:
     @property
     def kinds(self) -> list[tuple[str, pa.Schema]]:
         """The Parquet files this run writes, with their schemas."""
-        sequences = sequence_schema(self.stats, self.kept, self.words)
-        kinds = [(TOKENS_FILE, token_schema(self.stats)), (SEQUENCES_FILE, sequences)]
-        return kinds + ([(WORDS_FILE, WORD_SCHEMA)] if self.words else [])
+        choices = self.choices is not None
+        kinds = [(TOKENS_FILE, token_schema(self.stats, choices)), (SEQUENCES_FILE, self._sequence_schema())]
+        kinds += [(CHOICES_FILE, self.choices.choice_schema())] if choices else []
+        return kinds + ([(WORDS_FILE, word_schema(choices))] if self.words else [])
+
+    def _sequence_schema(self) -> pa.Schema:
+        """The schema of the sequences parts: a row per document, or per record with choices."""
+        if self.choices is not None:
+            return self.choices.sequence_schema(self.kept)
+        return sequence_schema(self.stats, self.kept, self.words)
+
+    def _sequence_table(self, docs: list[DocScore]) -> pa.Table:
+        """The sequence rows of saved documents: one per document, or per record with choices."""
+        if self.choices is not None:
+            return choice_sequence_table(list(group(docs)), self.choices, self.kept)
+        return sequence_table(docs, self.stats, self.kept, self.words)
 
     def _part_file(self, kind: str, name: str) -> Path:
         """Where part `name` of a kind of file is: one folder per kind, readable as one dataset."""
@@ -514,9 +533,10 @@ class RunWriter:
         manifest_path = self.parts_dir / f"{name}.json"
         rejects = [r for r in self._pending_rejects if r.doc < records_done]
         batches = {
-            TOKENS_FILE: lambda docs, schema: token_batches(docs, schema),
-            SEQUENCES_FILE: lambda docs, schema: sequence_table(docs, self.stats, self.kept, self.words).to_batches(),
-            WORDS_FILE: lambda docs, schema: word_batches(docs),
+            TOKENS_FILE: lambda docs, schema: token_batches(scored(docs), schema),
+            SEQUENCES_FILE: lambda docs, schema: self._sequence_table(docs).to_batches(),
+            CHOICES_FILE: lambda docs, schema: choice_table(group(docs), self.choices).to_batches(),
+            WORDS_FILE: lambda docs, schema: word_batches(scored(docs), schema=schema),
         }
         written: list[Path] = []
         with interrupts.held():  # a part is saved whole, or not at all
@@ -626,7 +646,7 @@ class RunWriter:
 
         Their types go into the metadata (`kept_types`) of every final file.
         """
-        schema = sequence_schema(self.stats, self.kept, self.words)
+        schema = self._sequence_schema()
         json_names = [name for name, kind in self.kept.items() if kind is None]
 
         def parts() -> Iterator[pa.Table]:
@@ -770,7 +790,8 @@ def _doc_to_json(doc: DocScore) -> dict:
         # NaN (an unknown correction) has no JSON form: it is saved as null.
         words[name] = None if value is None else [None if v != v else v for v in value.tolist()]
     scalars = {name: getattr(doc, name) for name in _DOC_SCALARS}
-    return {**scalars, **arrays, "tokens": list(doc.tokens), "words": words, "stats": stats}
+    choice = None if doc.choice is None else asdict(doc.choice)
+    return {**scalars, **arrays, "tokens": list(doc.tokens), "words": words, "stats": stats, "choice": choice}
 
 
 def _doc_from_json(row: dict) -> DocScore:
@@ -786,7 +807,8 @@ def _doc_from_json(row: dict) -> DocScore:
     if saved.get("correction") is not None:
         words.correction = np.asarray([np.nan if v is None else v for v in saved["correction"]], dtype=np.float64)
     scalars = {name: row[name] for name in _DOC_SCALARS}
-    return DocScore(**scalars, **arrays, tokens=row["tokens"], words=words, stats=stats)
+    choice = None if row.get("choice") is None else Choice(**row["choice"])
+    return DocScore(**scalars, **arrays, tokens=row["tokens"], words=words, stats=stats, choice=choice)
 
 
 def _reject_row(r: Rejected) -> dict:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from scorecli.inputs import Choice
 from scorecli.measures import bits_per_byte, perplexity
 from scorecli.words import Words, word_stats
 
@@ -47,6 +48,7 @@ class DocScore:
     only when asked for, as context that was scored but not counted. `kept` carries the record's kept
     input fields (`Record.kept`) to the outputs, untouched. `unscored_chars` counts the characters of the
     scored text (the response, the scored chat turns) that no token holds: the tokenizer dropped them.
+    `choice` is the choice of a record with choices that this document scores (inputs.Choice).
     """
 
     doc: int
@@ -64,11 +66,17 @@ class DocScore:
     stats: dict[str, np.ndarray]
     kept: dict[str, object] | None = None
     unscored_chars: int = 0
+    choice: Choice | None = None
     sum_logprob: float = field(init=False)
 
     def __post_init__(self) -> None:
         """Total the response log-probs in float64."""
         self.sum_logprob = self.response_sum("logprob")
+
+    @property
+    def key(self) -> int | tuple[int, int, bool]:
+        """What tells this document from every other of a run (Record.key)."""
+        return self.doc if self.choice is None else (self.doc, self.choice.index, self.choice.unconditional)
 
     @property
     def logprobs(self) -> np.ndarray:

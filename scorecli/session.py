@@ -31,11 +31,13 @@ from scorecli.summary import Summary
 
 if TYPE_CHECKING:
     from scorecli.bootstrap import DocSums
+    from scorecli.choices import ChoiceLayout
     from scorecli.engine import ScoreProgress, Scorer
     from scorecli.kept import KeptTypes
     from scorecli.models import LoadedModel, LoadStep
     from scorecli.outputs import JsonlOutput
     from scorecli.runs import RunFolder, RunState, RunWriter
+    from scorecli.scores import DocScore
 
 # How an error's note names the way to resume past a bad record; the command line names its command instead.
 RESUME_SKIPPING = "resume=True, on_error='skip'"
@@ -154,7 +156,9 @@ class Selection:
     def __iter__(self) -> Iterator[Record]:
         """The records, unchanged."""
         for record in self.records:
-            if record.messages is not None:
+            if record.choice is not None:
+                self.selected = True  # a choice is never empty, and is scored whatever the roles
+            elif record.messages is not None:
                 self.roles_seen.update(role for role, _ in record.messages)
                 self.selected |= any(role in self.roles and content for role, content in record.messages)
             elif record.spans is not None:
@@ -219,6 +223,9 @@ class Session:
         self.done: dict = {}
         self.written: list[Path] = []
         self._early_rejects: list[Rejected] = []
+        self.choices: ChoiceLayout | None = None
+        self._streamed_choices: list = []  # stdout output of a choice run: its sequence rows, for the accuracies
+        self._unfinished: list[DocScore] = []  # a streamed record's choices given out before its last one
 
     def claim(self, overwrite: bool, resume: bool, command: str | None = None) -> RunState | None:
         """Lock the output folder for the whole run, before any model work; return the run to resume in it.
@@ -264,19 +271,22 @@ class Session:
         stats: tuple[str, ...],
         kept: KeptTypes | None = None,
         type_kept: bool = True,
+        choices: ChoiceLayout | None = None,
     ) -> None:
         """Open the output: a new run (saving its `options` for resume), or the one `state` describes.
 
         `stats` are the run's token columns, `kept` the input fields it copies into its sequence rows (JSON
-        ones typed over the whole run unless not `type_kept`: see RunWriter).
+        ones typed over the whole run unless not `type_kept`: see RunWriter); `choices` is the layout of a
+        run of records with choices.
         """
         from scorecli.outputs import JsonlOutput
         from scorecli.runs import RunWriter
 
+        self.choices = choices
         if self.out is None:
-            self.writer = JsonlOutput(self.stream, self.rows, stats, keep=kept or ())
+            self.writer = JsonlOutput(self.stream, self.rows, stats, keep=kept or (), choices=choices)
         else:
-            self.writer = RunWriter(self.folder, metadata, words, options, stats, kept, type_kept)
+            self.writer = RunWriter(self.folder, metadata, words, options, stats, kept, type_kept, choices)
             if state is not None:
                 self.done = state.in_flight
                 self.resumed_from = max(state.records_done - self.first_doc, 0) if state.records_done else 0
@@ -313,7 +323,6 @@ class Session:
         empty run and takes the intervals over all shards.
         """
         from scorecli.bootstrap import add_sequence_batches, corpus_intervals
-        from scorecli.tables import sequence_table
 
         started, seconds = time.perf_counter(), self.summary.seconds
         fed, shared = self.summary.fed_tokens, self.summary.shared_tokens
@@ -337,12 +346,19 @@ class Session:
         try:
             with interrupts.as_exceptions() if signals else contextlib.nullcontext():
                 for docs in scorer.score_buffers(records, progress=step, on_error=on_chat_error, done=self.done):
+                    if self.choices is not None and not (docs := self._whole_records(docs)):
+                        continue
                     for doc in docs:
+                        if doc.choice is not None and doc.choice.unconditional:
+                            continue  # a choice alone after BOS is a figure of its choice's row, not a text of the run
                         self.summary.add(doc)
-                        if doc.doc not in self.done:  # documents an interrupted session finished are its tokens
+                        if doc.key not in self.done:  # documents an interrupted session finished are its tokens
                             self.summary.session_tokens += doc.n_tokens
                     if not self._to_folder:
-                        add_sequence_batches(self.streamed, sequence_table(docs).to_batches())
+                        table = self._sequence_table(docs)
+                        add_sequence_batches(self.streamed, table.to_batches())
+                        if self.choices is not None:
+                            self._streamed_choices += table.to_batches()
                     self.records_seen = max(self.records_seen, docs[-1].doc + 1)
                     clock()
                     self.writer.save(docs, docs[-1].doc + 1, self.summary.state())
@@ -363,6 +379,8 @@ class Session:
                     figures["selection"] = selection.state() if selection is not None else None
                 else:
                     self.summary.intervals = corpus_intervals(self._doc_sums())
+                    if self.choices is not None:
+                        self.summary.intervals |= self._choice_figures()
                     figures = self.summary.as_dict()
                 records_read = max(self.records_seen, records_end)
                 self.written = self.writer.finish(records_read, figures, errors_file=skip_bad)
@@ -391,6 +409,38 @@ class Session:
             self.writer.abort()
             raise
         return self.written
+
+    def _whole_records(self, docs: list[DocScore]) -> list[DocScore]:
+        """The documents of the records whose choices are all scored; the rest wait for theirs (a stream's parts)."""
+        docs = self._unfinished + docs
+        ends = [i for i, d in enumerate(docs) if d.choice is not None and d.choice.last]
+        cut = ends[-1] + 1 if ends else 0
+        self._unfinished = docs[cut:]
+        return docs[:cut]
+
+    def _sequence_table(self, docs: list[DocScore]):
+        """The sequence rows of documents: one per document, or per record with choices."""
+        from scorecli.tables import sequence_table
+
+        if self.choices is None:
+            return sequence_table(docs)
+        from scorecli.choices import choice_sequence_table, group
+
+        return choice_sequence_table(list(group(docs)), self.choices)
+
+    def _choice_figures(self) -> dict:
+        """The accuracies of a choice run, from its saved sequence rows (all sessions'), or those streamed."""
+        from scorecli.summary import choice_figures
+
+        if self._to_folder:
+            import pyarrow.parquet as pq
+
+            batches = (
+                b for path in self.writer.part_files(SEQUENCES_FILE) for b in pq.ParquetFile(path).iter_batches()
+            )
+        else:
+            batches = iter(self._streamed_choices)
+        return choice_figures(batches, self.choices.normalisations)
 
     def _doc_sums(self) -> DocSums:
         """Every scored document's sums for the bootstrap: from the saved parts, so a resumed run sees all."""

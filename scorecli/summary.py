@@ -324,3 +324,38 @@ def _preview_source(score: DocScore) -> str:
         if length >= _PREVIEW_CHARS:
             break
     return " ".join(pieces)[:_PREVIEW_CHARS]
+
+
+def choice_figures(batches: Iterable, normalisations: list[str]) -> dict:
+    """A choice run's figures from its sequences rows (record batches): accuracy under each normalisation.
+
+    Each accuracy is over the records with a label, with its 95% bootstrap interval over records, and also
+    under lm-evaluation-harness's name where it has one (acc, acc_norm, acc_bytes, acc_mutual_info);
+    `mean_margin` is over the records of two choices (the label's sum of log-probs minus the other's, or
+    without a label the higher minus the lower).
+    """
+    from scorecli.bootstrap import DocSums, accuracy_intervals, add_choice_batches
+    from scorecli.choices import NORMALISATIONS
+
+    sums = DocSums(len(normalisations) + 1)
+    records = labelled = two = 0
+    margin_sum = 0.0
+    for batch in batches:
+        records += batch.num_rows
+        add_choice_batches(sums, [batch], normalisations)
+        pairs = [m for n, m in zip(batch.column("n_choices").to_pylist(), batch.column("margin").to_pylist()) if n == 2]
+        known = [m for m in pairs if m is not None]
+        two, margin_sum = two + len(known), margin_sum + sum(known)
+    units = sums.units()
+    labelled = sums.documents
+    totals = units.sum(axis=0) if len(units) else np.zeros(sums.width)
+    figures: dict = {"choice_records": records, "labelled_records": labelled}
+    for j, (name, interval) in enumerate(zip(normalisations, accuracy_intervals(sums))):
+        value = float(totals[j] / totals[-1]) if labelled else None
+        figures[f"accuracy_{name}"] = value
+        figures[f"accuracy_{name}_ci"] = interval
+        lm_eval = NORMALISATIONS[name][1]
+        if lm_eval is not None:
+            figures[lm_eval] = value
+    figures["mean_margin"] = margin_sum / two if two else None
+    return figures

@@ -22,11 +22,21 @@ _TOKEN_FIELDS = [
 ]
 
 
-def token_schema(stats: Iterable[str] = DEFAULT_STATS) -> pa.Schema:
-    """The schema of tokens.parquet for a run that computes the token columns `stats`."""
+def token_schema(stats: Iterable[str] = DEFAULT_STATS, choices: bool = False) -> pa.Schema:
+    """The schema of tokens.parquet for a run that computes the token columns `stats` (of choices: with `choice`)."""
     stats = set(stats)
     named = [(name, kind) for name, kind in TOKEN_COLUMNS.items() if name in stats]
-    return pa.schema([*_TOKEN_FIELDS, *named, ("is_response", pa.bool_())])
+    return pa.schema([*_with_choice(_TOKEN_FIELDS, choices), *named, ("is_response", pa.bool_())])
+
+
+def word_schema(choices: bool = False) -> pa.Schema:
+    """The schema of words.parquet (of a choice run: with `choice`)."""
+    return pa.schema(_with_choice(list(zip(WORD_SCHEMA.names, WORD_SCHEMA.types)), choices))
+
+
+def _with_choice(fields: list[tuple[str, pa.DataType]], choices: bool) -> list[tuple[str, pa.DataType]]:
+    """A table's fields, with the `choice` column after `id` in a choice run."""
+    return [*fields[:2], ("choice", pa.int32()), *fields[2:]] if choices else fields
 
 
 def sequence_schema(
@@ -78,13 +88,15 @@ def sequence_table(
     return pa.Table.from_arrays(arrays, schema=sequence_schema(stats, kept, words))
 
 
-def word_table(scores: list[DocScore]) -> pa.Table:
+def word_table(scores: list[DocScore], schema: pa.Schema = WORD_SCHEMA) -> pa.Table:
     """The word rows of several documents as one Arrow table."""
-    return pa.Table.from_batches(list(word_batches(scores)), WORD_SCHEMA)
+    return pa.Table.from_batches(list(word_batches(scores, schema=schema)), schema)
 
 
-def word_batches(scores: list[DocScore], rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """The word rows of several documents as record batches of at most `rows` rows, in order."""
+def word_batches(
+    scores: list[DocScore], rows: int = BATCH_ROWS, schema: pa.Schema = WORD_SCHEMA
+) -> Iterator[pa.RecordBatch]:
+    """The word rows of several documents as record batches of at most `rows` rows, in order (of `schema`)."""
     columns: dict[int, dict[str, np.ndarray]] = {}
     for chunk in _slices(scores, [len(s.words) for s in scores], rows):
         parts = []
@@ -92,10 +104,12 @@ def word_batches(scores: list[DocScore], rows: int = BATCH_ROWS) -> Iterator[pa.
             if a == 0:  # a document's numbers are computed once, however many batches it spans
                 columns = {s.doc: s.word_columns()}
             parts.append((s, a, b, columns[s.doc]))
+        choice = [pa.array(_cat([np.full(b - a, s.choice.index, np.int32) for s, a, b, _ in parts], np.int32))]
         yield pa.RecordBatch.from_arrays(
             [
                 pa.array(_cat([np.full(b - a, s.doc, np.int64) for s, a, b, _ in parts], np.int64)),
                 pa.array([s.id for s, a, b, _ in parts for _ in range(b - a)], pa.string()),
+                *(choice if "choice" in schema.names else []),
                 pa.array(_cat([s.words.indices(a, b) for s, a, b, _ in parts], np.int32)),
                 pa.array([t for s, a, b, _ in parts for t in s.word_texts(a, b)], pa.string()),
                 *(
@@ -108,13 +122,13 @@ def word_batches(scores: list[DocScore], rows: int = BATCH_ROWS) -> Iterator[pa.
                     for name, field in ((n, WORD_SCHEMA.field(n)) for n in WORD_COLUMNS)
                 ),
             ],
-            schema=WORD_SCHEMA,
+            schema=schema,
         )
 
 
-def token_table(scores: list[DocScore], stats: Iterable[str] = DEFAULT_STATS) -> pa.Table:
-    """The token rows of several documents as one Arrow table."""
-    schema = token_schema(stats)
+def token_table(scores: list[DocScore], stats: Iterable[str] = DEFAULT_STATS, choices: bool = False) -> pa.Table:
+    """The token rows of several documents as one Arrow table (of a choice run's choices: with `choice`)."""
+    schema = token_schema(stats, choices)
     return pa.Table.from_batches(list(token_batches(scores, schema)), schema)
 
 
@@ -124,6 +138,11 @@ def token_batches(scores: list[DocScore], schema: pa.Schema, rows: int = BATCH_R
         fixed = {
             "doc": _cat([np.full(b - a, s.doc, np.int64) for s, a, b in chunk], np.int64),
             "id": [s.id for s, a, b in chunk for _ in range(b - a)],
+            **(
+                {"choice": _cat([np.full(b - a, s.choice.index, np.int32) for s, a, b in chunk], np.int32)}
+                if "choice" in schema.names
+                else {}
+            ),
             "position": _cat([s.positions[a:b] for s, a, b in chunk], np.int32),
             "token_id": _cat([s.token_ids[a:b] for s, a, b in chunk], np.int32),
             "token": [t for s, a, b in chunk for t in s.tokens[a:b]],
