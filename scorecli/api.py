@@ -9,16 +9,18 @@ from __future__ import annotations
 import inspect
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scorecli.errors import InputError, UsageError
-from scorecli.inputs import Fields, Record, fields_of, read_rows
+from scorecli.inputs import Fields, Record, fields_of, parse_choice_fields, read_rows
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from scorecli.choices import ChoiceLayout
     from scorecli.engine import Scorer
     from scorecli.kept import KeptTypes
     from scorecli.models import LoadedModel
@@ -42,6 +44,9 @@ def score(
     prompt_field: str | None = None,
     response_field: str | None = None,
     messages_field: str | None = None,
+    choices_field: str | None = None,
+    label_field: str | None = None,
+    unconditional: bool = False,
     keep_fields: Iterable[str] = (),
     limit: int | None = None,
     device: str = "auto",
@@ -57,6 +62,8 @@ def score(
 
     `inputs` is texts (a str or a list of them), records (dicts, or a DataFrame's rows) read with the field
     options as the CLI reads them, or input files (Paths, or strs ending in .jsonl, .jsonl.gz or .parquet).
+    `choices_field` (with `label_field`, `unconditional`) scores records with choices as
+    `scorecli score --choices-field` does; `rows` "choices" are then the rows of choices.parquet.
     `rows` is "sequences", "tokens" or "words": the columns of sequences.parquet, tokens.parquet or
     words.parquet, with the kept fields `keep_fields` (names, or one str of them separated by commas, as
     --keep-fields takes them) after a sequence's own. `model` and `ref_model` are names or paths (loaded
@@ -68,12 +75,17 @@ def score(
     import pyarrow as pa
 
     from scorecli import __version__
+    from scorecli.choices import SEQUENCE_NAMES, ChoiceLayout
     from scorecli.engine import Scorer
     from scorecli.kept import parse_keep_fields, types_metadata
     from scorecli.scores import SEQUENCE_COLUMNS
 
-    if rows not in ROWS:
-        raise UsageError(f"must be one of {', '.join(ROWS)}, not {rows!r}", arg="rows")
+    choices = parse_choice_fields(choices_field)
+    kinds = (*ROWS, "choices") if choices else ROWS
+    if rows not in kinds:
+        raise UsageError(f"must be one of {', '.join(kinds)}, not {rows!r}", arg="rows")
+    if not choices and (label_field is not None or unconditional):
+        raise UsageError("goes with `choices_field`", arg="label_field" if label_field is not None else "unconditional")
     scorer_options = set(inspect.signature(Scorer).parameters) - _SET_HERE
     for name in options:
         if name not in scorer_options:
@@ -81,13 +93,27 @@ def score(
     names = [keep_fields] if isinstance(keep_fields, str) else list(keep_fields)
     if len(names) > 1 and any("," in name for name in names):
         raise UsageError("holds a name with a comma, which no kept field can have", arg="keep_fields")
-    keep = parse_keep_fields(",".join(names) if names else None, (c.name for c in SEQUENCE_COLUMNS))
+    taken = [c.name for c in SEQUENCE_COLUMNS] + ([*SEQUENCE_NAMES, "choices"] if choices else [])
+    keep = parse_keep_fields(",".join(names) if names else None, taken)
     if keep and rows != "sequences":
         raise UsageError("go to sequence rows: they need `rows` sequences", arg="keep_fields")
     if isinstance(options.get("roles"), str):
         options["roles"] = [r.strip() for r in options["roles"].split(",") if r.strip()]
-    fields = fields_of(text_field, id_field, prompt_field, response_field, messages_field, keep)
-    plain = (text_field, prompt_field, response_field, messages_field, keep) == (None, None, None, None, ())
+    if choices:
+        if text_field is not None or response_field is not None:
+            name = "text_field" if text_field is not None else "response_field"
+            raise UsageError("cannot be combined with `choices_field`, whose choices are the scored text", arg=name)
+        fields = fields_of(None, id_field, None, None, messages_field, keep)
+        fields = replace(fields, prompt=prompt_field, choices=choices, label=label_field, unconditional=unconditional)
+        if prompt_field is not None and messages_field is not None:
+            raise UsageError(
+                "cannot be combined with `prompt_field`: both are the choices' context", arg="messages_field"
+            )
+        if unconditional and not options.get("bos", True):
+            raise UsageError("needs `bos`: a choice alone is scored from BOS", arg="unconditional")
+    else:
+        fields = fields_of(text_field, id_field, prompt_field, response_field, messages_field, keep)
+    plain = (text_field, prompt_field, response_field, messages_field, keep, choices) == (None,) * 4 + ((), ())
     records, kept = _records(inputs, fields, limit, texts_allowed=plain and id_field == "id")
     first = next(records, None)  # read and checked before any model loads, so that a mistake shows at once
     records = itertools.chain([] if first is None else [first], records)
@@ -106,7 +132,8 @@ def score(
         ref_tokenizer=None if ref is None else ref.tokenizer,
         **options,
     )
-    table = _typed_kept(pa.concat_tables(_tables(scorer, records, rows, kept)), kept)
+    layout = ChoiceLayout(unconditional, ref is not None) if choices else None
+    table = _typed_kept(pa.concat_tables(_tables(scorer, records, rows, kept, layout)), kept)
     frame = table.to_pandas()
     frame.attrs = {
         **loaded.info,
@@ -202,19 +229,33 @@ def _model(
     return load_model(spec, device, dtype, revision=revision, trust_remote_code=trust_remote_code, arg=arg, shared=True)
 
 
-def _tables(scorer: Scorer, records: Iterator[Record], rows: str, kept: KeptTypes) -> Iterator[pa.Table]:
-    """The `rows` of the scored records, a table of some documents at a time (one, empty, where there are none)."""
-    from scorecli.tables import sequence_table, token_table, word_table
+def _tables(
+    scorer: Scorer, records: Iterator[Record], rows: str, kept: KeptTypes, layout: ChoiceLayout | None = None
+) -> Iterator[pa.Table]:
+    """The `rows` of the scored records, a table of some documents at a time (one, empty, where there are none).
+
+    Records with choices (`layout`, their tables') are never split between two tables.
+    """
+    from scorecli.choices import choice_sequence_table, choice_table, group, scored
+    from scorecli.tables import sequence_table, token_table, word_schema, word_table
 
     def table(docs: list) -> pa.Table:
+        if layout is not None:
+            if rows == "choices":
+                return choice_table(group(docs), layout)
+            if rows == "sequences":
+                return choice_sequence_table(list(group(docs)), layout, kept)
+            docs = scored(docs)
         if rows == "sequences":
             return sequence_table(docs, scorer.columns, kept)
-        return token_table(docs, scorer.columns) if rows == "tokens" else word_table(docs)
+        if rows == "tokens":
+            return token_table(docs, scorer.columns, choices=layout is not None)
+        return word_table(docs, word_schema(layout is not None))
 
     docs: list = []
     for doc in scorer.score_records(records):
         docs.append(doc)
-        if len(docs) == _TABLE_DOCS:
+        if len(docs) >= _TABLE_DOCS and (doc.choice is None or doc.choice.last):
             yield table(docs)
             docs = []
     yield table(docs)

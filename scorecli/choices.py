@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from scorecli.kept import KeptTypes, part_arrays, part_fields
+from scorecli.options import ScoreOptions
 from scorecli.scores import DocScore
 
 # Each normalisation: the choices.parquet column it compares, and lm-evaluation-harness's name for its accuracy.
@@ -68,6 +69,13 @@ class ChoiceLayout:
         """The schema of a choice run's sequences.parquet parts (kept JSON fields as JSON text, last)."""
         own = [pa.field(name, kind) for name, kind in sequence_fields(self.normalisations)]
         return pa.schema(own + part_fields(kept or {}))
+
+
+def choice_layout(options: ScoreOptions) -> ChoiceLayout | None:
+    """The layout of a run's choice tables (None: a run without choices)."""
+    if options.choices_field is None:
+        return None
+    return ChoiceLayout(unconditional=options.unconditional, ref=options.ref_model is not None)
 
 
 def sequence_fields(normalisations: Iterable[str]) -> list[tuple[str, pa.DataType]]:

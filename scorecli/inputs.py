@@ -144,6 +144,17 @@ def fields_of(
     return Fields(text_field or "text", id_field, prompt_field, response_field, messages_field, keep)
 
 
+def parse_choice_fields(spec: str | None) -> tuple[str, ...]:
+    """The fields a `choices_field` names: one (an array of choices), or several separated by commas (none: None)."""
+    if spec is None:
+        return ()
+    names = tuple(name.strip() for name in spec.split(","))
+    if not all(names) or len(set(names)) != len(names):
+        why = f"must name one field, or distinct fields separated by commas, not {spec!r}"
+        raise UsageError(why, arg="choices_field")
+    return names
+
+
 def display_name(source: str | Path) -> str:
     """Name an input the way error messages and metadata refer to it."""
     return "<stdin>" if str(source) == STDIN else str(source)

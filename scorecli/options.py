@@ -21,7 +21,7 @@ from typing import Literal, Optional
 
 from scorecli.checks import check_compile, check_device, check_dtype, check_head_dtype, check_limits
 from scorecli.errors import UsageError
-from scorecli.inputs import STDIN, Fields
+from scorecli.inputs import STDIN, Fields, parse_choice_fields
 from scorecli.prefix import DEFAULT_MIN_SHARED_PREFIX
 
 RAY_INSTALL = "pip install 'scorecli[ray]'"
@@ -383,7 +383,12 @@ class ScoreOptions:
         from scorecli.kept import parse_keep_fields
         from scorecli.scores import SEQUENCE_COLUMNS
 
-        keep = parse_keep_fields(self.keep_fields, (c.name for c in SEQUENCE_COLUMNS), self.id_field)
+        taken = [c.name for c in SEQUENCE_COLUMNS]
+        if choices:
+            from scorecli.choices import SEQUENCE_NAMES
+
+            taken += [*SEQUENCE_NAMES, "choices"]  # the JSON lines' record holds its choices under "choices"
+        keep = parse_keep_fields(self.keep_fields, taken, self.id_field)
         text = text or "text"
         return Fields(
             text=text,
@@ -400,15 +405,7 @@ class ScoreOptions:
 
     def choice_fields(self) -> tuple[str, ...]:
         """The fields `choices_field` names (none without it)."""
-        if self.choices_field is None:
-            return ()
-        names = tuple(name.strip() for name in self.choices_field.split(","))
-        if not all(names) or len(set(names)) != len(names):
-            raise UsageError(
-                f"must name one field, or distinct fields separated by commas, not {self.choices_field!r}",
-                arg="choices_field",
-            )
-        return names
+        return parse_choice_fields(self.choices_field)
 
     def role_names(self) -> tuple[str, ...]:
         """The chat roles whose turns are scored."""

@@ -16,9 +16,10 @@ import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from scorecli import __version__, interrupts, scaleout
+from scorecli.choices import choice_layout
 from scorecli.corpus import (
     corpus_bytes,
     corpus_metadata,
@@ -36,9 +37,6 @@ from scorecli.layout import is_sharded_run
 from scorecli.options import SPECS, ScoreOptions, resolved_inputs, resolved_path
 from scorecli.runs import RunState, check_resume
 from scorecli.session import Progress, Selection, Session, load_models, make_scorer
-
-if TYPE_CHECKING:
-    from scorecli.choices import ChoiceLayout
 
 
 @dataclass(frozen=True)
@@ -248,15 +246,6 @@ def _run_sharded(
     shards = {"shards": result.shards, "shards_scored": result.shards_scored, "ray_seconds": result.ray_seconds}
     out_dir = None if out is None else Path(out)
     return RunResult(out_dir, result.figures, result.metadata, written, result.nothing_to_do, True, **shards)
-
-
-def choice_layout(options: ScoreOptions) -> ChoiceLayout | None:
-    """The layout of a run's choice tables (None: a run without choices)."""
-    if options.choices_field is None:
-        return None
-    from scorecli.choices import ChoiceLayout
-
-    return ChoiceLayout(unconditional=options.unconditional, ref=options.ref_model is not None)
 
 
 def _options(options: ScoreOptions | Mapping | None) -> ScoreOptions:

@@ -266,7 +266,12 @@ def score_shard(shard: Shard, job: Job, shard_dir: Path, report: Callable[[int, 
         if state is not None:
             check_resume(state, metadata)
         # Kept JSON fields stay JSON text in the shard's files: the join types them over every shard's values.
-        session.start(metadata, job.words, state, job.options, scorer.columns, job.kept, type_kept=False)
+        from scorecli.choices import choice_layout
+
+        choices = choice_layout(options)
+        session.start(
+            metadata, job.words, state, job.options, scorer.columns, job.kept, type_kept=False, choices=choices
+        )
         fields = options.input_fields()
         reject = session.reject if options.skip_bad else None
         records = shard_records(shard, fields, reject, skip=session.resumed_from)
@@ -817,6 +822,17 @@ def _join(
     if "ref_head" in metadata:
         total.comparison.add(response_columns(result_files(out_dir, TOKENS_FILE), ReferenceComparison.COLUMNS))
     total.intervals = corpus_intervals(sequence_sums(result_files(out_dir, SEQUENCES_FILE)))
+    from scorecli.choices import choice_layout
+
+    if (layout := choice_layout(options)) is not None:
+        import pyarrow.parquet as pq
+
+        from scorecli.summary import choice_figures
+
+        files = result_files(out_dir, SEQUENCES_FILE)
+        total.intervals |= choice_figures(
+            (b for f in files for b in pq.ParquetFile(f).iter_batches()), layout.normalisations
+        )
     write_summary(out_dir / SUMMARY_FILE, total.as_dict(), metadata)
     written.append(out_dir / SUMMARY_FILE)
     shutil.rmtree(out_dir / SHARDS_DIR, ignore_errors=True)

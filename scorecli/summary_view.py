@@ -48,7 +48,15 @@ def render(figures: dict, metadata: dict[str, str]) -> Group:
             ("wall time (this session)", f"{figures.get('session_seconds') or 0:.1f} s"),
         ]
     settings = [f"{key} {metadata[key]}" for key in _SETTINGS if key in metadata]
-    parts = [Text("scorecli summary", style="italic"), _Figures(pairs), *_comparison(figures), _Settings(settings)]
+    if "choice_records" in figures:  # a run of records with choices: its documents are their choices
+        pairs[0] = ("records (choices)", f"{_int(figures['choice_records'])} ({_int(figures.get('documents'))})")
+    parts = [
+        Text("scorecli summary", style="italic"),
+        _Figures(pairs),
+        *_choices(figures),
+        *_comparison(figures),
+        _Settings(settings),
+    ]
     if figures.get("truncated"):
         parts.append(
             f"[yellow]warning:[/yellow] {figures['truncated']:,} document(s) were longer than --max-length "
@@ -135,6 +143,37 @@ def _comparison(f: dict) -> list:
         ("same top token", f"{_pct_text(f['same_top'])} ± {_pct_text(f['same_top_se'])}"),
     ]
     return [Text(), Text("model vs reference (± standard errors)", style="italic"), _Figures(rows)]
+
+
+# A choice run's accuracies, in summary.json's names: ours, and lm-evaluation-harness's where it has one.
+_ACCURACIES = (
+    ("sum", "sum of log-probs", "acc"),
+    ("per_token", "per token", ""),
+    ("per_char", "per character", "acc_norm"),
+    ("per_byte", "per byte", "acc_bytes"),
+    ("pmi", "pmi (minus alone)", "acc_mutual_info"),
+)
+
+
+def _choices(f: dict) -> list:
+    """A choice run's accuracy under each normalisation, with its 95% interval and lm-eval's name (if labelled)."""
+    if not f.get("labelled_records") and f.get("mean_margin") is None:
+        return []
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for name, justify in (("choice by", "left"), ("lm-eval", "left"), ("accuracy", "right"), ("95% CI", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    for key, label, lm_eval in _ACCURACIES:
+        if f.get(f"accuracy_{key}") is not None:
+            interval = f.get(f"accuracy_{key}_ci")
+            ci = f"{_pct_text(interval[0])}–{_pct_text(interval[1])}" if interval else "—"
+            table.add_row(label, lm_eval, _pct_text(f[f"accuracy_{key}"]), ci)
+    title = f"choices: {f['labelled_records']:,} labelled records" if f.get("labelled_records") else "choices"
+    parts = [Text(), Text(title, style="italic")]
+    if table.rows:
+        parts.append(table)
+    if f.get("mean_margin") is not None:
+        parts.append(_Figures([("mean margin (nats, two choices)", _num(f["mean_margin"]))]))
+    return parts
 
 
 def _fed(figures: dict) -> list[tuple[str, str]]:
