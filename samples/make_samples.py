@@ -116,6 +116,25 @@ PREFERENCES = [
     ("Suggest a title for a story about a lost dog.\n", "The Long Way Home", "Untitled Document Number Four"),
 ]
 
+# A conversation and the assistant's possible next replies, written for this project (chat_choices.jsonl:
+# --messages-field messages --choices-field replies --label-field label).
+CHAT_CHOICES = [
+    (
+        [{"role": "user", "content": "I have eggs, flour and milk. What can I cook?"}],
+        ["You could make pancakes.", "You could build a bookshelf."],
+        0,
+    ),
+    (
+        [
+            {"role": "user", "content": "What is the opposite of hot?"},
+            {"role": "assistant", "content": "Cold."},
+            {"role": "user", "content": "And the opposite of up?"},
+        ],
+        ["Sideways.", "Down."],
+        1,
+    ),
+]
+
 # Conversations written for this project (chats.jsonl: --messages-field messages).
 CHATS = [
     [
@@ -237,6 +256,10 @@ def main() -> None:
     with open(HERE / "preferences.jsonl", "w", encoding="utf-8") as f:
         for i, (prompt, chosen, rejected) in enumerate(PREFERENCES):
             row = {"id": f"pref{i}", "prompt": prompt, "chosen": chosen, "rejected": rejected}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(HERE / "chat_choices.jsonl", "w", encoding="utf-8") as f:
+        for i, (messages, replies, label) in enumerate(CHAT_CHOICES):
+            row = {"id": f"cc{i}", "messages": messages, "replies": replies, "label": label}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     with open(HERE / "chats.jsonl", "w", encoding="utf-8") as f:
         for i, messages in enumerate(CHATS):
