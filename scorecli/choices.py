@@ -12,13 +12,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from scorecli.kept import KeptTypes, part_arrays, part_fields
-from scorecli.options import ScoreOptions
 from scorecli.scores import DocScore
+
+if TYPE_CHECKING:
+    from scorecli.options import ScoreOptions  # options.py imports this module for its column names
 
 # Each normalisation: the choices.parquet column it compares, and lm-evaluation-harness's name for its accuracy.
 NORMALISATIONS: dict[str, tuple[str, str | None]] = {

@@ -98,14 +98,25 @@ class JsonlOutput:
         self.stream.flush()
 
 
-def write_result_lines(stream: TextIO, path: str | Path) -> None:
-    """Write the rows of a scorecli Parquet file as JsonlOutput writes rows: kept JSON text as the values it holds."""
+def write_result_lines(stream: TextIO, path: str | Path, choices: str | Path | None = None) -> None:
+    """Write the rows of a scorecli Parquet file as JsonlOutput writes rows: kept JSON text as the values it holds.
+
+    The sequence rows of a choice run hold their records' rows of the file `choices` under "choices".
+    """
+    nested: dict[int, list[dict]] = {}
+    if choices is not None:
+        for c in pq.read_table(choices).to_pylist():
+            nested.setdefault(c.pop("doc"), []).append({k: v for k, v in c.items() if k != "id"})
     with pq.ParquetFile(path) as source:
         texts = [f.name for f in source.schema_arrow if f.metadata == JSON_MARK]
+        own = [f.name for f in source.schema_arrow if f.name not in texts]
         for batch in source.iter_batches():
             for row in batch.to_pylist():
                 for name in texts:
                     row[name] = None if row[name] is None else json.loads(row[name])
+                if choices is not None:
+                    # As JsonlOutput: the record's own columns, its choices, then its kept fields.
+                    row = {**{k: row[k] for k in own if k in row}, "choices": nested.get(row["doc"], []), **row}
                 stream.write(json.dumps(finite(row), ensure_ascii=False, default=json_default) + "\n")
             stream.flush()
 

@@ -35,6 +35,7 @@ from scorecli.errors import OutputError, ScorecliError, UsageError, first_line, 
 from scorecli.inputs import Fields, Rejected, display_name, is_parquet, read_records
 from scorecli.kept import types_metadata
 from scorecli.layout import (
+    CHOICES_FILE,
     ERRORS_FILE,
     LOCK_FILE,
     PARTS_DIR,
@@ -435,7 +436,9 @@ def stream_sharded(
         if on_reject is not None:
             for rejected in read_rejects(shard_dir):
                 on_reject(rejected)
-        write_result_lines(stream, shard_dir / result_file(rows))
+        choices = shard_dir / CHOICES_FILE
+        nested = choices if rows == "sequences" and choices.is_file() else None  # a record's line holds its choices
+        write_result_lines(stream, shard_dir / result_file(rows), nested)
 
     folder = Path(tempfile.mkdtemp(prefix="scorecli-ray-"))
     try:

@@ -226,6 +226,7 @@ class Session:
         self.choices: ChoiceLayout | None = None
         self._streamed_choices: list = []  # stdout output of a choice run: its sequence rows, for the accuracies
         self._unfinished: list[DocScore] = []  # a streamed record's choices given out before its last one
+        self._refused_chat: int | None = None  # the last record whose conversation the chat template refused
 
     def claim(self, overwrite: bool, resume: bool, command: str | None = None) -> RunState | None:
         """Lock the output folder for the whole run, before any model work; return the run to resume in it.
@@ -461,7 +462,10 @@ class Session:
         return None if self.out is None else str(self.out)
 
     def _chat_reject(self, record: Record, reason: str) -> None:
-        """Note a conversation the chat template refused."""
+        """Note a conversation the chat template refused (once for a record, however many of its choices it refused)."""
+        if record.choice is not None and self._refused_chat == record.doc:
+            return
+        self._refused_chat = record.doc
         raw = json.dumps([{"role": r, "content": c} for r, c in record.messages or ()], ensure_ascii=False)
         self.reject(Rejected(record.doc, record.source or display_name(self.source), record.line, reason, raw))
 

@@ -375,6 +375,36 @@ def test_smollm_on_ray_equals_single_process(ray_head, tmp_path):
     assert_same_run(tmp_path / "ray", tmp_path / "single")
 
 
+def test_a_choice_run_on_ray_equals_single_process(ray_head, gpt2_dir, tmp_path):
+    rows = [
+        {"id": f"r{i}", "q": f"Question {i}:", "choices": [" yes", " no", f" {i}"], "label": i % 3} for i in range(9)
+    ]
+    data = tmp_path / "choices.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    args = ["score", str(data), "-m", str(gpt2_dir), "--threads", "1", "--prompt-field", "q"]
+    args += ["--choices-field", "choices", "--label-field", "label", "--unconditional"]
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "single"), "-q"])
+    assert result.exit_code == 0, result.output
+    ray_args = ["--ray", "--ray-address", ray_head, "--workers", "1", "--shards", "2"]
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "ray"), *ray_args, "-q"])
+    assert result.exit_code == 0, result.output
+    assert_same_run(tmp_path / "ray", tmp_path / "single")
+    single, sharded = (
+        read_result(tmp_path / "single", "choices.parquet"),
+        read_result(tmp_path / "ray", "choices.parquet"),
+    )
+    assert (
+        sharded.column("doc").to_pylist() == single.column("doc").to_pylist() == [d for d in range(9) for _ in range(3)]
+    )
+    np.testing.assert_allclose(sharded.column("pmi").to_numpy(), single.column("pmi").to_numpy(), atol=1e-4)
+    sa, sb = (json.loads((tmp_path / d / "summary.json").read_text())["summary"] for d in ("single", "ray"))
+    assert sb["accuracy_sum"] == sa["accuracy_sum"] and sb["accuracy_sum_ci"] == sa["accuracy_sum_ci"]
+    streamed = runner.invoke(app, [*args, "--out", "-", *ray_args])
+    assert streamed.exit_code == 0, streamed.output
+    lines = [json.loads(line) for line in streamed.stdout.splitlines()]
+    assert [len(line["choices"]) for line in lines] == [3] * 9
+
+
 def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, as where it is not installed
     result = runner.invoke(app, ["score", str(SAMPLES / "mixed.jsonl"), "-o", str(tmp_path / "r"), "--ray"])
