@@ -155,6 +155,41 @@ def test_choices_equal_each_pair_scored_as_a_prompt_response_record(model, quest
     assert read_metadata(tmp_path / "c" / "choices.parquet")["choices_field"] == "choices"
 
 
+def test_the_summary_shows_each_accuracy_beside_lm_evals_name(gpt2_dir, questions, tmp_path):
+    data, _, _ = questions
+    args = ["--prompt-field", "question", "--choices-field", "choices", "--label-field", "label", "--unconditional"]
+    result = _score(data, "-m", gpt2_dir, *args, "-o", tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    figures = json.loads((tmp_path / "c" / "summary.json").read_text())["summary"]
+    shown = runner.invoke(app, ["summary", str(tmp_path / "c")])
+    assert shown.exit_code == 0, shown.output
+    for text in (result.stderr, shown.output):
+        assert f"choices: {len(QUESTIONS)} labelled records" in text
+        for label, lm_eval, key in (("per character", "acc_norm", "per_char"), ("pmi", "acc_mutual_info", "pmi")):
+            line = next(line for line in text.splitlines() if line.strip().startswith(label))
+            assert lm_eval in line and f"{100 * figures[f'accuracy_{key}']:.3f}%" in line
+
+
+def test_parquet_inputs_hold_choices_as_a_list_column(gpt2_dir, questions, tmp_path):
+    import pyarrow as pa
+
+    data, _, _ = questions
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    labels = _labels()
+    table = pa.table(
+        {"question": [r["question"] for r in rows], "choices": [r["choices"] for r in rows], "label": labels}
+    )
+    pq.write_table(table, tmp_path / "q.parquet")
+    args = ["-m", gpt2_dir, "--prompt-field", "question", "--choices-field", "choices", "--label-field", "label", "-q"]
+    assert _score(tmp_path / "q.parquet", *args, "-o", tmp_path / "p").exit_code == 0
+    assert _score(data, *args, "-o", tmp_path / "j").exit_code == 0
+    a, b = (pd.read_parquet(tmp_path / d / "choices.parquet") for d in ("p", "j"))
+    assert a["sum_logprob"].tolist() == b["sum_logprob"].tolist() and a["text"].tolist() == b["text"].tolist()
+    pq.write_table(table.set_column(1, "choices", pa.array(["x"] * len(rows))), tmp_path / "bad.parquet")
+    refused = _score(tmp_path / "bad.parquet", *args, "-o", tmp_path / "x")
+    assert refused.exit_code == 3 and "column 'choices' has type string, expected a list of strings" in refused.stderr
+
+
 def test_token_rows_carry_their_choice(gpt2_dir, questions, tmp_path):
     data, _, _ = questions
     result = _score(
