@@ -54,6 +54,8 @@ CACHED_WEIGHT = 8
 class ScoreProgress:
     """Where a scoring run stands: documents and tokens read into buffers (planned) and scored (done).
 
+    A record with choices counts as one document, done once all its choices are.
+
     `tokens_fed` counts the tokens run through the model (pads aside), `tokens_shared` those that shared
     prefixes spared it (fed once for several windows).
     """
@@ -526,9 +528,11 @@ class Scorer:
         encoded, work, first_rows, tasks = self._plan(records)
         lengths = [w.end - w.begin for w in work]
         left = np.bincount([w.doc for w in work], minlength=len(records))
-        state.docs_planned += len(records)
+        # Progress counts input records: a record with choices is done with its last choice (Record.choice).
+        counts = np.array([r.choice is None or r.choice.last for r in records], dtype=np.int64)
+        state.docs_planned += int(counts.sum())
         state.tokens_planned += sum(e.n_scored for e in encoded)
-        state.docs_done += int((left == 0).sum())
+        state.docs_done += int(counts[left == 0].sum())
         report(state)
         # Each document's statistics, filled in as its windows are scored: for a huge text, no copy of them all.
         columns: list[dict[str, np.ndarray] | None] = [None] * len(records)
@@ -537,7 +541,7 @@ class Scorer:
         tasks = [t for t in tasks if any(records[work[i].doc].key not in done for i in _rows(t))]
         for i, record in enumerate(records):
             if record.key in done:
-                state.docs_done += int(left[i] > 0)
+                state.docs_done += int(left[i] > 0) * int(counts[i])
                 state.tokens_done += encoded[i].n_scored
                 left[i] = 0
         given = 0  # the documents before this one are given out (streaming: as soon as they all are finished)
@@ -552,7 +556,7 @@ class Scorer:
                         if records[doc].key not in done:
                             columns[doc] = _fill(columns[doc], score, first_rows[i], encoded[doc].n_scored)
                             left[doc] -= 1
-                            state.docs_done += int(left[doc] == 0)
+                            state.docs_done += int(left[doc] == 0) * int(counts[doc])
                             state.tokens_done += len(score["logprob"])
                     report(state)
                     faults.point("batch")

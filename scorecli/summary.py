@@ -338,7 +338,7 @@ def choice_figures(batches: Iterable, normalisations: list[str]) -> dict:
     from scorecli.choices import NORMALISATIONS
 
     sums = DocSums(len(normalisations) + 1)
-    records = labelled = two = 0
+    records = two = 0
     margin_sum = 0.0
     for batch in batches:
         records += batch.num_rows

@@ -495,3 +495,16 @@ def test_a_choice_after_a_chat_is_the_assistants_next_turn(smollm):
         # the same as a prompt/response record of the rendered chat before the choice
         [alone] = scorer.score_records([Record(0, text, spans=((at, at + len(choice)),), chat=True)])
         assert abs(alone.sum_logprob - d.sum_logprob) <= TOL * d.n_tokens
+
+
+def test_progress_counts_records_not_choices(tiny):
+    fields = Fields(prompt="q", choices=("choices",), unconditional=True)
+    rows = [{"q": q, "choices": cs} for q, cs, _ in QUESTIONS]
+    seen = []
+    scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=64, buffer_docs=5)
+    docs = list(scorer.score_records(read_rows(rows, fields), progress=lambda state: seen.append(state.docs_done)))
+    assert len(docs) == 2 * sum(len(cs) for _, cs, _ in QUESTIONS)
+    assert seen[-1] == len(QUESTIONS) and seen == sorted(seen)
+    # buffers of 5 documents never split a record's choices (and those alone): here a buffer per record
+    buffers = list(scorer.score_buffers(read_rows(rows, fields)))
+    assert [[d.doc for d in b] for b in buffers] == [[i] * 2 * len(cs) for i, (_, cs, _) in enumerate(QUESTIONS)]
