@@ -116,15 +116,14 @@ def _paired_accuracies(table: pa.Table, names: list[str], resamples: int, seed: 
     resampled = resample_sums(units, resamples, seed) if len(units) >= 2 else None
     figures: dict = {"labelled_records": labelled.num_rows}
     for j, n in enumerate(names):
-        lm_eval = NORMALISATIONS[n][1]
-        figures[f"accuracy_{n}"] = {"lm_eval": lm_eval, **_accuracy(total, resampled, j, k)}
-    for j, n in enumerate(names):
         pred_a, pred_b = (table.column(f"predicted_{n}_{run}").to_pylist() for run in ("a", "b"))
-        same = sum(x == y for x, y in zip(pred_a, pred_b))
-        figures[f"accuracy_{n}"]["agreement"] = same / len(pred_a) if pred_a else None
-    figures.update(
-        {"bootstrap_resamples": resamples, "bootstrap_seed": seed, "bootstrap_units": _units_name(sums)}
-    )
+        agreement = sum(x == y for x, y in zip(pred_a, pred_b)) / len(pred_a) if pred_a else None
+        figures[f"accuracy_{n}"] = {
+            "lm_eval": NORMALISATIONS[n][1],
+            **_accuracy(total, resampled, j, k),
+            "agreement": agreement,
+        }
+    figures.update({"bootstrap_resamples": resamples, "bootstrap_seed": seed, "bootstrap_units": _units_name(sums)})
     return figures
 
 
