@@ -314,6 +314,22 @@ def choice_texts(run: Path, docs: list[int]) -> dict[int, ChoiceTexts]:
     return out
 
 
+def choice_token_rows(tokens: pa.Table, texts: ChoiceTexts | None, choice: int) -> tuple[pa.Table, str | None]:
+    """One choice's token rows of a record's, with the choice's own text, their `start` and `end` pointing into it.
+
+    The rows as they are, and no text, where the record's texts are not at hand (None).
+    """
+    mine = tokens.filter(pc.equal(tokens.column("choice"), choice))
+    if texts is None:
+        return mine, None
+    # The token rows point into the context and the choice together: the context is shown apart, once.
+    offset = len(texts.context)
+    for name in ("start", "end"):
+        if name in mine.column_names:
+            mine = mine.set_column(mine.schema.get_field_index(name), name, pc.subtract(mine.column(name), offset))
+    return mine, texts.texts[choice][offset:]
+
+
 def _input_files(run: Path, meta: dict[str, str]) -> list[str]:
     """The run's input files where every one is at hand with the size it had when scored; [] otherwise.
 

@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -18,7 +17,7 @@ from scorecli.choices import NORMALISATIONS
 from scorecli.errors import UsageError
 from scorecli.heat import SCALES, Scale, colours, hex_colour, text_colour
 from scorecli.layout import CHOICES_FILE
-from scorecli.rundocs import FinishedRun, open_run, token_strings
+from scorecli.rundocs import FinishedRun, choice_token_rows, open_run, token_strings
 
 LEGEND_STEPS = 9
 _DOC_FIGURES = (
@@ -115,15 +114,7 @@ def _choice_record(run: FinishedRun, row: dict, scale: Scale) -> Group:
     if texts is not None and texts.context:
         parts.append(Text(texts.context, style="dim"))
     for c in choices:
-        mine = tokens.filter(pc.equal(tokens.column("choice"), c["choice"]))
-        text = None
-        if texts is not None:
-            # The choice's own characters: its token rows point into the context and the choice together.
-            offset = len(texts.context)
-            text = texts.texts[c["choice"]][offset:]
-            for name in ("start", "end"):
-                shifted = pc.subtract(mine.column(name), offset)
-                mine = mine.set_column(mine.schema.get_field_index(name), name, shifted)
+        mine, text = choice_token_rows(tokens, texts, c["choice"])
         parts.append(_choice_line(c, row))
         parts.append(_coloured(mine, text, scale) if mine.num_rows else Text("(no token scored)", style="dim"))
     return Group(*parts)
