@@ -41,9 +41,15 @@ def check_comparable(a: FinishedRun, b: FinishedRun) -> None:
     if (was, meta_a.get("input_size")) != (now, meta_b.get("input_size")):
         raise UsageError(f"{a} and {b} are choice runs of different inputs ({was!r} and {now!r})")
     for key in _SAME_FIELDS:
-        if meta_a.get(key) != meta_b.get(key):
-            raise UsageError(f"{a} and {b} took their choices from other fields ({key} {meta_a.get(key)!r} and "
-                             f"{meta_b.get(key)!r})")  # fmt: skip
+        was, now = _field(meta_a, key), _field(meta_b, key)
+        if was != now:
+            raise UsageError(f"{a} and {b} took their choices from other fields ({key} {was!r} and {now!r})")
+
+
+def _field(meta: dict[str, str], key: str) -> str | None:
+    """A field option as the run's metadata records it, None where it was not given."""
+    value = meta.get(key)
+    return None if value in (None, "None") else value
 
 
 def compare_choice_runs(a: FinishedRun, b: FinishedRun, resamples: int, seed: int) -> tuple[pa.Table, dict]:
@@ -52,10 +58,10 @@ def compare_choice_runs(a: FinishedRun, b: FinishedRun, resamples: int, seed: in
     seq_a, seq_b = a.read(SEQUENCES_FILE), b.read(SEQUENCES_FILE)
     for col in ("doc", "id", "n_choices", "label"):
         if not seq_a.column(col).equals(seq_b.column(col)):
-            raise UsageError(f"{a} and {b} hold different records (their `{col}` columns differ)")
+            raise UsageError(f"{a} and {b} hold different records (their '{col}' columns differ)")
     keys = ["doc", "choice", "text"]
     if not a.read(CHOICES_FILE, columns=keys).equals(b.read(CHOICES_FILE, columns=keys)):
-        raise UsageError(f"{a} and {b} hold different choices (their choices.parquet `text` columns differ)")
+        raise UsageError(f"{a} and {b} hold different choices (their choices.parquet 'text' columns differ)")
     names = [n for n in NORMALISATIONS if f"correct_{n}" in seq_a.column_names and f"correct_{n}" in seq_b.column_names]
     table = _per_record(seq_a, seq_b, names)
     meta_a, meta_b = a.metadata, b.metadata
