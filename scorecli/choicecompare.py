@@ -224,7 +224,9 @@ def render_choice_comparison(s: dict) -> Group:
 
 def _changes_table(changed: list[dict]) -> Table:
     """The records whose verdict changed: each run's choice under each normalisation that changed."""
-    table = Table(title="verdict changed (✓ right, ✗ wrong)", title_justify="left")
+    table = Table(
+        title="verdict changed (A, B: under the first normalisation listed; ✓ right, ✗ wrong)", title_justify="left"
+    )
     for name in ("doc", "id", "normalisations", "A", "B", "label", "context"):
         table.add_column(name, justify="right" if name == "doc" else "left")
     for r in changed:

@@ -132,7 +132,7 @@ class ChoiceTexts:
     """A record of a choice run as it was scored: its context, and the text each choice was scored in.
 
     `texts[i]` is choice i's context and choice (where the context is a plain prompt) or the choice alone
-    (no context): the text its token rows' `start` and `end` point into.
+    (no context): the text its token rows' `start` and `end` point into; `choices[i]` is the choice itself.
     """
 
     context: str
