@@ -77,6 +77,10 @@ def test_open_run_reads_a_choice_run_in_either_layout(runs, tmp_path):
         q = _questions()[doc]
         assert texts[doc].context == q["question"] and texts[doc].choices == q["choices"]
         assert texts[doc].texts == [q["question"] + c for c in q["choices"]]
+    pair = scorecli.open_run(runs["pa"]).choice_texts([1])[1]  # no context: each choice scored from BOS alone
+    with open(SAMPLES / "minimal_pairs.jsonl", encoding="utf-8") as f:
+        row = [json.loads(line) for line in f if line.strip()][1]
+    assert pair.context == "" and pair.texts == pair.choices == [row["sentence_good"], row["sentence_bad"]]
     # The --ray layout: each result a folder of shard files, read as one table.
     ray = tmp_path / "ray"
     ray.mkdir()
