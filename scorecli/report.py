@@ -35,6 +35,7 @@ SCATTER_MAX_DOCS = 20_000  # beyond, document against document is drawn as a den
 KL_PERCENTILES = (50, 90, 95, 99, 99.9)
 CLOSEST_CALLS = 10  # records of a choice run decided by the smallest margin
 CHANGES_LISTED = 50  # records whose verdict changed, listed on the page of two choice runs
+_REFERENCE_COLUMNS = (("ref sum", "ref_sum_logprob"), ("log-ratio", "log_ratio"))  # choices.parquet, --ref-model
 
 
 @dataclass
@@ -665,7 +666,8 @@ def _closest_call(row: dict, choices, tokens, texts: ChoiceTexts | None) -> str:
     doc = row["doc"]
     mine = choices.filter(pc.equal(choices.column("doc"), doc)).to_pylist()
     record_tokens = tokens.filter(pc.equal(tokens.column("doc"), doc))
-    columns = [(n, column) for n, (column, _) in NORMALISATIONS.items() if mine and column in mine[0]]
+    named = [*((n, column) for n, (column, _) in NORMALISATIONS.items()), *_REFERENCE_COLUMNS]
+    columns = [(n, column) for n, column in named if mine and column in mine[0]]
     head = "".join(f"<th>{n}</th>" for n, _ in columns)
     body = []
     for c in mine:

@@ -20,6 +20,7 @@ from scorecli.layout import CHOICES_FILE
 from scorecli.rundocs import FinishedRun, choice_token_rows, open_run, token_strings
 
 LEGEND_STEPS = 9
+_REFERENCE_COLUMNS = (("ref sum", "ref_sum_logprob"), ("log-ratio", "log_ratio"))  # choices.parquet, --ref-model
 _DOC_FIGURES = (
     ("n_tokens", "tokens", "{:,}"),
     ("perplexity", "perplexity", "{:,.3f}"),
@@ -141,7 +142,8 @@ def _choice_line(choice: dict, row: dict) -> Text:
     """A choice's heading: its index, whether it is the label or the prediction by sum, its scores."""
     index = choice["choice"]
     marks = [m for m, on in (("label", index == row["label"]), ("predicted", index == row.get("predicted_sum"))) if on]
-    figures = [f"{n} {_maybe(choice.get(column))}" for n, (column, _) in NORMALISATIONS.items() if column in choice]
+    named = [*((n, column) for n, (column, _) in NORMALISATIONS.items()), *_REFERENCE_COLUMNS]
+    figures = [f"{n} {_maybe(choice.get(column))}" for n, column in named if column in choice]
     head = f"choice {choice['choice']}" + (f" ({choice['name']})" if choice.get("name") else "")
     return Text(f"{head}{' [' + ', '.join(marks) + ']' if marks else ''}: " + " · ".join(figures), style="bold")
 

@@ -27,7 +27,7 @@ LABELLED = ["sum", "per_token", "per_char", "per_byte"]  # the normalisations of
 @pytest.fixture(scope="module")
 def runs(gpt2_dir, gpt2_ref_dir, tmp_path_factory):
     """Choice runs of two tiny GPT-2s (same tokenizer, other weights): multiple choice with labels (a with
-    --unconditional), minimal pairs without; and a plain run."""
+    --unconditional, ref with the other as reference model), minimal pairs without; and a plain run."""
     root = tmp_path_factory.mktemp("choice-runs")
     for name in ("choices.jsonl", "minimal_pairs.jsonl", "mixed.jsonl"):
         shutil.copy(SAMPLES / name, root / name)
@@ -37,6 +37,7 @@ def runs(gpt2_dir, gpt2_ref_dir, tmp_path_factory):
         "pa": ("minimal_pairs.jsonl", gpt2_dir, PAIRS),
         "pb": ("minimal_pairs.jsonl", gpt2_ref_dir, PAIRS),
         "plain": ("mixed.jsonl", gpt2_dir, []),
+        "ref": ("choices.jsonl", gpt2_dir, [*MC, "--ref-model", str(gpt2_ref_dir)]),
     }
     out = {"root": root}
     for name, (data, model, extra) in plan.items():
@@ -288,3 +289,23 @@ def test_show_summary_and_filter_of_a_choice_run(runs, monkeypatch, tmp_path):
     line = one_line_error(runner.invoke(app, [*args, "-o", str(tmp_path / "kept.jsonl")]), 2)
     assert line.startswith(f"scorecli: error: --scores: {runs['a']} scored records with choices")
     assert line.endswith("not perplexities to filter by") and not (tmp_path / "kept.jsonl").exists()
+
+
+def test_show_and_report_give_a_reference_models_sums(runs, tmp_path):
+    choices = pd.read_parquet(runs["ref"] / "choices.parquet")
+    result = runner.invoke(app, ["show", str(runs["ref"]), "--doc", "1"])
+    assert result.exit_code == 0, result.output
+    words = " ".join(result.stdout.split())
+    for _, c in choices[choices["doc"] == 1].iterrows():
+        assert f"ref sum {c['ref_sum_logprob']:.4f} · log-ratio {c['log_ratio']:.4f}" in words
+    out = tmp_path / "ref.html"
+    assert runner.invoke(app, ["report", str(runs["ref"]), "-o", str(out)]).exit_code == 0
+    page = out.read_text()
+    calls = re.findall(r"<div class='call' data-doc='(\d+)'>(.*?)</table></div>", page, re.S)
+    assert len(calls) == min(10, choices["doc"].nunique())
+    for doc, block in calls:
+        rows = _cells(block + "</table>", "choices")
+        mine = choices[choices["doc"] == int(doc)]
+        assert [r[-3:-1] for r in rows] == [
+            [f"{x:,.4f}", f"{y:,.4f}"] for x, y in zip(mine["ref_sum_logprob"], mine["log_ratio"])
+        ]
