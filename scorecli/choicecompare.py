@@ -124,9 +124,12 @@ def _paired_accuracies(table: pa.Table, names: list[str], resamples: int, seed: 
     for j, n in enumerate(names):
         pred_a, pred_b = (table.column(f"predicted_{n}_{run}").to_pylist() for run in ("a", "b"))
         agreement = sum(x == y for x, y in zip(pred_a, pred_b)) / len(pred_a) if pred_a else None
+        right_a, right_b = rows[:, j].astype(bool), rows[:, k + j].astype(bool)
         figures[f"accuracy_{n}"] = {
             "lm_eval": NORMALISATIONS[n][1],
             **_accuracy(total, resampled, j, k),
+            "right_only_a": int((right_a & ~right_b).sum()),
+            "right_only_b": int((right_b & ~right_a).sum()),
             "agreement": agreement,
         }
     figures.update({"bootstrap_resamples": resamples, "bootstrap_seed": seed, "bootstrap_units": _units_name(sums)})
@@ -134,7 +137,7 @@ def _paired_accuracies(table: pa.Table, names: list[str], resamples: int, seed: 
 
 
 def _accuracy(total: np.ndarray, resampled: np.ndarray | None, j: int, k: int) -> dict:
-    """One normalisation's accuracies, difference, intervals and the records right in one run only."""
+    """One normalisation's accuracy in each run and their difference, with intervals where there are resamples."""
     n = total[-1]
     if not n:
         return {"a": None, "b": None, "delta": None, "a_ci": None, "b_ci": None, "delta_ci": None}

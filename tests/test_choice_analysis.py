@@ -117,6 +117,7 @@ def test_compare_paired_accuracy_difference_and_interval_by_hand(runs, tmp_path)
         f = s[f"accuracy_{name}"]
         assert f["a"] == pytest.approx(ra.mean()) and f["b"] == pytest.approx(rb.mean())
         assert f["delta"] == pytest.approx(rb.mean() - ra.mean())
+        assert (f["right_only_a"], f["right_only_b"]) == ((ra & ~rb).sum(), (rb & ~ra).sum())
         deltas = [rb[i].mean() - ra[i].mean() for i in draws]
         assert f["delta_ci"] == pytest.approx(np.quantile(deltas, [0.025, 0.975]).tolist())
         assert f["a_ci"] == pytest.approx(np.quantile([ra[i].mean() for i in draws], [0.025, 0.975]).tolist())
