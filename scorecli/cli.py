@@ -458,7 +458,10 @@ def compare(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout instead of tables."),
 ) -> None:
-    """Compare two runs of the same input: corpus figures with paired bootstrap intervals, documents that moved."""
+    """Compare two runs of the same input: corpus figures with paired bootstrap intervals, documents that moved.
+
+    Two choice runs (--choices-field): accuracies with paired intervals, and the records whose verdict changed.
+    """
     from scorecli.compare import compare_runs, render_comparison, write_comparison
 
     with _reported_errors():

@@ -1,6 +1,7 @@
 """Compare two runs of the same input: per-document deltas, paired bootstrap intervals, the documents that moved.
 
 Needs numpy and pyarrow, not torch. Runs are read through rundocs.open_run (sequences.parquet, tokens.parquet).
+Two runs of records with choices are compared by their accuracies instead (choicecompare.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from scorecli.bootstrap import RESAMPLES, SEED, DocSums, percentile_interval, resample_sums
+from scorecli.choicecompare import compare_choice_runs, render_choice_comparison
 from scorecli.errors import OutputError
 from scorecli.layout import SEQUENCES_FILE, TOKENS_FILE
 from scorecli.rundocs import FinishedRun, open_run
@@ -52,8 +54,14 @@ class RunComparison:
 
 
 def compare_runs(a: str | Path, b: str | Path, resamples: int = RESAMPLES, seed: int = SEED) -> RunComparison:
-    """Compare run B with run A (same input); raise OutputError where they are not runs of the same input."""
+    """Compare run B with run A (same input); raise OutputError where they are not runs of the same input.
+
+    Two choice runs are compared by accuracy (choicecompare.py: UsageError where they cannot be compared, or
+    where only one of them is a choice run); the summary's `kind` is then "choices".
+    """
     a, b = open_run(a), open_run(b)
+    if a.is_choice_run or b.is_choice_run:
+        return RunComparison(*compare_choice_runs(a, b, resamples, seed))
     meta_a, meta_b = a.metadata, b.metadata
     for key, what in (("input", "input"), ("input_size", "input size")):
         was, now = meta_a.get(key), meta_b.get(key)
@@ -215,6 +223,8 @@ def write_comparison(comparison: RunComparison, path: str | Path) -> Path:
 def render_comparison(c: RunComparison) -> Group:
     """A Rich renderable: the corpus figures with intervals, the share better, the movers, the token deltas."""
     s = c.summary
+    if s.get("kind") == "choices":
+        return render_choice_comparison(s)
     figures = Table(title="scorecli compare", title_justify="left", show_header=True)
     figures.add_column("")
     for name in ("A", "B", "B vs A", "95% CI"):

@@ -38,6 +38,10 @@ def read_perplexities(scores_dir: str | Path) -> tuple[np.ndarray, dict[str, str
 
     # not open_run's defaults: filter needs only the sequences
     run = FinishedRun(check_run(scores_dir, needs=(SEQUENCES_FILE,)))
+    if run.is_choice_run:
+        raise UsageError(
+            f": {run} scored records with choices, which have accuracies, not perplexities to filter by", arg="scores"
+        )
     table = run.read(SEQUENCES_FILE, columns=["doc", "perplexity"])
     metadata = run.metadata
     docs = table.column("doc").to_numpy()

@@ -16,11 +16,13 @@ import numpy as np
 import pyarrow.compute as pc
 
 from scorecli.bootstrap import corpus_intervals, sequence_sums
+from scorecli.choices import NORMALISATIONS
 from scorecli.compare import RunComparison, compare_runs
 from scorecli.errors import OutputError, shown
 from scorecli.heat import LN2, SCALES, colours, delta_colours, hex_colour, text_colour
-from scorecli.layout import SEQUENCES_FILE, TOKENS_FILE, WORDS_FILE
-from scorecli.rundocs import FinishedRun, open_run, token_strings
+from scorecli.layout import CHOICES_FILE, SEQUENCES_FILE, TOKENS_FILE, WORDS_FILE
+from scorecli.rundocs import ChoiceTexts, FinishedRun, choice_token_rows, open_run, token_strings
+from scorecli.summary import choice_figures
 
 REPORT_FILE = "report.html"
 HEATMAP_DOCS = 10  # documents with the highest and with the lowest perplexity
@@ -31,6 +33,9 @@ POSITION_BINS = 160
 QUANTILES = (0.3, 0.5, 0.6)  # CCNet's head / middle / tail cut-offs, and the median
 SCATTER_MAX_DOCS = 20_000  # beyond, document against document is drawn as a density
 KL_PERCENTILES = (50, 90, 95, 99, 99.9)
+CLOSEST_CALLS = 10  # records of a choice run decided by the smallest margin
+CHANGES_LISTED = 50  # records whose verdict changed, listed on the page of two choice runs
+_REFERENCE_COLUMNS = (("ref sum", "ref_sum_logprob"), ("log-ratio", "log_ratio"))  # choices.parquet, --ref-model
 
 
 @dataclass
@@ -91,20 +96,32 @@ def build_report(run: str | Path, compare: str | Path | None = None, out: str | 
     figures = _figures(run, seq)
     agg = aggregate_tokens(run)
     comparison = compare_runs(run, compare) if compare else None
-    sections = [
-        _run_section(run, meta, figures),
-        _doc_histogram(seq),
-        _position_curve(agg),
-        _density(agg),
-        _heatmaps(run, seq, comparison),
-    ]
+    if run.is_choice_run:
+        # A row of sequences.parquet is a record with choices: accuracies and margins, not perplexities.
+        sections = [
+            _run_section(run, meta, figures),
+            _accuracy_section(run, seq, figures, comparison),
+            _closest_calls(run, seq),
+            _position_curve(agg),
+            _density(agg),
+        ]
+    else:
+        sections = [
+            _run_section(run, meta, figures),
+            _doc_histogram(seq),
+            _position_curve(agg),
+            _density(agg),
+            _heatmaps(run, seq, comparison),
+        ]
     if agg.kl:
         sections.append(_kl_section(run, seq, agg))
     if run.has(WORDS_FILE):
         sections.append(_words_section(run))
     elif meta.get("words") == "true":
         raise OutputError(f"{shown(run.folder / WORDS_FILE)}: is missing")
-    if comparison is not None:
+    if comparison is not None and comparison.summary.get("kind") == "choices":
+        sections.append(_choice_compare_section(comparison))
+    elif comparison is not None:
         sections.append(_compare_section(comparison))
     page = _PAGE.format(
         title=html.escape(f"scorecli report: {run}"),
@@ -556,12 +573,185 @@ def _movers_html(c: RunComparison) -> str:
     )
 
 
+def _accuracies(run: FinishedRun, seq, figures: dict) -> tuple[list[str], dict]:
+    """A choice run's normalisations and its accuracies with their intervals: summary.json's, or computed."""
+    names = [n for n in NORMALISATIONS if f"correct_{n}" in seq.column_names]
+    if names and f"accuracy_{names[0]}" not in figures:
+        columns = ["doc", "n_choices", "label", "margin", *(f"correct_{n}" for n in names)]
+        figures = {**figures, **choice_figures(run.batches(SEQUENCES_FILE, columns, BATCH_ROWS), names)}
+    return names, figures
+
+
+def _accuracy_section(run: FinishedRun, seq, figures: dict, comparison: RunComparison | None) -> str:
+    """A choice run's accuracy under each normalisation, as bars with their 95% intervals (and another run's)."""
+    import plotly.graph_objects as go
+
+    names, figures = _accuracies(run, seq, figures)
+    labelled = figures.get("labelled_records") or 0
+    head = (
+        "<section id='choices'><h2>Choices: accuracy</h2>"
+        f"<p class='note'>{seq.num_rows:,} records, {labelled:,} with a label. "
+    )
+    if not labelled:
+        return head + "No record has a label: no accuracy; see the closest calls below.</p></section>"
+    rows = "".join(
+        f"<tr><th>{n}</th><td>{NORMALISATIONS[n][1] or ''}</td><td>{_acc(figures.get(f'accuracy_{n}'))}</td>"
+        f"<td>{_acc_ci(figures.get(f'accuracy_{n}_ci'))}</td></tr>"
+        for n in names
+    )
+    table = (
+        "<table class='accuracy'><tr><th>normalisation</th><th>lm-eval</th><th>accuracy</th><th>95% CI</th></tr>"
+        f"{rows}</table>"
+    )
+    bars = [(str(run), [figures.get(f"accuracy_{n}") for n in names], [figures.get(f"accuracy_{n}_ci") for n in names])]
+    if comparison is not None and comparison.summary.get("kind") == "choices":
+        s = comparison.summary
+        shared = [n for n in names if f"accuracy_{n}" in s]
+        bars = [(f"{k.upper()}: {s[k]}", [s[f"accuracy_{n}"][k] for n in shared], [s[f"accuracy_{n}"][f"{k}_ci"]
+                 for n in shared]) for k in ("a", "b")]  # fmt: skip
+        names = shared
+    fig = go.Figure()
+    for label, values, cis in bars:
+        values = [math.nan if v is None else v for v in values]
+        high = [c[1] - v if c else 0 for v, c in zip(values, cis)]
+        low = [v - c[0] if c else 0 for v, c in zip(values, cis)]
+        fig.add_trace(
+            go.Bar(
+                x=[n + (f" ({NORMALISATIONS[n][1]})" if NORMALISATIONS[n][1] else "") for n in names],
+                y=values,
+                name=label,
+                error_y={"type": "data", "array": high, "arrayminus": low},
+                hovertemplate="%{x}<br>accuracy %{y:.3f}<extra>%{fullData.name}</extra>",
+            )
+        )
+    fig.update_yaxes(title="accuracy (95% bootstrap interval over records)", range=[0, 1.05])
+    fig.update_layout(barmode="group", showlegend=len(bars) > 1)
+    note = "Bars: accuracy over the labelled records; whiskers: the 95% percentile bootstrap interval over records."
+    return head + f"{note}</p>{table}" + _plot(fig, "choice-accuracy") + "</section>"
+
+
+def _acc(value) -> str:
+    """An accuracy for the page."""
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _acc_ci(interval) -> str:
+    """An accuracy's interval for the page."""
+    return "—" if not interval else f"{interval[0]:.4f} – {interval[1]:.4f}"
+
+
+def _closest_calls(run: FinishedRun, seq) -> str:
+    """The records decided by the smallest margin: their context, and each choice's scores and tokens."""
+    margin = seq.column("margin").to_numpy(zero_copy_only=False).astype(np.float64)
+    known = np.flatnonzero(np.isfinite(margin))
+    order = known[np.argsort(np.abs(margin[known]), kind="stable")][:CLOSEST_CALLS]  # ties: input order
+    if not len(order):
+        return ""
+    rows = seq.take(_array(order.tolist())).to_pylist()
+    docs = [r["doc"] for r in rows]
+    choices = run.read(CHOICES_FILE, filters=[("doc", "in", docs)])
+    tokens = run.doc_tokens(docs)
+    texts = run.choice_texts(docs)
+    blocks = [_closest_call(r, choices, tokens, texts.get(r["doc"])) for r in rows]
+    return (
+        "<section id='closest-calls'><h2>Closest calls</h2><p class='note'>The records whose verdict was decided "
+        "by the smallest margin, |margin| in nats of summed log-prob: the label's score minus the best other "
+        "choice's (negative: wrong), or without a label the best minus the second best. Choices are coloured by "
+        "surprisal; hover a token for its figures.</p>" + _legend_html(["surprisal"]) + "".join(blocks) + "</section>"
+    )
+
+
+def _closest_call(row: dict, choices, tokens, texts: ChoiceTexts | None) -> str:
+    """One record of the closest calls: its figures, its context, and a row per choice."""
+    doc = row["doc"]
+    mine = choices.filter(pc.equal(choices.column("doc"), doc)).to_pylist()
+    record_tokens = tokens.filter(pc.equal(tokens.column("doc"), doc))
+    named = [*((n, column) for n, (column, _) in NORMALISATIONS.items()), *_REFERENCE_COLUMNS]
+    columns = [(n, column) for n, column in named if mine and column in mine[0]]
+    head = "".join(f"<th>{n}</th>" for n, _ in columns)
+    body = []
+    for c in mine:
+        part, text = choice_token_rows(record_tokens, texts, c["choice"])
+        payload = html.escape(json.dumps(_token_payload(part, text), ensure_ascii=False), quote=True)
+        marks = [m for m, on in (("label", c["choice"] == row["label"]),
+                                 ("predicted", c["choice"] == row.get("predicted_sum"))) if on]  # fmt: skip
+        cells = "".join(f"<td>{_num(c[column], 4)}</td>" for _, column in columns)
+        body.append(
+            f"<tr data-choice='{c['choice']}'><td>{c['choice']}</td><td>{' '.join(marks)}</td>"
+            f"<td><div class='tokens' data-doc='{payload}'></div></td>{cells}<td>{'yes' if c['is_greedy'] else 'no'}"
+            "</td></tr>"
+        )
+    title = f"doc {doc}" + (f" · id {html.escape(str(row['id']))}" if row.get("id") else "")
+    title += f" · margin {row['margin']:+.4f} nats · label {'—' if row['label'] is None else row['label']}"
+    context = f"<p class='context'>{html.escape(texts.context)}</p>" if texts is not None and texts.context else ""
+    return (
+        f"<div class='call' data-doc='{doc}'><h4>{title}</h4>{context}<table class='choices'><tr><th>choice</th>"
+        f"<th></th><th>text</th>{head}<th>greedy</th></tr>{''.join(body)}</table></div>"
+    )
+
+
+def _choice_compare_section(c: RunComparison) -> str:
+    """The comparison of two choice runs: the paired accuracy differences, and the records whose verdict changed."""
+    s = c.summary
+    rows = "".join(
+        f"<tr><th>{n}</th><td>{_acc(f['a'])}</td><td>{_acc(f['b'])}</td><td>{_signed_acc(f['delta'])}</td>"
+        f"<td>{_acc_ci(f['delta_ci'])}</td><td>{_acc(f['agreement'])}</td></tr>"
+        for n, f in ((n, s[f"accuracy_{n}"]) for n in s["normalisations"])
+    )
+    table = (
+        "<table class='choice-compare'><tr><th>normalisation</th><th>A</th><th>B</th><th>B − A</th><th>95% CI</th>"
+        f"<th>same prediction</th></tr>{rows}</table>"
+    )
+    changed = "".join(
+        f"<tr data-doc='{r['doc']}'><td>{r['doc']}</td><td>{html.escape(str(r['id'] or ''))}</td>"
+        f"<td>{html.escape(', '.join(r['changes']))}</td>"
+        f"<td>{html.escape(_verdict(r, 'a'))}</td><td>{html.escape(_verdict(r, 'b'))}</td>"
+        f"<td>{'—' if r['label'] is None else r['label']}</td><td>{html.escape(r['context'][:120])}</td></tr>"
+        for r in s["changed"][:CHANGES_LISTED]
+    )
+    more = s["changed_records"] - min(s["changed_records"], CHANGES_LISTED)
+    listing = (
+        "<h3>Verdicts that changed</h3><table class='changed'><tr><th>doc</th><th>id</th><th>normalisations</th>"
+        f"<th>A</th><th>B</th><th>label</th><th>context</th></tr>{changed}</table>"
+        + (f"<p class='note'>… and {more:,} more: scorecli compare --json lists them all.</p>" if more else "")
+        if s["changed"]
+        else "<p class='note'>No record's verdict changed.</p>"
+    )
+    note = (
+        f"A: {s['a']} · B: {s['b']}. Accuracy over {s['labelled_records']:,} labelled records of {s['records']:,}; "
+        f"paired bootstrap: the same resampled records for both runs ({s['bootstrap_resamples']:,} resamples). "
+        f"The verdict changed on {s['changed_records']:,} records (right in one run and wrong in the other, or "
+        "without a label another choice predicted)."
+    )
+    return (
+        f"<section id='compare'><h2>Comparison with another run</h2><p class='note'>{html.escape(note)}</p>{table}"
+        f"{listing}</section>"
+    )
+
+
+def _signed_acc(value) -> str:
+    """An accuracy difference for the page."""
+    return "—" if value is None else f"{value:+.4f}"
+
+
+def _verdict(r: dict, run: str) -> str:
+    """A run's choice under the first normalisation that changed, with its text and a tick or cross."""
+    first = next(iter(r["changes"].values()))
+    index, correct = first[f"predicted_{run}"], first[f"correct_{run}"]
+    if index is None:
+        return "—"
+    text = " ".join(r["choices"][index].split()) if index < len(r["choices"]) else ""
+    return f"{index}: {text[:40]}" + ("" if correct is None else (" ✓" if correct else " ✗"))
+
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1100px; color: #222; padding: 0 1em; }
 h1 { margin-bottom: 0; } .path { color: #666; margin-top: 0.2em; }
 table { border-collapse: collapse; margin: 0.5em 0; } th, td { padding: 2px 10px; text-align: left; }
 table.figures th { font-weight: 600; } .ci, .note { color: #666; }
 table.meta td, table.movers td { font-size: 0.85em; } details { margin: 0.5em 0; }
+.context { white-space: pre-wrap; color: #666; font-family: ui-monospace, monospace; font-size: 0.85em; }
+table.choices .tokens { border: none; padding: 0; } table.choices td { vertical-align: top; }
 .chart { min-height: 380px; } section { margin-bottom: 2em; }
 .tokens { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 0.85em; line-height: 1.7;
   border: 1px solid #ddd; padding: 0.5em; border-radius: 4px; }

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from scorecli.corpus import read_corpus
 from scorecli.errors import InputError, OutputError, UsageError, reading, shown
 from scorecli.inputs import Fields
-from scorecli.layout import SEQUENCES_FILE, SUMMARY_FILE, TOKENS_FILE, WORDS_FILE, kind_dir
+from scorecli.layout import CHOICES_FILE, SEQUENCES_FILE, SUMMARY_FILE, TOKENS_FILE, WORDS_FILE, kind_dir
 from scorecli.outputs import read_json_object, read_metadata
 
 
@@ -72,6 +72,24 @@ class FinishedRun:
         return self.read(WORDS_FILE) if self.has(WORDS_FILE) else None
 
     @property
+    def is_choice_run(self) -> bool:
+        """Whether it scored records with choices (`choices_field`): choices.parquet, a sequence row per record."""
+        return bool(self.metadata.get("choices_field"))
+
+    @property
+    def choices(self) -> pa.Table | None:
+        """choices.parquet: a row per (record, choice), or None where the run has no choices."""
+        if not self.is_choice_run:
+            return None
+        if not self.has(CHOICES_FILE):
+            raise OutputError(f"{shown(self.folder / CHOICES_FILE)}: is missing")
+        return self.read(CHOICES_FILE)
+
+    def choice_texts(self, docs: list[int]) -> dict[int, ChoiceTexts]:
+        """The context and choices of some records of a choice run, from its input file where it is at hand."""
+        return choice_texts(self.folder, docs)
+
+    @property
     def metadata(self) -> dict[str, str]:
         """The metadata its files carry."""
         return run_metadata(self.folder)
@@ -107,6 +125,19 @@ class FinishedRun:
     def previews(self, docs: list[int], chars: int = 120) -> dict[int, str]:
         """The start of each document's scored text, one line."""
         return previews(self.folder, docs, chars)
+
+
+@dataclass(frozen=True)
+class ChoiceTexts:
+    """A record of a choice run as it was scored: its context, and the text each choice was scored in.
+
+    `texts[i]` is choice i's context and choice (where the context is a plain prompt) or the choice alone
+    (no context): the text its token rows' `start` and `end` point into; `choices[i]` is the choice itself.
+    """
+
+    context: str
+    texts: list[str]
+    choices: list[str]
 
 
 def open_run(folder: str | Path | FinishedRun) -> FinishedRun:
@@ -248,6 +279,55 @@ def input_texts(run: Path, docs: list[int]) -> dict[int, str]:
         return texts
     except (InputError, OSError, ValueError):
         return {}
+
+
+def choice_texts(run: Path, docs: list[int]) -> dict[int, ChoiceTexts]:
+    """The context and choices of some records of a choice run from its input files; {} where not at hand or changed.
+
+    A chat's context is rendered by the tokenizer's template, so it is not the input's text: {} for those too.
+    """
+    meta = run_metadata(run)
+    sources = _input_files(run, meta)
+    if not docs or not sources or not meta.get("choices_field") or meta.get("messages_field"):
+        return {}
+    label = meta.get("label_field")
+    fields = Fields(
+        id=meta.get("id_field") if meta.get("id_field") != "None" else None,
+        prompt=meta.get("prompt_field"),
+        choices=tuple(name.strip() for name in meta["choices_field"].split(",")),
+        label=label if label and label != "None" else None,
+    )
+    wanted, last, found = set(docs), max(docs), {}
+    try:
+        for record in read_corpus(sources, fields, on_error=lambda r: None):
+            if record.doc in wanted and record.choice is not None and not record.choice.unconditional:
+                found.setdefault(record.doc, []).append(record)
+            if record.doc > last:
+                break
+    except (InputError, OSError, ValueError):
+        return {}
+    out = {}
+    for doc, records in found.items():
+        start = records[0].spans[0][0] if records[0].spans else 0
+        texts = [r.text for r in records]
+        out[doc] = ChoiceTexts(texts[0][:start], texts, [r.choice.text for r in records])
+    return out
+
+
+def choice_token_rows(tokens: pa.Table, texts: ChoiceTexts | None, choice: int) -> tuple[pa.Table, str | None]:
+    """One choice's token rows of a record's, with the choice's own text, their `start` and `end` pointing into it.
+
+    The rows as they are, and no text, where the record's texts are not at hand (None).
+    """
+    mine = tokens.filter(pc.equal(tokens.column("choice"), choice))
+    if texts is None:
+        return mine, None
+    # The token rows point into the context and the choice together: the context is shown apart, once.
+    offset = len(texts.context)
+    for name in ("start", "end"):
+        if name in mine.column_names:
+            mine = mine.set_column(mine.schema.get_field_index(name), name, pc.subtract(mine.column(name), offset))
+    return mine, texts.texts[choice][offset:]
 
 
 def _input_files(run: Path, meta: dict[str, str]) -> list[str]:

@@ -1,4 +1,7 @@
-"""`scorecli show`: one document of a run in the terminal, each token coloured by its score. No torch."""
+"""`scorecli show`: one document of a run in the terminal, each token coloured by its score. No torch.
+
+A record of a choice run shows its predictions, its context and each choice with its tokens coloured.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,14 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from scorecli.choices import NORMALISATIONS
 from scorecli.errors import UsageError
 from scorecli.heat import SCALES, Scale, colours, hex_colour, text_colour
-from scorecli.rundocs import FinishedRun, open_run, token_strings
+from scorecli.layout import CHOICES_FILE
+from scorecli.rundocs import FinishedRun, choice_token_rows, open_run, token_strings
 
 LEGEND_STEPS = 9
+_REFERENCE_COLUMNS = (("ref sum", "ref_sum_logprob"), ("log-ratio", "log_ratio"))  # choices.parquet, --ref-model
 _DOC_FIGURES = (
     ("n_tokens", "tokens", "{:,}"),
     ("perplexity", "perplexity", "{:,.3f}"),
@@ -46,6 +52,8 @@ def render_document(run: str | Path, doc: int | None = None, doc_id: str | None 
         raise UsageError("give exactly one of `doc` and `doc_id`")
     scale = scale_for(run, by)
     row = run.find_doc(doc, doc_id)
+    if run.is_choice_run:
+        return _choice_record(run, row, scale)
     tokens = run.doc_tokens([row["doc"]])
     text = run.input_texts([row["doc"]]).get(row["doc"])
     return Group(_figures(row), legend(scale), _coloured(tokens, text, scale))
@@ -95,3 +103,51 @@ def _coloured(tokens, text: str | None, scale: Scale) -> Text:
     if text is not None and at < len(text):
         out.append(text[at:], style="dim")
     return out
+
+
+def _choice_record(run: FinishedRun, row: dict, scale: Scale) -> Group:
+    """A record of a choice run: its predictions, its context (dim), and each choice with its tokens coloured."""
+    doc = row["doc"]
+    tokens = run.doc_tokens([doc])
+    choices = run.read(CHOICES_FILE, filters=[("doc", "==", doc)]).to_pylist()
+    texts = run.choice_texts([doc]).get(doc)
+    parts: list = [_choice_figures(row), legend(scale)]
+    if texts is not None and texts.context:
+        parts.append(Text(texts.context, style="dim"))
+    for c in choices:
+        mine, text = choice_token_rows(tokens, texts, c["choice"])
+        parts.append(_choice_line(c, row))
+        parts.append(_coloured(mine, text, scale) if mine.num_rows else Text("(no token scored)", style="dim"))
+    return Group(*parts)
+
+
+def _choice_figures(row: dict) -> Table:
+    """A choice record's figures: its label, each normalisation's predicted choice and verdict, its margin."""
+    table = Table(title=f"record {row['doc']}" + (f" (id {row['id']})" if row["id"] else ""), show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("choices", str(row["n_choices"]))
+    table.add_row("label", "—" if row["label"] is None else str(row["label"]))
+    for name in NORMALISATIONS:
+        if f"predicted_{name}" in row:
+            predicted, correct = row[f"predicted_{name}"], row[f"correct_{name}"]
+            mark = "" if correct is None else (" ✓" if correct else " ✗")
+            table.add_row(f"predicted ({name})", "—" if predicted is None else f"{predicted}{mark}")
+    margin = row.get("margin")
+    table.add_row("margin (nats)", "—" if margin is None else f"{margin:+.4f}")
+    return table
+
+
+def _choice_line(choice: dict, row: dict) -> Text:
+    """A choice's heading: its index, whether it is the label or the prediction by sum, its scores."""
+    index = choice["choice"]
+    marks = [m for m, on in (("label", index == row["label"]), ("predicted", index == row.get("predicted_sum"))) if on]
+    named = [*((n, column) for n, (column, _) in NORMALISATIONS.items()), *_REFERENCE_COLUMNS]
+    figures = [f"{n} {_maybe(choice.get(column))}" for n, column in named if column in choice]
+    head = f"choice {choice['choice']}" + (f" ({choice['name']})" if choice.get("name") else "")
+    return Text(f"{head}{' [' + ', '.join(marks) + ']' if marks else ''}: " + " · ".join(figures), style="bold")
+
+
+def _maybe(value: float | None) -> str:
+    """A log-prob figure, or a dash where there is none."""
+    return "—" if value is None or not math.isfinite(value) else f"{value:.4f}"
