@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from scorecli.critical import CRITICAL_FIELDS, critical_columns
 from scorecli.kept import KeptTypes, part_arrays, part_fields
 from scorecli.scores import DocScore
 
@@ -49,10 +50,11 @@ _REFERENCE_FIELDS = [("ref_sum_logprob", pa.float64()), ("log_ratio", pa.float64
 
 @dataclass(frozen=True)
 class ChoiceLayout:
-    """What a choice run's tables hold besides the plain columns: pmi (`unconditional`), reference sums (`ref`)."""
+    """What a choice run's tables hold besides the plain columns: pmi, reference sums, the critical word (`words`)."""
 
     unconditional: bool = False
     ref: bool = False
+    words: bool = False
 
     @property
     def normalisations(self) -> list[str]:
@@ -62,6 +64,7 @@ class ChoiceLayout:
     def choice_schema(self) -> pa.Schema:
         """The schema of choices.parquet."""
         extra = (_UNCONDITIONAL_FIELDS if self.unconditional else []) + (_REFERENCE_FIELDS if self.ref else [])
+        extra += CRITICAL_FIELDS if self.words else []
         return pa.schema(_CHOICE_FIELDS + extra)
 
     def sequence_schema(self, kept: KeptTypes | None = None) -> pa.Schema:
@@ -204,7 +207,7 @@ def scored(docs: Iterable[DocScore]) -> list[DocScore]:
 def choice_table(docs: Iterable[ChoiceDoc], layout: ChoiceLayout) -> pa.Table:
     """The rows of choices.parquet of several records."""
     schema = layout.choice_schema()
-    parts = [d.columns() for d in docs]
+    parts = [d.columns() | (critical_columns(d.choices) if layout.words else {}) for d in docs]
     arrays = []
     for f in schema:
         values = [v for p in parts for v in (p[f.name].tolist() if isinstance(p[f.name], np.ndarray) else p[f.name])]

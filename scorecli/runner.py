@@ -256,7 +256,7 @@ def choice_layout(options: ScoreOptions) -> ChoiceLayout | None:
         return None
     from scorecli.choices import ChoiceLayout
 
-    return ChoiceLayout(unconditional=options.unconditional, ref=options.ref_model is not None)
+    return ChoiceLayout(unconditional=options.unconditional, ref=options.ref_model is not None, words=options.words)
 
 
 def _options(options: ScoreOptions | Mapping | None) -> ScoreOptions:
