@@ -104,12 +104,16 @@ def word_batches(
             if a == 0:  # a document's numbers are computed once, however many batches it spans
                 columns = {s.doc: s.word_columns()}
             parts.append((s, a, b, columns[s.doc]))
-        choice = [pa.array(_cat([np.full(b - a, s.choice.index, np.int32) for s, a, b, _ in parts], np.int32))]
+        choice = (
+            [pa.array(_cat([np.full(b - a, s.choice.index, np.int32) for s, a, b, _ in parts], np.int32))]
+            if "choice" in schema.names
+            else []
+        )
         yield pa.RecordBatch.from_arrays(
             [
                 pa.array(_cat([np.full(b - a, s.doc, np.int64) for s, a, b, _ in parts], np.int64)),
                 pa.array([s.id for s, a, b, _ in parts for _ in range(b - a)], pa.string()),
-                *(choice if "choice" in schema.names else []),
+                *choice,
                 pa.array(_cat([s.words.indices(a, b) for s, a, b, _ in parts], np.int32)),
                 pa.array([t for s, a, b, _ in parts for t in s.word_texts(a, b)], pa.string()),
                 *(
