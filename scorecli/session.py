@@ -442,7 +442,7 @@ class Session:
             batches = iter(self._streamed_choices)
         figures = choice_figures(batches, self.choices.normalisations)
         if self.choices.words and self._to_folder:  # the critical word: from choices.parquet's rows (critical.py)
-            from scorecli.critical import critical_figures
+            from scorecli.summary import critical_figures
 
             columns = ["doc", "choice", "critical_surprisal", "critical_surprisal_corrected"]
             paths = self.writer.part_files(CHOICES_FILE)

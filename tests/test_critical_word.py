@@ -17,7 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from scorecli.cli import app
-from scorecli.critical import critical_figures, critical_index
+from scorecli.critical import critical_index
+from scorecli.summary import critical_figures
 
 TOL = 1e-4
 # Two-choice records: differing mid-sentence, at the first word, identical, one a prefix of the other.
