@@ -210,3 +210,17 @@ def test_critical_figures_by_hand():
     assert 0.5 <= low < 2 < high <= 3.5
     empty = critical_figures([])
     assert empty["critical_pairs"] == 0 and empty["critical_first_less_surprising"] is None
+
+
+def test_critical_word_after_a_prompt_counts_the_choices_words(gpt2_dir, tmp_path):
+    prompt, options = "Question: which animal builds dams?\nAnswer:", [" The beaver", " The eagle", " The beaver"]
+    data = _jsonl(tmp_path / "mc.jsonl", [{"q": prompt, "options": options}])
+    _score(gpt2_dir, data, tmp_path / "mc", "--prompt-field", "q", "--choices-field", "options", "--words")
+    # The reference: each (prompt, choice) as its own prompt/response record, its response's words.
+    alone = _jsonl(tmp_path / "alone.jsonl", [{"q": prompt, "r": o} for o in options])
+    _score(gpt2_dir, alone, tmp_path / "alone", "--prompt-field", "q", "--response-field", "r", "--words")
+    choices = pd.read_parquet(tmp_path / "mc" / "choices.parquet")
+    plain = pd.read_parquet(tmp_path / "alone" / "words.parquet")
+    assert plain["word"].tolist() == [0, 1] * 3  # the response's words are counted from its first
+    _check_record(choices, options, plain, 0)
+    assert choices["critical_text"].tolist() == ["beaver", "eagle", "beaver"]
