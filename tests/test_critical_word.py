@@ -224,3 +224,24 @@ def test_critical_word_after_a_prompt_counts_the_choices_words(gpt2_dir, tmp_pat
     assert plain["word"].tolist() == [0, 1] * 3  # the response's words are counted from its first
     _check_record(choices, options, plain, 0)
     assert choices["critical_text"].tolist() == ["beaver", "eagle", "beaver"]
+
+
+def test_interrupted_then_resumed_run_has_the_straight_runs_critical_words(gpt2_dir, tmp_path):
+    # Ctrl-C after the first batch: the choices scored so far are saved as documents in flight (their words
+    # and corrections with them), and the resumed run makes their critical words from those.
+    rows = [{"id": f"p{i}", "good": f"{i}: {g}", "bad": f"{i}: {b}"} for i in range(30) for g, b in [PAIRS[i % 6]]]
+    data = _jsonl(tmp_path / "pairs.jsonl", rows)
+    args = ["score", str(data), "-m", str(gpt2_dir), "--batch-tokens", "32", "-q", "--choices-field", "good,bad"]
+    assert CliRunner().invoke(app, [*args, "--words", "-o", str(tmp_path / "straight")]).exit_code == 0
+    stopped = CliRunner().invoke(app, [*args, "--words", "-o", str(tmp_path / "o")], env={"SCORECLI_FAULT": "batch"})
+    assert stopped.exit_code == 130, stopped.output
+    in_flight = json.loads((tmp_path / "o" / "parts" / "in-flight.json").read_text())
+    assert in_flight["docs"] and all(d["words"]["correction"] for d in in_flight["docs"])
+    resumed = CliRunner().invoke(app, ["score", "-o", str(tmp_path / "o"), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    again, straight = (pd.read_parquet(tmp_path / o / "choices.parquet") for o in ("o", "straight"))
+    pd.testing.assert_frame_equal(again, straight)
+    figures = [json.loads((tmp_path / o / "summary.json").read_text())["summary"] for o in ("o", "straight")]
+    critical = [{k: v for k, v in f.items() if k.startswith("critical")} for f in figures]
+    # All but the 5 identical pairs and the 5 whose first choice ends before the critical word.
+    assert critical[0] == critical[1] and critical[0]["critical_pairs"] == 20
