@@ -12,6 +12,7 @@ a minimal-pair study compares. Needs numpy and pyarrow, not torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -55,8 +56,8 @@ def critical_columns(choices: Sequence[DocScore]) -> dict[str, list]:
         columns["critical_word"].append(index)
         columns["critical_text"].append(None if at is None else row["text"][at])
         for name in ("surprisal", "surprisal_corrected"):
-            value = None if at is None else float(row[name][at])
-            columns[f"critical_{name}"].append(None if value is None or value != value else value)
+            value = math.nan if at is None else float(row[name][at])  # NaN: a truncated text's last word
+            columns[f"critical_{name}"].append(None if math.isnan(value) else value)
     return columns
 
 
