@@ -132,7 +132,7 @@ def score(
         ref_tokenizer=None if ref is None else ref.tokenizer,
         **options,
     )
-    layout = ChoiceLayout(unconditional, ref is not None) if choices else None
+    layout = ChoiceLayout(unconditional, ref is not None, words=bool(options["words"])) if choices else None
     table = _typed_kept(pa.concat_tables(_tables(scorer, records, rows, kept, layout)), kept)
     frame = table.to_pandas()
     frame.attrs = {

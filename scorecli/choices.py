@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from scorecli.critical import CRITICAL_FIELDS, critical_columns
 from scorecli.kept import KeptTypes, part_arrays, part_fields
 from scorecli.scores import DocScore
 
@@ -53,10 +54,11 @@ _REFERENCE_FIELDS = [("ref_sum_logprob", pa.float64()), ("log_ratio", pa.float64
 
 @dataclass(frozen=True)
 class ChoiceLayout:
-    """What a choice run's tables hold besides the plain columns: pmi (`unconditional`), reference sums (`ref`)."""
+    """What a choice run's tables hold besides the plain columns: pmi, reference sums, the critical word (`words`)."""
 
     unconditional: bool = False
     ref: bool = False
+    words: bool = False
 
     @property
     def normalisations(self) -> list[str]:
@@ -66,6 +68,7 @@ class ChoiceLayout:
     def choice_schema(self) -> pa.Schema:
         """The schema of choices.parquet."""
         extra = (_UNCONDITIONAL_FIELDS if self.unconditional else []) + (_REFERENCE_FIELDS if self.ref else [])
+        extra += CRITICAL_FIELDS if self.words else []
         return pa.schema(_CHOICE_FIELDS + extra)
 
     def sequence_schema(self, kept: KeptTypes | None = None) -> pa.Schema:
@@ -78,7 +81,7 @@ def choice_layout(options: ScoreOptions) -> ChoiceLayout | None:
     """The layout of a run's choice tables (None: a run without choices)."""
     if options.choices_field is None:
         return None
-    return ChoiceLayout(unconditional=options.unconditional, ref=options.ref_model is not None)
+    return ChoiceLayout(unconditional=options.unconditional, ref=options.ref_model is not None, words=options.words)
 
 
 def sequence_fields(normalisations: Iterable[str]) -> list[tuple[str, pa.DataType]]:
@@ -215,7 +218,7 @@ def scored(docs: Iterable[DocScore]) -> list[DocScore]:
 def choice_table(docs: Iterable[ChoiceDoc], layout: ChoiceLayout) -> pa.Table:
     """The rows of choices.parquet of several records."""
     schema = layout.choice_schema()
-    parts = [d.columns() for d in docs]
+    parts = [d.columns() | (critical_columns(d.choices) if layout.words else {}) for d in docs]
     arrays = []
     for f in schema:
         values = [v for p in parts for v in (p[f.name].tolist() if isinstance(p[f.name], np.ndarray) else p[f.name])]

@@ -25,7 +25,7 @@ from scorecli import faults, interrupts
 from scorecli.errors import InputError, ScorecliError, UsageError
 from scorecli.inputs import Fields, Record, Rejected, display_name
 from scorecli.interrupts import RunInterrupted
-from scorecli.layout import SEQUENCES_FILE
+from scorecli.layout import CHOICES_FILE, SEQUENCES_FILE
 from scorecli.options import ScoreOptions
 from scorecli.summary import Summary
 
@@ -441,7 +441,14 @@ class Session:
             )
         else:
             batches = iter(self._streamed_choices)
-        return choice_figures(batches, self.choices.normalisations)
+        figures = choice_figures(batches, self.choices.normalisations)
+        if self.choices.words and self._to_folder:  # the critical word: from choices.parquet's rows (critical.py)
+            from scorecli.summary import critical_figures
+
+            columns = ["doc", "choice", "critical_surprisal", "critical_surprisal_corrected"]
+            paths = self.writer.part_files(CHOICES_FILE)
+            figures |= critical_figures(b for path in paths for b in pq.ParquetFile(path).iter_batches(columns=columns))
+        return figures
 
     def _doc_sums(self) -> DocSums:
         """Every scored document's sums for the bootstrap: from the saved parts, so a resumed run sees all."""

@@ -359,3 +359,35 @@ def choice_figures(batches: Iterable, normalisations: list[str]) -> dict:
             figures[lm_eval] = value
     figures["mean_margin"] = margin_sum / two if two else None
     return figures
+
+
+def critical_figures(batches: Iterable) -> dict:
+    """The summary's critical-word figures of a two-choice --words run, from its choices.parquet rows (record batches).
+
+    Over the records of two choices whose critical word has a surprisal (plain and corrected) in both:
+    `critical_pairs` counts them; `critical_first_less_surprising` is the share where the first choice's
+    critical word has the lower corrected surprisal (a tie counts as not lower), `..._plain` the same by the
+    plain surprisal, and `critical_mean_difference` the mean of the second's corrected surprisal minus the
+    first's, in nats; each with a 95% bootstrap interval over records.
+    """
+    from scorecli.bootstrap import DocSums, accuracy_intervals
+    from scorecli.critical import critical_pairs
+
+    docs, values = critical_pairs(batches)
+    known = np.isfinite(values).all(axis=(1, 2))
+    docs, values = docs[known], values[known]
+    first, second = values[:, 0], values[:, 1]
+    rows = np.stack(
+        [first[:, 1] < second[:, 1], first[:, 0] < second[:, 0], second[:, 1] - first[:, 1], np.ones(len(docs))],
+        axis=1,
+    )
+    sums = DocSums(rows.shape[1])
+    sums.add(docs, rows)
+    intervals = accuracy_intervals(sums)
+    means = rows.mean(axis=0) if len(docs) else [None] * rows.shape[1]
+    figures: dict = {"critical_pairs": len(docs)}
+    names = ("critical_first_less_surprising", "critical_first_less_surprising_plain", "critical_mean_difference")
+    for j, name in enumerate(names):
+        figures[name] = None if means[j] is None else float(means[j])
+        figures[f"{name}_ci"] = intervals[j]
+    return figures
