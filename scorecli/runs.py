@@ -329,7 +329,8 @@ def _verify_parts(out_dir: Path, state: RunState, kinds: list[str]) -> None:
         state.rejected += rejected
         state.summary = manifest["summary"]
         state.files.append(files)
-    if count and SEQUENCES_FILE in kinds:
+    # A choice run's sequences have columns of their own; no version that wrote choices lacked a sequence column.
+    if count and SEQUENCES_FILE in kinds and CHOICES_FILE not in kinds:
         _check_sequence_columns(out_dir, parts / kind_dir(SEQUENCES_FILE) / f"{0:06d}.parquet")
     _remove_cut_short(out_dir, kinds, count)
 
@@ -352,7 +353,8 @@ def _check_sequence_columns(out_dir: Path, path: Path) -> None:
 
 def check_finished_columns(out_dir: Path) -> None:
     """OutputError where the finished run in `out_dir` was written by an older version (see _check_sequence_columns)."""
-    _check_sequence_columns(Path(out_dir), Path(out_dir) / SEQUENCES_FILE)
+    if not (Path(out_dir) / CHOICES_FILE).exists():  # a choice run's sequences have columns of their own
+        _check_sequence_columns(Path(out_dir), Path(out_dir) / SEQUENCES_FILE)
 
 
 def _remove_cut_short(out_dir: Path, kinds: list[str], count: int) -> None:

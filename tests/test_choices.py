@@ -446,6 +446,11 @@ def test_interrupted_and_resumed_equals_an_uninterrupted_run_bit_for_bit(gpt2_di
     assert killed.returncode < 0
     assert _score("-o", tmp_path / "k", "--resume").exit_code == 0
     _same_results(tmp_path / "k", tmp_path / "straight")
+    # Ctrl-C once a part is saved: the resume reads that part back (a choice run's own sequence columns)
+    stopped = _score(*args, "-o", tmp_path / "p", env={"SCORECLI_FAULT": "part-saved"})
+    assert stopped.exit_code == 130 and (tmp_path / "p" / "parts" / "000000.json").exists(), stopped.output
+    assert _score("-o", tmp_path / "p", "--resume").exit_code == 0
+    _same_results(tmp_path / "p", tmp_path / "straight")
 
 
 def test_a_run_of_the_installed_command_writes_the_choice_tables(gpt2_dir, tmp_path):
