@@ -120,8 +120,8 @@ class Pass:
 class BufferPlan:
     """A read-ahead buffer as scoring would meet it: its documents, characters, scored tokens, and tasks.
 
-    `unshared` is the tokens its windows would feed without shared prefixes. Each task (a batch, or a group
-    sharing a prefix) is its forward passes; workers take tasks in order. The buffer's documents are given
+    `unshared` is the tokens its windows would feed without shared prefixes. Each task (a batch, or groups
+    sharing prefixes) is its forward passes; workers take tasks in order. The buffer's documents are given
     out in parts, each once as many tasks as `given` says are scored (one part at the end, unless streaming).
     """
 
@@ -500,7 +500,7 @@ class Scorer:
         return encoded, work, first_rows, self._tasks(work, encoded)
 
     def _tasks(self, work: list[Window], encoded: list[Encoded]) -> list[Task]:
-        """The tasks that score a buffer's windows: groups sharing a prefix (most tokens first), then batches."""
+        """The tasks that score a buffer's windows: packed shared-prefix groups (most tokens first), then batches."""
         lengths = [w.end - w.begin for w in work]
         groups = self._plan_prefixes(work, encoded)
         grouped = {i for g in groups for i in g.members}
@@ -654,7 +654,7 @@ class Scorer:
     def _score_task(
         self, task: Task, work: list[Window], encoded: list[Encoded]
     ) -> tuple[list[dict[str, np.ndarray]], int]:
-        """The statistics of each window of a task (a batch of windows, or a group sharing a prefix); tokens fed."""
+        """The statistics of each window of a task (a batch of windows, or groups sharing prefixes); tokens fed."""
         if isinstance(task, SharedGroups):
             return self._score_shared([([work[i] for i in g.members], g.length) for g in task.groups], encoded)
         batch = [work[i] for i in task]
