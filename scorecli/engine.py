@@ -33,6 +33,7 @@ __all__ = [
     "ScoreProgress",
     "Scorer",
     "ScoringInterrupted",
+    "SharedGroups",
     "get_response_log_probs",
     "perplexity",
 ]
@@ -75,8 +76,28 @@ class ScoreProgress:
         return self.tokens_planned + round(unread * self.tokens_planned / self.docs_planned)
 
 
-# What a buffer is scored in: a group of windows sharing a prefix, or a batch of windows (by index).
-Task = SharedPrefix | list[int]
+@dataclass(frozen=True)
+class SharedGroups:
+    """Groups of windows sharing prefixes, scored together: their prefixes in one padded pass, then their continuations.
+
+    Each continuation row attends to its own group's cached prefix (the others' masked): a question of a
+    few-shot task costs a share of two passes, not two passes of its own.
+    """
+
+    groups: tuple[SharedPrefix, ...]
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """The windows of every group, group by group."""
+        return tuple(i for g in self.groups for i in g.members)
+
+    def fed(self, lengths: Sequence[int]) -> int:
+        """Tokens fed to score the members, given each member window's length."""
+        return sum(g.fed(lengths) for g in self.groups)
+
+
+# What a buffer is scored in: groups of windows sharing prefixes, or a batch of windows (by index).
+Task = SharedGroups | list[int]
 
 
 @dataclass(frozen=True)
@@ -101,8 +122,8 @@ class Pass:
 class BufferPlan:
     """A read-ahead buffer as scoring would meet it: its documents, characters, scored tokens, and tasks.
 
-    `unshared` is the tokens its windows would feed without shared prefixes. Each task (a batch, or a group
-    sharing a prefix) is its forward passes; workers take tasks in order. The buffer's documents are given
+    `unshared` is the tokens its windows would feed without shared prefixes. Each task (a batch, or groups
+    sharing prefixes) is its forward passes; workers take tasks in order. The buffer's documents are given
     out in parts, each once as many tasks as `given` says are scored (one part at the end, unless streaming).
     """
 
@@ -484,16 +505,31 @@ class Scorer:
         return encoded, work, first_rows, self._tasks(work, encoded)
 
     def _tasks(self, work: list[Window], encoded: list[Encoded]) -> list[Task]:
-        """The tasks that score a buffer's windows: groups sharing a prefix (most tokens first), then batches."""
+        """The tasks that score a buffer's windows: packed shared-prefix groups (most tokens first), then batches."""
         lengths = [w.end - w.begin for w in work]
         groups = self._plan_prefixes(work, encoded)
         grouped = {i for g in groups for i in g.members}
         alone = [i for i in range(len(work)) if i not in grouped]
         plain = [lengths[i] - 1 for i in alone]
         return [
-            *sorted(groups, key=lambda g: -g.fed(lengths)),
+            *self._shared_tasks(groups, lengths),
             *([alone[k] for k in rows] for rows in pack(plain, self._budget(plain))),
         ]
+
+    def _shared_tasks(self, groups: list[SharedPrefix], lengths: Sequence[int]) -> list[SharedGroups]:
+        """Shared-prefix groups packed into tasks within the budget (most tokens first), longest prefixes together.
+
+        A task's prefixes are one padded pass (groups x longest prefix within the budget, unless alone), and its
+        continuations one pass where they fit (_fits); a group too large for one shares its task with no other.
+        """
+        budget = self._budget([g.fed(lengths) for g in groups])
+        packs: list[list[SharedPrefix]] = []
+        for group in sorted(groups, key=lambda g: (-g.length, g.members)):
+            if packs and _fits([*packs[-1], group], lengths, budget):
+                packs[-1].append(group)
+            else:
+                packs.append([group])
+        return sorted((SharedGroups(tuple(p)) for p in packs), key=lambda t: -t.fed(lengths))
 
     def _budget(self, lengths: Sequence[int]) -> int:
         """The token budget of a buffer's batches of rows of `lengths`: smaller where it would not feed every worker."""
@@ -505,13 +541,13 @@ class Scorer:
 
     def _passes(self, task: Task, lengths: Sequence[int]) -> list[Pass]:
         """The forward passes of the base model that scoring a task runs (windows of `lengths` tokens)."""
-        if not isinstance(task, SharedPrefix):
+        if not isinstance(task, SharedGroups):
             return [Pass(len(task), max(lengths[i] for i in task) - 1, sum(lengths[i] - 1 for i in task))]
-        more = [i for i in task.members if lengths[i] - 1 > task.length]
-        passes = [Pass(1, task.length, task.length)]
-        for rows in _continuations([lengths[i] for i in more], task.length, self.batch_tokens):
-            grown = [lengths[more[r]] - 1 - task.length for r in rows]
-            passes.append(Pass(len(rows), max(grown), sum(grown), cached=task.length))
+        width = max(g.length for g in task.groups)
+        passes = [Pass(len(task.groups), width, sum(g.length for g in task.groups))]
+        grown = [lengths[i] - 1 - g.length for g in task.groups for i in g.members if lengths[i] - 1 > g.length]
+        for rows in _continuations(grown, width, self.batch_tokens):
+            passes.append(Pass(len(rows), max(grown[r] for r in rows), sum(grown[r] for r in rows), cached=width))
         return passes
 
     def _score_buffer(
@@ -625,57 +661,80 @@ class Scorer:
     def _score_task(
         self, task: Task, work: list[Window], encoded: list[Encoded]
     ) -> tuple[list[dict[str, np.ndarray]], int]:
-        """The statistics of each window of a task (a batch of windows, or a group sharing a prefix); tokens fed."""
-        if isinstance(task, SharedPrefix):
-            return self._score_shared([work[i] for i in task.members], task.length, encoded)
+        """The statistics of each window of a task (a batch of windows, or groups sharing prefixes); tokens fed."""
+        if isinstance(task, SharedGroups):
+            return self._score_shared([([work[i] for i in g.members], g.length) for g in task.groups], encoded)
         batch = [work[i] for i in task]
         return self._score_batch(batch, encoded), sum(w.end - w.begin - 1 for w in batch)
 
     def _score_shared(
-        self, group: list[Window], length: int, encoded: list[Encoded]
+        self, groups: list[tuple[list[Window], int]], encoded: list[Encoded]
     ) -> tuple[list[dict[str, np.ndarray]], int]:
-        """The statistics of windows whose first `length` + 1 tokens agree: that start fed once, then the rest.
+        """The statistics of groups of windows, each group's first `length` + 1 tokens agreeing: starts fed once.
 
         Label j of a window predicts its position j + 1 from its tokens 0..j, so labels 0..length-1 are the
-        same in every window: they are scored once, from the prefix pass, for the positions any window
-        scores. Each continuation starts at token `length` (fed again, so that its logits predict the
-        window's own next token), after the prefix's key/value cache expanded to the batch's rows; pads
-        follow the real tokens, which never attend to them. Returns the statistics and the tokens fed.
+        same in every window of a group: they are scored once, from the prefix pass (each group's prefix a
+        row, right-padded), for the positions any window scores. Each continuation starts at token `length`
+        (fed again, so that its logits predict the window's own next token), after its group's row of the
+        prefixes' key/value cache; where prefixes differ in length, a mask hides the pads of the shorter ones
+        and positions go on from each row's own prefix. Pads follow the real tokens, which never attend to
+        them. Returns the statistics, windows in order (group by group), and the tokens fed.
         """
-        seqs = [encoded[w.doc].ids[w.begin : w.end] for w in group]
-        wanted = [_targets(w, encoded[w.doc]) for w in group]
-        prefix = torch.as_tensor(seqs[0][: length + 1], dtype=torch.long, device=self.device)
-        scored = np.logical_or.reduce([t[:length] for t in wanted])
+        window = [w for members, _ in groups for w in members]
+        seqs = [encoded[w.doc].ids[w.begin : w.end] for w in window]
+        wanted = [_targets(w, encoded[w.doc]) for w in window]
+        owner = [g for g, (members, _) in enumerate(groups) for _ in members]
+        starts = [groups[g][1] for g in owner]  # each window's shared length
+        width = max(length for _, length in groups)
+        prefixes = torch.zeros((len(groups), width + 1), dtype=torch.long)
+        select = torch.zeros((len(groups), width), dtype=torch.bool)
+        scored = []  # each group's labels that any of its windows scores
+        for g, (_, length) in enumerate(groups):
+            rows = [k for k in range(len(window)) if owner[k] == g]
+            prefixes[g, : length + 1] = torch.from_numpy(seqs[rows[0]][: length + 1].astype(np.int64))
+            scored.append(np.logical_or.reduce([wanted[k][:length] for k in rows]))
+            select[g, :length] = torch.from_numpy(scored[g])
+        prefixes, select = prefixes.to(self.device), select.to(self.device)
         heads = [self.head] if self.ref_head is None else [self.head, self.ref_head]
         with torch.inference_mode():
-            outs = [head.cached_states(prefix[None, :length]) for head in heads]
-            select = torch.from_numpy(scored).to(self.device)
-            shared = self._stats([states[0][select] for states, _ in outs], prefix[1:][select])
+            outs = [head.cached_states(prefixes[:, :width]) for head in heads]
             caches = [cache for _, cache in outs]
             if not all(_plain_cache(cache) for cache in caches):
-                return self._score_apart(group, encoded)
-            # Row k of `shared` is position k of those `scored` marks: each window takes its own.
-            index = np.cumsum(scored) - 1
-            parts = [{c: v[index[t[:length]]] for c, v in shared.items()} for t in wanted]
-            more = [k for k, s in enumerate(seqs) if len(s) - 1 > length]
-            for rows in _continuations([len(seqs[k]) for k in more], length, self.batch_tokens):
+                return self._score_apart(window, encoded)
+            shared = self._stats([states[select] for states, _ in outs], prefixes[:, 1:][select])
+            # Row k of a group's part is position k of those its `scored` marks: each window takes its own.
+            by_group = _split(shared, np.cumsum([s.sum() for s in scored])[:-1])
+            index = [np.cumsum(s) - 1 for s in scored]
+            parts = [
+                {c: v[index[g][wanted[k][: starts[k]]]] for c, v in by_group[g].items()} for k, g in enumerate(owner)
+            ]
+            more = [k for k, s in enumerate(seqs) if len(s) - 1 > starts[k]]
+            for rows in _continuations([len(seqs[k]) - 1 - starts[k] for k in more], width, self.batch_tokens):
                 batch = [more[r] for r in rows]
-                input_ids, labels = collate([seqs[k][length:] for k in batch], pad_id=0)
+                input_ids, labels = collate([seqs[k][starts[k] :] for k in batch], pad_id=0)
                 select = torch.zeros(labels.shape, dtype=torch.bool)
                 for row, k in enumerate(batch):
-                    targets = wanted[k][length:]
+                    targets = wanted[k][starts[k] :]
                     select[row, : len(targets)] = torch.from_numpy(targets)
+                first = torch.tensor([starts[k] for k in batch])[:, None]
+                positions = first + torch.arange(input_ids.shape[1])
+                mask = None
+                if any(starts[k] < width for k in batch):
+                    mask = torch.ones((len(batch), width + input_ids.shape[1]), dtype=torch.bool)
+                    mask[:, :width] = torch.arange(width) < first
+                    mask = mask.to(self.device)
                 input_ids, labels, select = input_ids.to(self.device), labels.to(self.device), select.to(self.device)
-                positions = torch.arange(length, length + input_ids.shape[1], device=self.device).expand_as(input_ids)
+                positions = positions.to(self.device)
+                rows_of = [owner[k] for k in batch]
                 states = [
-                    head.cached_states(input_ids, _expanded(cache, len(batch), head.model.config), positions)[0]
+                    head.cached_states(input_ids, _rows_of(cache, rows_of, head.model.config), positions, mask)[0]
                     for head, cache in zip(heads, caches)
                 ]
                 stats = self._stats([s[select] for s in states], labels[select])
                 bounds = np.cumsum(select.sum(dim=1).tolist())[:-1]
                 for k, part in zip(batch, _split(stats, bounds)):
                     parts[k] = {c: np.concatenate([parts[k][c], part[c]]) for c in part}
-        return parts, length + sum(len(seqs[k]) - 1 - length for k in more)
+        return parts, sum(length for _, length in groups) + sum(len(seqs[k]) - 1 - starts[k] for k in more)
 
     def _score_apart(self, group: list[Window], encoded: list[Encoded]) -> tuple[list[dict[str, np.ndarray]], int]:
         """Score a group's windows in ordinary batches, for models whose cache cannot simply be copied to rows.
@@ -812,17 +871,24 @@ def _ready(left: np.ndarray, given: int) -> int:
     return given
 
 
-def _continuations(lengths: Sequence[int], cached: int, batch_tokens: int) -> list[list[int]]:
-    """Batches of the windows (of `lengths` tokens) of a shared-prefix group that go on past its `cached` start."""
+def _continuations(grown: Sequence[int], cached: int, batch_tokens: int) -> list[list[int]]:
+    """Batches of the continuations (of `grown` tokens each) of shared-prefix windows after `cached` positions."""
     # A row's new tokens cost what any fed token costs; its copy of the cached start costs memory and a little
     # attention, not a token's compute, so it counts at 1/CACHED_WEIGHT of a token: counted whole, a few-shot
     # preamble of 485 tokens left room for 2 questions a pass at 1,024 tokens (100 passes for 200 questions).
-    return pack([n - 1 - cached + cached // CACHED_WEIGHT for n in lengths], batch_tokens)
+    return pack([n + cached // CACHED_WEIGHT for n in grown], batch_tokens)
+
+
+def _fits(groups: Sequence[SharedPrefix], lengths: Sequence[int], budget: int) -> bool:
+    """Whether groups sharing prefixes fit one task: padded prefixes and continuations in one pass each."""
+    width = max(g.length for g in groups)
+    grown = [lengths[i] - 1 - g.length for g in groups for i in g.members if lengths[i] - 1 > g.length]
+    return len(groups) * width <= budget and len(_continuations(grown, width, budget)) <= 1
 
 
 def _rows(task: Task) -> Sequence[int]:
     """The windows a task scores."""
-    return task.members if isinstance(task, SharedPrefix) else task
+    return task.members if isinstance(task, SharedGroups) else task
 
 
 def _targets(w: Window, enc: Encoded) -> np.ndarray:
@@ -845,13 +911,16 @@ def _plain_cache(cache: object) -> bool:
     return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-def _expanded(cache: object, rows: int, config: object) -> object:
-    """A fresh key/value cache holding `cache`'s keys and values for each of `rows` rows (the new tokens grow it)."""
+def _rows_of(cache: object, rows: Sequence[int], config: object) -> object:
+    """A fresh key/value cache whose row r holds `cache`'s row rows[r] (the new tokens grow it)."""
     from transformers import DynamicCache
 
-    return DynamicCache(
-        ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v, *_ in cache], config=config
-    )
+    if len(set(rows)) == 1:  # one prefix for every row: views of it, copied only as the new tokens join them
+        take = lambda t: t[rows[0] : rows[0] + 1].expand(len(rows), -1, -1, -1)  # noqa: E731
+    else:
+        index = torch.tensor(rows, device=next(iter(cache))[0].device)
+        take = lambda t: t.index_select(0, index)  # noqa: E731
+    return DynamicCache(ddp_cache_data=[(take(k), take(v)) for k, v, *_ in cache], config=config)
 
 
 def _fill(

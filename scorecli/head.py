@@ -214,15 +214,23 @@ class OutputHead:
         input_ids: torch.Tensor,
         past_key_values: object | None = None,
         position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, object]:
         """The states `score_states` takes of `input_ids` after the tokens cached in `past_key_values`, and the cache.
 
         Without a cache, the returned one holds `input_ids`' keys and values, for inputs that continue them.
+        `attention_mask` [rows, cached + new] (where given) marks the cached and new positions each row sees.
         """
         # The model's own (eager) base: a compiled one is built for inputs without a cache.
         module = self.model.base_model if self.chunked else self.model
         name = _cache_keyword(type(module))
-        out = module(input_ids=input_ids, position_ids=position_ids, use_cache=True, **{name: past_key_values})
+        out = module(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **{name: past_key_values},
+        )
         cache = out[name]
         if not self.chunked:
             return out.logits, cache

@@ -9,14 +9,14 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import interrupt_after, reference_scores, sample_texts
+from conftest import interrupt_after, reference_scores, reference_sequence, sample_texts
 from test_engine import _LargestVocabTensor, vocab_in_chunks
 from test_response import TEMPLATE, _with_chat_template
 from test_resume import _assert_same_results
 from typer.testing import CliRunner
 
 from scorecli.cli import app
-from scorecli.engine import CACHED_WEIGHT, Scorer, ScoringInterrupted
+from scorecli.engine import CACHED_WEIGHT, ScoreProgress, Scorer, ScoringInterrupted
 from scorecli.faults import FAULT_ENV
 from scorecli.head import output_head
 from scorecli.inputs import Record
@@ -143,9 +143,10 @@ def _spy_groups(monkeypatch):
     groups = []
     original = Scorer._score_shared
 
-    def spy(self, group, length, encoded):
-        groups.append((list(group), length, [int(encoded[w.doc].targets.argmax()) for w in group]))
-        return original(self, group, length, encoded)
+    def spy(self, shared, encoded):
+        for group, length in shared:
+            groups.append((list(group), length, [int(encoded[w.doc].targets.argmax()) for w in group]))
+        return original(self, shared, encoded)
 
     monkeypatch.setattr(Scorer, "_score_shared", spy)
     return groups
@@ -212,10 +213,10 @@ def test_expanded_cache_stays_within_the_token_budget(tiny, monkeypatch):
     calls = []
     original = head.cached_states
 
-    def spy(input_ids, past_key_values=None, position_ids=None):
+    def spy(input_ids, past_key_values=None, position_ids=None, attention_mask=None):
         cached = 0 if past_key_values is None else past_key_values.get_seq_length()
         calls.append((input_ids.shape[0], cached, input_ids.shape[1]))
-        return original(input_ids, past_key_values, position_ids)
+        return original(input_ids, past_key_values, position_ids, attention_mask)
 
     monkeypatch.setattr(head, "cached_states", spy)
     _compare(tiny, _grpo(n_prompts=2, n_responses=8), batch_tokens=1000, workers=1)
@@ -431,3 +432,132 @@ def test_ctrl_c_then_resume_with_sharing_equals_an_uninterrupted_run_bit_for_bit
     _assert_same_results(out, tmp_path / "straight")
     summary = json.loads((out / "summary.json").read_text())["summary"]
     assert summary["shared_tokens"] > 0 and summary["sessions"] == 2
+
+
+# Many groups scored together: prefixes of several groups in one padded pass, their continuations in shared passes
+
+
+def _questions(vocab: int, n: int = 12, seed: int = 0):
+    """Token sequences as lm-eval asks for them: questions (contexts of many lengths) with 1-5 choices of 1-6 tokens.
+
+    Returns the sequences, each one's first scored position, and the unshared sequences mixed in (their indices).
+    """
+    rng = random.Random(seed)
+    seqs, first, alone = [], [], []
+    for q in range(n):
+        context = [rng.randrange(2, vocab) for _ in range(6 + (q * 7) % 31)]
+        for _ in range(1 + q % 5):  # a question of one choice shares with nothing
+            choice = [rng.randrange(2, vocab) for _ in range(rng.randint(1, 6))]
+            seqs.append(context + choice)
+            first.append(len(context))
+        if q % 3 == 0:
+            alone.append(len(seqs))
+            seqs.append([rng.randrange(2, vocab) for _ in range(rng.randint(2, 20))])
+            first.append(rng.randint(1, len(seqs[-1]) - 1))
+    return seqs, first, alone
+
+
+def _spy_tasks(monkeypatch):
+    """Record the prefix lengths of the groups of each shared task the engine scores."""
+    tasks = []
+    original = Scorer._score_shared
+
+    def spy(self, shared, encoded):
+        tasks.append([length for _, length in shared])
+        return original(self, shared, encoded)
+
+    monkeypatch.setattr(Scorer, "_score_shared", spy)
+    return tasks
+
+
+def _assert_sequences_equal_the_reference(model, seqs, first, scores):
+    """Each sequence's log-probs and entropies from `first` on equal the plain reference, one sequence at a time."""
+    for seq, start, score in zip(seqs, first, scores, strict=True):
+        ref_lp, ref_ent = reference_sequence(model, seq)
+        assert len(score["logprob"]) == len(seq) - start
+        assert np.abs(score["logprob"] - ref_lp[start - 1 :].numpy()).max() <= TOL
+        assert np.abs(score["entropy"] - ref_ent[start - 1 :].numpy()).max() <= TOL
+
+
+@pytest.mark.parametrize("batch_tokens", [48, 4096])
+def test_many_groups_scored_together_equal_the_plain_reference(tiny, monkeypatch, batch_tokens):
+    seqs, first, alone = _questions(len(tiny.tokenizer))
+    tasks = _spy_tasks(monkeypatch)
+    state = ScoreProgress()
+    scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=batch_tokens, min_shared_prefix=4, workers=1)
+    scores = scorer.score_sequences(seqs, first, state)
+    _assert_sequences_equal_the_reference(tiny.model, seqs, first, scores)
+    # Tokens fed: each group's start once, then every continuation (the plan's, whatever the batches)
+    groups = plan_prefixes([np.array(s) for s in seqs], 4)
+    lengths = [len(s) for s in seqs]
+    grouped = {i for g in groups for i in g.members}
+    assert not grouped & set(alone) and len(groups) == sum(1 + q % 5 > 1 for q in range(12))
+    fed = sum(g.fed(lengths) for g in groups) + sum(n - 1 for i, n in enumerate(lengths) if i not in grouped)
+    assert (state.tokens_fed, state.tokens_shared) == (fed, sum(n - 1 for n in lengths) - fed)
+    assert state.tokens_done == sum(len(s) - f for s, f in zip(seqs, first)) and state.docs_done == len(seqs)
+    assert sorted(n for t in tasks for n in t) == sorted(g.length for g in groups)
+    if batch_tokens == 4096:  # every group in a few tasks, prefixes of many lengths in one pass
+        assert max(len(t) for t in tasks) >= 4 and max(len(set(t)) for t in tasks) >= 4
+    else:  # padded prefixes within the budget, unless alone
+        assert len(tasks) > 2 and all(len(t) * max(t) <= batch_tokens for t in tasks if len(t) > 1)
+        assert any(len(t) > 1 for t in tasks)
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_many_groups_with_eager_attention(style, request):
+    """The mask over cached and new positions gives the same scores under eager attention as under SDPA."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = request.getfixturevalue(f"{style}_dir")
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    seqs, first, _ = _questions(len(tokenizer), n=8, seed=1)
+    scorer = Scorer(model, tokenizer, batch_tokens=256, min_shared_prefix=4, workers=1)
+    assert model.config._attn_implementation == "eager"
+    _assert_sequences_equal_the_reference(model, seqs, first, scorer.score_sequences(seqs, first))
+
+
+def _few_shot(n=10, seed=0):
+    """Prompt/response records: questions after preambles of 1-4 sample sentences, 1-4 responses each, and others."""
+    rng = random.Random(seed)
+    records = []
+    for q in range(n):
+        prompt = " ".join(w[:20] for w in rng.sample(WORDS, 1 + q % 4)) + f"\nQuestion {q}: which?\nAnswer:"
+        for r in range(1 + (q * 3) % 4):
+            response = " " + rng.choice(WORDS)[: 5 + 7 * r]
+            records.append(Record(len(records), prompt + response, spans=((len(prompt), len(prompt + response)),)))
+        if q % 4 == 0:
+            records.append(Record(len(records), rng.choice(WORDS)))
+    return records
+
+
+def test_many_groups_with_a_reference_model_and_top_k(tiny_pair, monkeypatch):
+    model, ref = tiny_pair
+    tasks = _spy_tasks(monkeypatch)
+    _compare(model, _few_shot(), ref_model=ref.model, top_k=3, batch_tokens=2048, workers=1)
+    assert any(len(set(t)) > 1 for t in tasks)  # groups of other prefix lengths scored together
+
+
+def test_many_groups_in_prompt_response_records_and_the_plan(tiny, monkeypatch):
+    tasks = _spy_tasks(monkeypatch)
+    records = _few_shot(n=14, seed=2)
+    scores, state = _compare(tiny, records, batch_tokens=256)
+    assert any(len(set(t)) > 1 for t in tasks)
+    for score, record in zip(scores, records):  # the responses against the plain reference
+        ref_lp, _ = reference_scores(tiny.model, tiny.tokenizer, record.text)
+        assert np.abs(score.logprobs - ref_lp[-len(score.logprobs) :].numpy()).max(initial=0) <= TOL
+    # The plan counts the passes that run: prefixes of several groups in one, padded within the budget
+    scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=256, min_shared_prefix=4)
+    passes = [p for plan in scorer.plan_buffers(records) for task in plan.tasks for p in task]
+    assert sum(p.tokens for p in passes) == state.tokens_fed
+    prefixes = [p for task in (t for plan in scorer.plan_buffers(records) for t in plan.tasks) for p in task[:1]]
+    assert any(p.rows > 1 for p in prefixes if not p.cached)
+    assert all(p.padded <= 256 for p in passes if p.rows > 1 and not p.cached)
+    assert all(p.rows * (p.width + p.cached // CACHED_WEIGHT) <= 256 or p.rows == 1 for p in passes if p.cached)
+
+
+@pytest.mark.realmodel
+def test_smollm_many_questions_scored_together(smollm):
+    seqs, first, _ = _questions(smollm.tokenizer.vocab_size, n=6, seed=3)
+    scorer = Scorer(smollm.model, smollm.tokenizer, batch_tokens=512, min_shared_prefix=4, workers=1)
+    _assert_sequences_equal_the_reference(smollm.model, seqs, first, scorer.score_sequences(seqs, first))
