@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 MAX_SECONDS, MAX_MB = 10.0, 500.0
 _MEASURE = """
 import json, resource, sys, time
-from scorecli.bootstrap import corpus_intervals, sequence_sums
+from scorecli.analysis.bootstrap import corpus_intervals, sequence_sums
 started = time.perf_counter()
 figures = corpus_intervals(sequence_sums([sys.argv[1]]))
 seconds = time.perf_counter() - started

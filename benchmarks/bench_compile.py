@@ -2,7 +2,7 @@
 
     python benchmarks/bench_compile.py [--model PATH] [--dtype float32] [--repeat 3]
 
-Compiles as a scoring run does (scorecli.compiled.CompiledForward, the kernels cached in the scorecli cache
+Compiles as a scoring run does (scorecli.engine.compiled.CompiledForward, the kernels cached in the scorecli cache
 folder: a second run of this script measures the warm cache), then times the forward pass of batches of
 several shapes eagerly and compiled, best of --repeat, and prints tokens/s and their ratio.
 """
@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from scorecli.compiled import CompiledForward
-from scorecli.models import load_model
+from scorecli.engine.compiled import CompiledForward
+from scorecli.engine.models import load_model
 
 SHAPES = ((4, 256), (1, 1000), (8, 128), (2, 500))
 

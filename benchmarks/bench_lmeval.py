@@ -51,7 +51,7 @@ def one_run(backend: str, tasks: str, model_args: str, batch_size: int, limit: i
     from lm_eval.tasks import TaskManager
 
     if backend == "scorecli":
-        import scorecli.harness  # noqa: F401  (registers the model)
+        import scorecli.executors.harness  # noqa: F401  (registers the model)
     start = time.perf_counter()
     lm = get_model(backend).create_from_arg_string(model_args, {"batch_size": batch_size})
     loaded = time.perf_counter()
@@ -86,7 +86,7 @@ def run(
 
 def smollm_folder() -> str:
     """The transformers folder scorecli converts the embedded GGUF model to (converting it once if needed)."""
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
 
     return load_model(None, device="cpu", dtype="float32").tokenizer.name_or_path
 

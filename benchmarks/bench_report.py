@@ -23,12 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scorecli.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA
+from scorecli.data.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA
 
 MAX_SECONDS = 60.0
 _MEASURE = """
 import resource, sys, time
-from scorecli.report import build_report
+from scorecli.analysis.report import build_report
 started = time.perf_counter()
 build_report(sys.argv[1], out=sys.argv[2])
 print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -119,7 +119,7 @@ def main() -> None:
         reference_run(args.reference[0], args.corpus, int(args.reference[1]), args.reference[2])
         return
 
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
 
     loaded = load_model(args.model, device="cpu", dtype="float32")  # converts and caches a GGUF once: warm
     folder = str(loaded.model.name_or_path)  # the converted folder for a GGUF, else what --model named

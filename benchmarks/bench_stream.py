@@ -108,9 +108,9 @@ def main() -> None:
     options += ["--limit", str(args.limit)] if args.limit else []
     options += ["--batch-tokens", str(args.batch_tokens)] if args.batch_tokens else []
 
-    from scorecli.engine import Scorer
-    from scorecli.inputs import read_records
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
+    from scorecli.engine.scorer import Scorer
+    from scorecli.inputs.records import read_records
 
     loaded = load_model(args.model, device="cpu", dtype="float32")  # converts and caches a GGUF once: warm
     records = list(read_records(args.corpus, limit=args.limit))

@@ -79,7 +79,7 @@ def score(tree: Path, case: str, args: list[str], model: str | None, folder: Pat
 
 def _default_model(tree: Path) -> str:
     """The embedded SmolLM2's GGUF file, for the cases that name it as a reference model."""
-    code = "from scorecli.models import default_model_path; print(default_model_path())"
+    code = "from scorecli.engine.models import default_model_path; print(default_model_path())"
     env = {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return proc.stdout.strip()

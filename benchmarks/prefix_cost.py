@@ -53,9 +53,9 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=None, help="as scorecli score's (default: the device's)")
     args = parser.parse_args()
 
-    from scorecli.engine import Scorer
-    from scorecli.inputs import Fields, read_records
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
+    from scorecli.engine.scorer import Scorer
+    from scorecli.inputs.records import Fields, read_records
 
     loaded = load_model(args.model, device="cpu", dtype="float32")
     config = loaded.model.config

@@ -73,11 +73,11 @@ PRELOAD = (
     "transformers.models.auto.modeling_auto",
     "transformers.models.auto.tokenization_auto",
     "scorecli.cli",
-    "scorecli.engine",
-    "scorecli.models",
-    "scorecli.outputs",
-    "scorecli.runs",
-    "scorecli.bootstrap",
+    "scorecli.engine.scorer",
+    "scorecli.engine.models",
+    "scorecli.runfolder.outputs",
+    "scorecli.runfolder.runs",
+    "scorecli.analysis.bootstrap",
 )
 
 

@@ -1,4 +1,7 @@
-"""scorecli: exact, lean, fast per-token log-probabilities and entropies from causal language models."""
+"""scorecli: exact, lean, fast per-token log-probabilities and entropies from causal language models.
+
+Layer: front. Each public name is imported from its module on first use, so `import scorecli` stays light.
+"""
 
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
@@ -13,29 +16,29 @@ _EXPORTS = {
     "score": "scorecli.api",
     "run": "scorecli.runner",
     "RunResult": "scorecli.runner",
-    "ScoreOptions": "scorecli.options",
-    "RunProgress": "scorecli.session",
-    "RunInterrupted": "scorecli.interrupts",
-    "open_run": "scorecli.rundocs",
-    "FinishedRun": "scorecli.rundocs",
-    "DocScore": "scorecli.scores",
-    "Scorer": "scorecli.engine",
-    "get_response_log_probs": "scorecli.head",
-    "get_response_kl": "scorecli.head",
-    "ScoringInterrupted": "scorecli.engine",
-    "Record": "scorecli.inputs",
-    "Fields": "scorecli.inputs",
-    "Rejected": "scorecli.inputs",
-    "read_records": "scorecli.inputs",
-    "render_chat": "scorecli.chat",
-    "LoadedModel": "scorecli.models",
-    "load_model": "scorecli.models",
-    "read_metadata": "scorecli.outputs",
-    "ScorecliError": "scorecli.errors",
-    "UsageError": "scorecli.errors",
-    "InputError": "scorecli.errors",
-    "ModelError": "scorecli.errors",
-    "OutputError": "scorecli.errors",
+    "ScoreOptions": "scorecli.data.options",
+    "RunProgress": "scorecli.executors.session",
+    "RunInterrupted": "scorecli.base.interrupts",
+    "open_run": "scorecli.runfolder.rundocs",
+    "FinishedRun": "scorecli.runfolder.rundocs",
+    "DocScore": "scorecli.data.scores",
+    "Scorer": "scorecli.engine.scorer",
+    "get_response_log_probs": "scorecli.engine.head",
+    "get_response_kl": "scorecli.engine.head",
+    "ScoringInterrupted": "scorecli.engine.scorer",
+    "Record": "scorecli.inputs.records",
+    "Fields": "scorecli.inputs.records",
+    "Rejected": "scorecli.inputs.records",
+    "read_records": "scorecli.inputs.records",
+    "render_chat": "scorecli.engine.chat",
+    "LoadedModel": "scorecli.engine.models",
+    "load_model": "scorecli.engine.models",
+    "read_metadata": "scorecli.runfolder.outputs",
+    "ScorecliError": "scorecli.base.errors",
+    "UsageError": "scorecli.base.errors",
+    "InputError": "scorecli.base.errors",
+    "ModelError": "scorecli.base.errors",
+    "OutputError": "scorecli.base.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,10 +1,13 @@
-"""The `scorecli` command (also `python -m scorecli`): Ctrl-C is held from the very start (see interrupts.py)."""
+"""The `scorecli` command (also `python -m scorecli`): Ctrl-C is held from the very start (see base/interrupts.py).
+
+Layer: front. Nothing imports it: it is the entry point.
+"""
 
 import atexit
 import os
 import sys
 
-from scorecli import faults, interrupts
+from scorecli.base import faults, interrupts
 
 EXIT_INTERRUPTED = 130
 

@@ -1,7 +1,9 @@
 """`scorecli.score`: texts, records or input files in, one table of scores out as a pandas DataFrame; nothing written.
 
-Built on the library's pieces (readers, `Scorer`, the Arrow tables of tables.py): the DataFrame has the
+Built on the library's pieces (readers, `Scorer`, the Arrow tables of data/tables.py): the DataFrame has the
 columns of the Parquet file of the same rows, with the same values.
+
+Layer: front. It must not import the command line (cli.py) nor typer.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scorecli.errors import InputError, UsageError
-from scorecli.inputs import Fields, Record, fields_of, parse_choice_fields, read_rows
+from scorecli.base.errors import InputError, UsageError
+from scorecli.inputs.records import Fields, Record, fields_of, parse_choice_fields, read_rows
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from scorecli.choices import ChoiceLayout
-    from scorecli.engine import Scorer
-    from scorecli.kept import KeptTypes
-    from scorecli.models import LoadedModel
+    from scorecli.data.choices import ChoiceLayout
+    from scorecli.engine.models import LoadedModel
+    from scorecli.engine.scorer import Scorer
+    from scorecli.inputs.kept import KeptTypes
 
 ROWS = ("sequences", "tokens", "words")
 # A str ending so (and on one line) names an input file; any other str is a text to score.
@@ -75,10 +77,10 @@ def score(
     import pyarrow as pa
 
     from scorecli import __version__
-    from scorecli.choices import SEQUENCE_NAMES, ChoiceLayout
-    from scorecli.engine import Scorer
-    from scorecli.kept import parse_keep_fields, types_metadata
-    from scorecli.scores import SEQUENCE_COLUMNS
+    from scorecli.data.choices import SEQUENCE_NAMES, ChoiceLayout
+    from scorecli.data.scores import SEQUENCE_COLUMNS
+    from scorecli.engine.scorer import Scorer
+    from scorecli.inputs.kept import parse_keep_fields, types_metadata
 
     choices = parse_choice_fields(choices_field)
     kinds = (*ROWS, "choices") if choices else ROWS
@@ -149,8 +151,8 @@ def _records(
     inputs: object, fields: Fields, limit: int | None, texts_allowed: bool
 ) -> tuple[Iterator[Record], KeptTypes]:
     """The records `inputs` hold, read with `fields`, and the Arrow types of their kept fields."""
-    from scorecli.corpus import expand_inputs, read_corpus
-    from scorecli.kept import kept_types
+    from scorecli.inputs.corpus import expand_inputs, read_corpus
+    from scorecli.inputs.kept import kept_types
 
     if hasattr(inputs, "to_dict") and hasattr(inputs, "columns"):  # a pandas DataFrame: its rows are records
         items: list = inputs.to_dict("records")
@@ -195,7 +197,7 @@ def _check_loading(
     ref_revision: str | None,
 ) -> None:
     """Raise UsageError for a loading option that no model loaded here takes (each was given loaded)."""
-    from scorecli.models import LoadedModel
+    from scorecli.engine.models import LoadedModel
 
     given = isinstance(model, LoadedModel)
     ref_given = ref_model is None or isinstance(ref_model, LoadedModel)
@@ -221,7 +223,7 @@ def _model(
     trust_remote_code: bool,
 ) -> LoadedModel:
     """A model given loaded, or loaded from its name, shared with other callers that only score it too."""
-    from scorecli.models import LoadedModel, load_model
+    from scorecli.engine.models import LoadedModel, load_model
 
     if isinstance(model, LoadedModel):
         return model
@@ -236,8 +238,8 @@ def _tables(
 
     Records with choices (`layout`, their tables') are never split between two tables.
     """
-    from scorecli.choices import choice_sequence_table, choice_table, group, scored
-    from scorecli.tables import sequence_table, token_table, word_schema, word_table
+    from scorecli.data.choices import choice_sequence_table, choice_table, group, scored
+    from scorecli.data.tables import sequence_table, token_table, word_schema, word_table
 
     def table(docs: list) -> pa.Table:
         if layout is not None:
@@ -265,7 +267,7 @@ def _typed_kept(table: pa.Table, kept: KeptTypes) -> pa.Table:
     """The kept fields of JSON records typed as a run's sequences.parquet types them (JSON text where none fits)."""
     import pyarrow as pa
 
-    from scorecli.kept import final_fields, json_types, typed
+    from scorecli.inputs.kept import final_fields, json_types, typed
 
     names = [name for name, kind in kept.items() if kind is None]
     if not names:

@@ -2,6 +2,8 @@
 
 The only module that imports Typer, and the only one that prints: the library (runner.py and below) reports
 progress to callbacks and raises its errors, which are rendered here as one line and an exit code.
+
+Layer: front. Nothing imports it but the entry point, __main__.py.
 """
 
 from __future__ import annotations
@@ -24,20 +26,22 @@ from rich.status import Status
 from rich.text import Text
 from typer.core import TyperGroup
 
-from scorecli import __version__, interrupts, options
-from scorecli.corpus import expand_inputs
-from scorecli.errors import ScorecliError, UsageError, one_line, shown
-from scorecli.inputs import Rejected
-from scorecli.options import SPECS, TYPES, ScoreOptions
-from scorecli.session import RESUME_SKIPPING
-from scorecli.summary_view import render
+from scorecli import __version__
+from scorecli.analysis.summary_view import render
+from scorecli.base import interrupts
+from scorecli.base.errors import ScorecliError, UsageError, one_line, shown
+from scorecli.data import options
+from scorecli.data.options import SPECS, TYPES, ScoreOptions
+from scorecli.executors.session import RESUME_SKIPPING
+from scorecli.inputs.corpus import expand_inputs
+from scorecli.inputs.records import Rejected
 
-# torch, transformers and pyarrow load inside the command, after Ctrl-C is deferred (see interrupts.py), so
+# torch, transformers and pyarrow load inside the command, after Ctrl-C is deferred (see base/interrupts.py), so
 # that `--help` stays fast and an early Ctrl-C never lands inside their native initialisation.
 if TYPE_CHECKING:
-    from scorecli.interrupts import RunInterrupted
-    from scorecli.models import LoadStep
-    from scorecli.session import RunProgress
+    from scorecli.base.interrupts import RunInterrupted
+    from scorecli.engine.models import LoadStep
+    from scorecli.executors.session import RunProgress
 
 
 class _OneLineErrors(TyperGroup):
@@ -72,7 +76,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 # The command-line flag of each library argument (or argument setting) that error messages name: every
-# scoring option's (options.py), and the other arguments of the commands.
+# scoring option's (data/options.py), and the other arguments of the commands.
 FLAGS = {
     **options.flags(),
     "inputs": "INPUT",
@@ -164,7 +168,7 @@ _OWN_PARAMETERS = {
 
 
 def _score_parameters() -> list[inspect.Parameter]:
-    """The parameters of `score`: INPUT, every scoring option (options.py) and the command line's own."""
+    """The parameters of `score`: INPUT, every scoring option (data/options.py) and the command line's own."""
     keyword = inspect.Parameter.KEYWORD_ONLY
     parameters = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
@@ -194,7 +198,7 @@ def score(ctx: typer.Context, **values: object) -> None:
     console = Console(stderr=True, quiet=values["quiet"])
     with _reported_errors():
         with interrupts.deferred("tables"):  # pyarrow's native parts, held like torch's (session.load_models)
-            from scorecli.interrupts import RunInterrupted
+            from scorecli.base.interrupts import RunInterrupted
             from scorecli.runner import run
         # Options, input and output folder are all checked before torch imports and the model loads, so
         # mistakes fail at once.
@@ -375,7 +379,7 @@ def summary(
 ) -> None:
     """Print the summary of a finished run again (on stdout: here it is the output), from DIR/summary.json."""
     with _reported_errors({**FLAGS, "out_dir": ""}):  # DIR is an argument here, not --out
-        from scorecli.runs import read_summary
+        from scorecli.runfolder.runs import read_summary
 
         figures, metadata = read_summary(Path(out_dir))
         Console().print(render(figures, metadata))
@@ -401,7 +405,7 @@ def filter_command(
     """Copy the original records of INPUT whose perplexity in a finished run passes a threshold or bucket."""
     console = Console(stderr=True, quiet=quiet)
     with _reported_errors():
-        from scorecli.filter import describe, filter_corpus, parse_buckets
+        from scorecli.analysis.filter import describe, filter_corpus, parse_buckets
 
         result = filter_corpus(
             expand_inputs(input),
@@ -462,7 +466,7 @@ def compare(
 
     Two choice runs (--choices-field): accuracies with paired intervals, and the records whose verdict changed.
     """
-    from scorecli.compare import compare_runs, render_comparison, write_comparison
+    from scorecli.analysis.compare import compare_runs, render_comparison, write_comparison
 
     with _reported_errors():
         comparison = compare_runs(run_a, run_b)
@@ -482,7 +486,7 @@ def show(
     by: str = typer.Option("surprisal", "--by", help="Colour tokens by surprisal, entropy, kl or rank."),
 ) -> None:
     """Show one document of a run with each token coloured by its surprisal (or entropy, KL, rank)."""
-    from scorecli.show import render_document
+    from scorecli.analysis.show import render_document
 
     with _reported_errors():
         Console().print(render_document(run, doc=doc, doc_id=doc_id, by=by))
@@ -495,7 +499,7 @@ def report(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="The HTML file to write. Default: DIR/report.html."),
 ) -> None:
     """Write one self-contained HTML report of a run: figures, charts and token heatmaps, offline."""
-    from scorecli.report import build_report
+    from scorecli.analysis.report import build_report
 
     with _reported_errors():
         path = build_report(run, compare=compare, out=out)
@@ -539,6 +543,6 @@ def lm_eval_command(ctx: typer.Context) -> None:
             import lm_eval  # noqa: F401
         except ImportError:
             raise UsageError("needs lm-evaluation-harness: pip install 'scorecli[lm-eval]'") from None
-        from scorecli.harness import run_cli
+        from scorecli.executors.harness import run_cli
 
         run_cli(ctx.args)

@@ -1,11 +1,12 @@
 """`scorecli.run`: the resumable run as a library call, in one process or on a Ray cluster.
 
 A run reads its inputs as one corpus, locks its output folder, saves parts as it scores, resumes from
-them, finishes in one committed step and returns its summary (runs.py keeps the folder's protocol,
-session.py scores, scaleout.py shards the corpus on Ray). It never prints and never exits: it reports
-progress to a callback, raises the user errors of errors.py, and `RunInterrupted` (a KeyboardInterrupt)
-carrying what it saved when Ctrl-C (or, with `signals`, SIGTERM) stops it while it scores. This module must
-not import the command line.
+them, finishes in one committed step and returns its summary (runfolder/runs.py keeps the folder's protocol,
+executors/session.py scores, executors/scaleout.py shards the corpus on Ray). It never prints and never
+exits: it reports progress to a callback, raises the user errors of base/errors.py, and `RunInterrupted` (a
+KeyboardInterrupt) carrying what it saved when Ctrl-C (or, with `signals`, SIGTERM) stops it while it scores.
+
+Layer: front. It must not import the command line (cli.py) nor typer.
 """
 
 from __future__ import annotations
@@ -18,9 +19,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
-from scorecli import __version__, interrupts, scaleout
-from scorecli.choices import choice_layout
-from scorecli.corpus import (
+from scorecli import __version__
+from scorecli.base import interrupts
+from scorecli.base.errors import OutputError, UsageError
+from scorecli.base.interrupts import RunInterrupted
+from scorecli.data.choices import choice_layout
+from scorecli.data.options import SPECS, ScoreOptions, resolved_inputs, resolved_path
+from scorecli.executors import scaleout
+from scorecli.executors.session import Progress, Selection, Session, load_models, make_scorer
+from scorecli.inputs.corpus import (
     corpus_bytes,
     corpus_metadata,
     count_corpus,
@@ -29,14 +36,10 @@ from scorecli.corpus import (
     is_pattern,
     read_corpus,
 )
-from scorecli.errors import OutputError, UsageError
-from scorecli.inputs import STDIN, Fields, Rejected
-from scorecli.interrupts import RunInterrupted
-from scorecli.kept import kept_types
-from scorecli.layout import is_sharded_run
-from scorecli.options import SPECS, ScoreOptions, resolved_inputs, resolved_path
-from scorecli.runs import RunState, check_resume
-from scorecli.session import Progress, Selection, Session, load_models, make_scorer
+from scorecli.inputs.kept import kept_types
+from scorecli.inputs.records import STDIN, Fields, Rejected
+from scorecli.runfolder.layout import is_sharded_run
+from scorecli.runfolder.runs import RunState, check_resume
 
 
 @dataclass(frozen=True)
@@ -269,7 +272,7 @@ def run_metadata(sources: list[str], options: ScoreOptions, fields: Fields, sepa
 
 def _expected_tokens(sources: list[str], limit: int | None, records: int | None = None) -> int | None:
     """The tokens compile auto weighs, from the input's size; `records`, where already counted, spares a count."""
-    from scorecli.compiled import expected_tokens
+    from scorecli.engine.compiled import expected_tokens
 
     if limit and records is None:
         records = count_corpus(sources)

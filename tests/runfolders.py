@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scorecli.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA
+from scorecli.data.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA
 
 TEXTS = [
     "The cat sat on the mat.",

@@ -18,7 +18,7 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "scorecli"
 PAGE = ROOT / "docs" / "architecture.md"
-HEAVY = ("torch", "transformers", "rich", "typer", "ray", "plotly")
+HEAVY = ("torch", "transformers", "rich", "typer", "ray", "plotly", "lm_eval")
 
 
 @dataclass
@@ -147,11 +147,24 @@ def test_a_module_imports_only_from_the_layers_its_layer_may_import(path):
 
 
 def test_pure_modules_import_no_other_scorecli_module_and_stats_no_model_code():
-    pure = ["stats.py", "prefix.py", "words.py", "heat.py", "bootstrap.py", "errors.py", "faults.py", "measures.py"]
+    pure = [
+        "engine/stats.py",
+        "engine/prefix.py",
+        "data/words.py",
+        "analysis/heat.py",
+        "analysis/bootstrap.py",
+        "base/errors.py",
+        "base/faults.py",
+        "data/measures.py",
+    ]
     assert {p: sorted(MODULES[p].scorecli) for p in pure if MODULES[p].scorecli} == {}
-    assert MODULES["interrupts.py"].scorecli <= {"faults.py"}
-    assert MODULES["stats.py"].libraries & set(HEAVY) == {"torch"}
-    assert not {p for p in ["prefix.py", "words.py", "heat.py", "bootstrap.py"] if "torch" in MODULES[p].libraries}
+    assert MODULES["base/interrupts.py"].scorecli <= {"base/faults.py"}
+    assert MODULES["engine/stats.py"].libraries & set(HEAVY) == {"torch"}
+    assert not {
+        p
+        for p in ["engine/prefix.py", "data/words.py", "analysis/heat.py", "analysis/bootstrap.py"]
+        if "torch" in MODULES[p].libraries
+    }
 
 
 def test_only_the_cli_imports_typer():
@@ -196,16 +209,19 @@ def test_the_library_never_prints_and_never_exits():
 
 
 def test_the_checks_see_what_they_check():
-    # The readers above find what is there: cli.py's typer, engine.py's torch, its lazy import of transformers,
+    # The readers above find what is there: cli.py's typer, engine/scorer.py's torch, its lazy import of transformers,
     # a function-level import of another module, and a TYPE_CHECKING import left out.
-    assert "typer" in MODULES["cli.py"].libraries and {"torch", "transformers"} <= MODULES["engine.py"].libraries
-    assert "session.py" in MODULES["scaleout.py"].scorecli and "engine.py" in MODULES["session.py"].scorecli
-    assert "scores.py" not in MODULES["summary.py"].scorecli
+    assert "typer" in MODULES["cli.py"].libraries and {"torch", "transformers"} <= MODULES["engine/scorer.py"].libraries
+    assert (
+        "executors/session.py" in MODULES["executors/scaleout.py"].scorecli
+        and "engine/scorer.py" in MODULES["executors/session.py"].scorecli
+    )
+    assert "data/scores.py" not in MODULES["analysis/summary.py"].scorecli
     assert _prints_or_exits(ast.parse("import sys\nprint(1)\nsys.stderr.write('x')\n")) == [
         "line 2: print()",
         "line 3: sys.stderr",
     ]
-    assert "stats.py" in LAYER_OF and LAYERS["engine"][1] == {"torch", "transformers"}
+    assert "engine/stats.py" in LAYER_OF and LAYERS["engine"][1] == {"torch", "transformers"}
 
 
 def test_no_module_imports_another_modules_private_names():
@@ -215,3 +231,30 @@ def test_no_module_imports_another_modules_private_names():
 def test_the_cli_defines_no_class_but_its_error_renderer():
     classes = [node.name for node in MODULES["cli.py"].tree.body if isinstance(node, ast.ClassDef)]
     assert len(classes) == 1 and re.search(r"Error", classes[0]), classes
+
+
+def _either(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def must_not_import(layer: str) -> str:
+    """The sentence that ends the docstring of each module of a layer, as the page's layers table says it."""
+    inner, heavy = LAYERS[layer]
+    layers = [f"the {other}" for other in LAYERS if other not in inner]
+    libraries = [lib for lib in HEAVY if lib not in heavy]
+    return f"Layer: {layer}. It must not import {_either(layers)} of scorecli, nor {_either(libraries)}."
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if "/" in p])
+def test_each_module_of_a_layer_folder_says_what_it_must_not_import(path):
+    layer = LAYER_OF[path]
+    assert LAYER_OF.get(f"{path.split('/')[0]}/__init__.py") == layer, f"{path} is not in its folder's layer"
+    docstring = " ".join((ast.get_docstring(MODULES[path].tree) or "").split())
+    assert must_not_import(layer) in docstring, f"{path}'s docstring does not end with its layer's rule"
+
+
+def test_the_front_is_the_top_level_and_every_other_layer_a_folder():
+    folders = {path.split("/")[0]: LAYER_OF[path] for path in MODULES if "/" in path}
+    top = {LAYER_OF[path] for path in MODULES if "/" not in path}
+    assert top == {"front"} and sorted(set(folders.values())) == sorted(set(LAYERS) - {"front"})
+    assert all("Layer: front." in (ast.get_docstring(MODULES[path].tree) or "") for path in MODULES if "/" not in path)

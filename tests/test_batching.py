@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from scorecli.batching import collate, pack
-from scorecli.checks import check_limits
-from scorecli.errors import UsageError
+from scorecli.base.checks import check_limits
+from scorecli.base.errors import UsageError
+from scorecli.engine.batching import collate, pack
 
 
 def test_pack_respects_the_budget_and_sorts_longest_first():

@@ -9,7 +9,7 @@ import pytest
 from conftest import SAMPLES
 from typer.testing import CliRunner
 
-from scorecli.bootstrap import DocSums, corpus_intervals, resample_sums
+from scorecli.analysis.bootstrap import DocSums, corpus_intervals, resample_sums
 from scorecli.cli import app
 
 runner = CliRunner()

@@ -15,8 +15,8 @@ from conftest import SAMPLES, one_line_error
 from typer.testing import CliRunner
 
 import scorecli
+from scorecli.base.errors import OutputError
 from scorecli.cli import app
-from scorecli.errors import OutputError
 
 runner = CliRunner()
 MC = ["--prompt-field", "question", "--choices-field", "choices", "--label-field", "label"]
@@ -281,7 +281,7 @@ def test_show_summary_and_filter_of_a_choice_run(runs, monkeypatch, tmp_path):
         assert f"choice {c}" in words and f"sum {total:.4f}" in words and text.strip() in words
     assert f"predicted (sum) │ {seq['predicted_sum'][2]}" in words and f"{seq['margin'][2]:+.4f}" in words
     # Without the input at hand: the tokens as decoded, no context.
-    monkeypatch.setattr(scorecli.rundocs.FinishedRun, "choice_texts", lambda self, docs: {})
+    monkeypatch.setattr(scorecli.runfolder.rundocs.FinishedRun, "choice_texts", lambda self, docs: {})
     result = runner.invoke(app, ["show", str(runs["pa"]), "--id", "mp1"])
     assert result.exit_code == 0, result.output
     assert "sentence_good" in result.stdout and "(sentence_bad)" in result.stdout

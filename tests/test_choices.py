@@ -13,11 +13,11 @@ from conftest import SAMPLES, reference_sequence
 from typer.testing import CliRunner
 
 import scorecli
-from scorecli.choices import NORMALISATIONS, margin, predict
 from scorecli.cli import app
-from scorecli.engine import Scorer
-from scorecli.inputs import Fields, Record, read_rows
-from scorecli.outputs import read_metadata
+from scorecli.data.choices import NORMALISATIONS, margin, predict
+from scorecli.engine.scorer import Scorer
+from scorecli.inputs.records import Fields, Record, read_rows
+from scorecli.runfolder.outputs import read_metadata
 
 TOL = 1e-4  # nats per token
 runner = CliRunner()

@@ -12,10 +12,10 @@ import torch
 from conftest import SAMPLES, one_line_error, reference_scores, sample_texts
 from typer.testing import CliRunner
 
+from scorecli.base.faults import FAULT_ENV
 from scorecli.cli import app
-from scorecli.faults import FAULT_ENV
-from scorecli.outputs import read_metadata
-from scorecli.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA
+from scorecli.data.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA
+from scorecli.runfolder.outputs import read_metadata
 
 runner = CliRunner()
 SCORECLI = [sys.executable, "-m", "scorecli"]

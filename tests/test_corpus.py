@@ -10,11 +10,11 @@ import torch
 from conftest import SAMPLES, one_line_error
 from typer.testing import CliRunner
 
+from scorecli.base.errors import InputError, UsageError
 from scorecli.cli import app
-from scorecli.corpus import corpus_metadata, decode_separator, expand_inputs, read_corpus
-from scorecli.errors import InputError, UsageError
-from scorecli.inputs import Fields
-from scorecli.outputs import read_metadata
+from scorecli.inputs.corpus import corpus_metadata, decode_separator, expand_inputs, read_corpus
+from scorecli.inputs.records import Fields
+from scorecli.runfolder.outputs import read_metadata
 
 runner = CliRunner()
 

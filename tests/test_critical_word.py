@@ -16,9 +16,9 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
+from scorecli.analysis.summary import critical_figures
 from scorecli.cli import app
-from scorecli.critical import critical_index
-from scorecli.summary import critical_figures
+from scorecli.data.critical import critical_index
 
 TOL = 1e-4
 # Two-choice records: differing mid-sentence, at the first word, identical, one a prefix of the other.

@@ -14,9 +14,9 @@ import pytest
 from conftest import sample_texts
 from typer.testing import CliRunner
 
+from scorecli.base.errors import OutputError, reading
+from scorecli.base.faults import FAULT_ENV
 from scorecli.cli import app
-from scorecli.errors import OutputError, reading
-from scorecli.faults import FAULT_ENV
 
 SCORECLI = [sys.executable, "-m", "scorecli"]
 runner = CliRunner()

@@ -7,11 +7,11 @@ import torch
 from conftest import reference_scores, sample_texts
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from scorecli import stats
-from scorecli.engine import Scorer
-from scorecli.head import OutputHead, get_response_log_probs, output_head
-from scorecli.inputs import Record
-from scorecli.stats import token_stats
+from scorecli.engine import stats
+from scorecli.engine.head import OutputHead, get_response_log_probs, output_head
+from scorecli.engine.scorer import Scorer
+from scorecli.engine.stats import token_stats
+from scorecli.inputs.records import Record
 
 TOL = 1e-4
 TEXTS = sample_texts() + sample_texts("edge_cases.jsonl")
@@ -130,7 +130,7 @@ def test_a_small_buffer_is_split_so_every_worker_has_a_batch(tiny, workers):
 
 
 def test_bos_is_scored_context_and_never_doubled(llama_dir):
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
 
     loaded = load_model(str(llama_dir), device="cpu")
     assert loaded.tokenizer("hello")["input_ids"][0] == loaded.tokenizer.bos_token_id  # the tokenizer adds one itself
@@ -143,7 +143,7 @@ def test_bos_is_scored_context_and_never_doubled(llama_dir):
 
 
 def test_eos_stands_in_for_a_missing_bos(gpt2_dir):
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
 
     loaded = load_model(str(gpt2_dir), device="cpu")
     assert loaded.tokenizer.bos_token_id is None
@@ -277,7 +277,7 @@ def test_real_model_matches_reference(smollm):
 
 
 def test_progress_reports_reach_the_totals(tiny):
-    from scorecli.engine import ScoreProgress
+    from scorecli.engine.scorer import ScoreProgress
 
     seen = []
     scorer = Scorer(tiny.model, tiny.tokenizer, batch_tokens=64, buffer_docs=5)
@@ -294,7 +294,7 @@ def test_progress_reports_reach_the_totals(tiny):
 
 
 def test_special_token_text_is_scored_as_plain_text(llama_dir):
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
 
     loaded = load_model(str(llama_dir), device="cpu")
     text = "<s>hello</s> world"
@@ -335,7 +335,7 @@ def test_no_bos_bytes_start_at_the_first_scored_token(tiny):
 
 
 def test_perplexity_overflows_to_infinity():
-    from scorecli.scores import perplexity
+    from scorecli.data.scores import perplexity
 
     assert perplexity(-800.0) == math.inf and perplexity(-1.0) == pytest.approx(math.e)
 

@@ -11,12 +11,12 @@ import torch._inductor.config
 from conftest import SAMPLES
 from typer.testing import CliRunner
 
-from scorecli import compiled
+from scorecli.base.errors import UsageError
 from scorecli.cli import app
-from scorecli.compiled import _WARM_UP_SHAPES, AUTO_MIN_TOKENS, should_compile
-from scorecli.engine import Scorer
-from scorecli.errors import UsageError
-from scorecli.outputs import read_metadata
+from scorecli.engine import compiled
+from scorecli.engine.compiled import _WARM_UP_SHAPES, AUTO_MIN_TOKENS, should_compile
+from scorecli.engine.scorer import Scorer
+from scorecli.runfolder.outputs import read_metadata
 
 runner = CliRunner()
 CPU = torch.device("cpu")
@@ -51,7 +51,7 @@ def test_compiled_scores_equal_eager_ones_and_the_choice_is_recorded(
 
 
 def test_a_failed_compile_falls_back_to_eager_and_says_why(llama_dir, monkeypatch):
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
 
     loaded = load_model(str(llama_dir), device="cpu", dtype="float32")
 
@@ -72,7 +72,7 @@ def test_a_failed_compile_falls_back_to_eager_and_says_why(llama_dir, monkeypatc
 
 
 def test_auto_compiles_nothing_on_the_cpu_and_says_why():
-    # Whole runs were slower compiled (compiled.py's AUTO_COMPILES_ON_CPU): `auto` must not slow a large run.
+    # Whole runs were slower compiled (engine/compiled.py's AUTO_COMPILES_ON_CPU): `auto` must not slow a large run.
     assert should_compile("auto", CPU, True, 10**9) == (False, compiled.AUTO_CPU_REASON)
     assert should_compile("on", CPU, True, 10**9) == (True, "")
 
@@ -99,7 +99,7 @@ def test_compiling_once_serves_every_width_and_row_count_without_a_causal_mask(l
     # exporting on torch < 2.14) and later batches could recompile; the layers compiled alone do neither.
     from torch._dynamo.utils import counters
 
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
 
     monkeypatch.setenv("SCORECLI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))

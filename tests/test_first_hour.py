@@ -20,12 +20,12 @@ from conftest import ROOT, SAMPLES, one_line_error, reference_scores, sample_tex
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from scorecli import models
+from scorecli.base.errors import InputError, ModelError, OutputError, UsageError
 from scorecli.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, app
-from scorecli.engine import Scorer
-from scorecli.errors import InputError, ModelError, OutputError, UsageError
-from scorecli.inputs import read_records
-from scorecli.outputs import read_metadata
+from scorecli.engine import models
+from scorecli.engine.scorer import Scorer
+from scorecli.inputs.records import read_records
+from scorecli.runfolder.outputs import read_metadata
 
 runner = CliRunner()
 SCORECLI = [sys.executable, "-m", "scorecli"]
@@ -344,7 +344,7 @@ def test_a_library_error_names_the_argument_and_the_cli_the_flag(tmp_path, monke
 
 
 def test_out_dir_not_empty_names_the_argument_in_the_library(tmp_path):
-    from scorecli.runs import claim_out_dir
+    from scorecli.runfolder.runs import claim_out_dir
 
     (tmp_path / "x").write_text("x")
     with pytest.raises(OutputError) as e:

@@ -23,8 +23,8 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
-from scorecli.errors import InputError, UsageError
-from scorecli.harness import ScorecliLM
+from scorecli.base.errors import InputError, UsageError
+from scorecli.executors.harness import ScorecliLM
 
 TOL = 1e-4  # nats per token
 TASKS = ["scorecli_mc", "scorecli_pairs", "scorecli_rolling"]
@@ -262,8 +262,8 @@ def test_cli_subprocess(tasks: Path, gpt2_dir: Path, tmp_path: Path) -> None:
 
 
 def test_cli_errors_name_model_args(tmp_path: Path) -> None:
+    from scorecli.base.errors import ModelError
     from scorecli.cli import LM_EVAL_FLAGS
-    from scorecli.errors import ModelError
 
     missing = tmp_path / "missing"
     with pytest.raises(ModelError) as e:
@@ -275,8 +275,8 @@ def test_cli_errors_name_model_args(tmp_path: Path) -> None:
 
 
 def test_run_cli_passes_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    from scorecli.errors import ScorecliError
-    from scorecli.harness import run_cli
+    from scorecli.base.errors import ScorecliError
+    from scorecli.executors.harness import run_cli
 
     seen: list[list[str]] = []
     monkeypatch.setattr("lm_eval.__main__.cli_evaluate", lambda: seen.append(sys.argv[1:]))

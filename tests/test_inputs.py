@@ -8,8 +8,8 @@ from conftest import SAMPLES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scorecli.errors import InputError
-from scorecli.inputs import Fields, Record, count_records, read_records
+from scorecli.base.errors import InputError
+from scorecli.inputs.records import Fields, Record, count_records, read_records
 
 
 def _write(tmp_path, content: bytes, name="in.jsonl"):
@@ -135,7 +135,7 @@ def test_records_are_streamed_not_read_whole(tmp_path):
 
 
 def test_skipping_bad_records_and_resuming_past_records(tmp_path):
-    from scorecli.inputs import Fields
+    from scorecli.inputs.records import Fields
 
     path = tmp_path / "pairs.parquet"
     pq.write_table(pa.table({"q": ["a", "b", None, "d"], "r": ["1", None, "3", "4"], "id": [1, 2, 3, 4]}), path)
@@ -148,7 +148,7 @@ def test_skipping_bad_records_and_resuming_past_records(tmp_path):
 
 
 def test_messages_are_validated(tmp_path):
-    from scorecli.inputs import Fields
+    from scorecli.inputs.records import Fields
 
     rows = [
         {"m": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},

@@ -12,8 +12,8 @@ from test_response import CHAT, _with_chat_template
 from typer.testing import CliRunner
 
 from scorecli.cli import app
-from scorecli.kept import JSON_MARK
-from scorecli.outputs import read_metadata
+from scorecli.inputs.kept import JSON_MARK
+from scorecli.runfolder.outputs import read_metadata
 
 runner = CliRunner()
 OWN = ["doc", "id", "n_tokens", "sum_logprob", "mean_logprob", "perplexity", "mean_entropy", "n_bytes"]
@@ -269,9 +269,9 @@ def test_chats_keep_their_fields(gpt2_dir, tmp_path):
 
 
 def test_documents_finished_before_an_interrupt_get_their_kept_fields_back(tiny):
-    from scorecli.engine import Scorer, ScoringInterrupted
-    from scorecli.inputs import Record
-    from scorecli.runs import _doc_from_json, _doc_to_json
+    from scorecli.engine.scorer import Scorer, ScoringInterrupted
+    from scorecli.inputs.records import Record
+    from scorecli.runfolder.runs import _doc_from_json, _doc_to_json
 
     texts = sample_texts() * 2
     column = pa.array([i * 1000 for i in range(len(texts))], pa.timestamp("ms"))
@@ -289,8 +289,8 @@ def test_documents_finished_before_an_interrupt_get_their_kept_fields_back(tiny)
 
 
 def test_kept_values_that_no_output_can_hold_are_input_errors(tmp_path):
-    from scorecli.errors import InputError
-    from scorecli.inputs import Fields, read_records
+    from scorecli.base.errors import InputError
+    from scorecli.inputs.records import Fields, read_records
 
     fields = Fields(keep=("v",))
     for line, reason in (

@@ -11,13 +11,13 @@ from conftest import SAMPLES, reference_scores, sample_texts
 from typer.testing import CliRunner
 
 import scorecli
+from scorecli.base.errors import InputError, ModelError, UsageError
 from scorecli.cli import app
-from scorecli.engine import Scorer
-from scorecli.errors import InputError, ModelError, UsageError
-from scorecli.inputs import Record
-from scorecli.models import load_model
-from scorecli.outputs import read_metadata
-from scorecli.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA, WORD_SCHEMA
+from scorecli.data.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA, WORD_SCHEMA
+from scorecli.engine.models import load_model
+from scorecli.engine.scorer import Scorer
+from scorecli.inputs.records import Record
+from scorecli.runfolder.outputs import read_metadata
 
 runner = CliRunner()
 TEXTS = sample_texts()[:8] + ["", " ", "東京タワー"]

@@ -15,9 +15,9 @@ from conftest import RAY_QUIET, ROOT, sample_texts
 
 import scorecli
 from scorecli import RunInterrupted, ScoreOptions
-from scorecli.errors import OutputError, UsageError
-from scorecli.faults import FAULT_ENV
-from scorecli.options import SPECS
+from scorecli.base.errors import OutputError, UsageError
+from scorecli.base.faults import FAULT_ENV
+from scorecli.data.options import SPECS
 
 # Timings, which no two runs share (and the sessions a resumed run counts).
 TIMINGS = ("seconds", "tokens_per_second", "sessions", "session_seconds", "session_tokens_per_second")
@@ -199,12 +199,16 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_the_package_has_no_import_cycle_and_only_the_command_line_imports_typer():
-    modules = {p.stem: p for p in (ROOT / "scorecli").glob("*.py")}
-    graph = {name: {m.split(".")[1] for m in _imports(p) if m.startswith("scorecli.")} & (modules.keys() - {name})
-             for name, p in modules.items()}  # fmt: skip
-    assert [name for name, p in modules.items() if any(m.split(".")[0] == "typer" for m in _imports(p))] == ["cli"]
+    package = ROOT / "scorecli"
+    modules = {
+        ".".join(["scorecli", *p.relative_to(package).with_suffix("").parts]).removesuffix(".__init__"): p
+        for p in package.rglob("*.py")
+    }
+    graph = {name: {m for m in _imports(p) if m in modules} - {name, "scorecli"} for name, p in modules.items()}
+    typer_users = [name for name, p in modules.items() if any(m.split(".")[0] == "typer" for m in _imports(p))]
+    assert typer_users == ["scorecli.cli"]
     # The library never calls the command line; only the entry point does.
-    assert [name for name, deps in graph.items() if "cli" in deps] == ["__main__"]
+    assert [name for name, deps in graph.items() if "scorecli.cli" in deps] == ["scorecli.__main__"]
     done: set[str] = set()
 
     def walk(name: str, path: tuple[str, ...]) -> None:
@@ -216,4 +220,5 @@ def test_the_package_has_no_import_cycle_and_only_the_command_line_imports_typer
 
     for name in sorted(graph):
         walk(name, ())
-    assert {"session", "scaleout"} <= graph["runner"] and "session" in graph["scaleout"]  # one scoring loop
+    loops = {"scorecli.executors.session", "scorecli.executors.scaleout"}
+    assert loops <= graph["scorecli.runner"] and "scorecli.executors.session" in graph["scorecli.executors.scaleout"]

@@ -8,13 +8,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from scorecli import words as words_module
-from scorecli.batching import windows
-from scorecli.prefix import _sorted, plan_prefixes
-from scorecli.runs import RunWriter, claim_out_dir
-from scorecli.scores import DocScore, TokenStrings
-from scorecli.tables import sequence_table
-from scorecli.words import Words, assign_words, word_spans, word_stats
+from scorecli.data import words as words_module
+from scorecli.data.scores import DocScore, TokenStrings
+from scorecli.data.tables import sequence_table
+from scorecli.data.words import Words, assign_words, word_spans, word_stats
+from scorecli.engine.batching import windows
+from scorecli.engine.prefix import _sorted, plan_prefixes
+from scorecli.runfolder.runs import RunWriter, claim_out_dir
 
 N_TOKENS = 1 << 21
 VOCAB = ["xy", " "]

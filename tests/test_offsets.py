@@ -14,9 +14,9 @@ from conftest import SAMPLES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scorecli.batching import Encoder, partition_offsets
-from scorecli.engine import Scorer
-from scorecli.inputs import Record
+from scorecli.engine.batching import Encoder, partition_offsets
+from scorecli.engine.scorer import Scorer
+from scorecli.inputs.records import Record
 
 SPLIT = ["über Straße", "東京 is", "Привет мир", "party 🎉🎉 now", "x\u3000y", "東", "a  b\n\nc"]
 
@@ -122,7 +122,7 @@ def _check_samples(loaded, chats: bool, per_file: int, **options) -> None:
         assert "".join(text[a:b] for a, b in zip(starts, ends)) == text[starts[0] : ends[-1]], where
         if record.messages is None:
             assert (starts[0], ends[-1]) == (0, len(text)), where  # with a BOS every token is a row
-        # words.py: a token that only starts a character belongs to the word of the token that completes it
+        # data/words.py: a token that only starts a character belongs to the word of the token that completes it
         response = np.flatnonzero(score.is_response)
         words = score.words.token_word
         for k, i in enumerate(response[:-1]):

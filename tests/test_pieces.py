@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import sample_texts
 
-from scorecli.batching import Encoder
-from scorecli.engine import Scorer
+from scorecli.engine.batching import Encoder
+from scorecli.engine.scorer import Scorer
 
 WHOLE = 10**9  # a piece size no test text reaches: the text is tokenised whole
 

@@ -15,12 +15,12 @@ from test_response import TEMPLATE, _with_chat_template
 from test_resume import _assert_same_results
 from typer.testing import CliRunner
 
+from scorecli.base.faults import FAULT_ENV
 from scorecli.cli import app
-from scorecli.engine import CACHED_WEIGHT, ScoreProgress, Scorer, ScoringInterrupted
-from scorecli.faults import FAULT_ENV
-from scorecli.head import output_head
-from scorecli.inputs import Record
-from scorecli.prefix import SharedPrefix, plan_prefixes
+from scorecli.engine.head import output_head
+from scorecli.engine.prefix import SharedPrefix, plan_prefixes
+from scorecli.engine.scorer import CACHED_WEIGHT, ScoreProgress, Scorer, ScoringInterrupted
+from scorecli.inputs.records import Record
 
 TOL = 1e-4
 FLOATS = ("logprob", "entropy", "top_logprobs", "ref_logprob", "ref_entropy", "kl", "reverse_kl")
@@ -176,7 +176,7 @@ def _chats():
 @pytest.mark.parametrize("all_tokens", [False, True])
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
 def test_chats(style, all_tokens, request, tmp_path):
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
 
     folder = request.getfixturevalue(f"{style}_dir")
     loaded = load_model(str(_with_chat_template(folder, tmp_path / "model")), device="cpu")
@@ -283,9 +283,9 @@ def test_smollm_prompt_response_and_few_shot(smollm):
 
 def test_a_cache_that_cannot_be_copied_to_rows_is_scored_apart(tiny, monkeypatch):
     """Models whose cache holds more than keys and values (recurrent states, sliding windows) are not shared."""
-    import scorecli.engine
+    import scorecli.engine.scorer
 
-    monkeypatch.setattr(scorecli.engine, "_plain_cache", lambda cache: False)
+    monkeypatch.setattr(scorecli.engine.scorer, "_plain_cache", lambda cache: False)
     progress = []
     records = _grpo()
     scorer = Scorer(tiny.model, tiny.tokenizer, min_shared_prefix=4)
@@ -335,7 +335,7 @@ def test_compiled_with_sharing_equals_eager_and_compiles_nothing_per_prefix_leng
     """With --compile, shared starts of many lengths add no compiled graph, and scores equal eager ones."""
     from torch._dynamo.utils import counters
 
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
 
     monkeypatch.setenv("SCORECLI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)

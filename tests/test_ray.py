@@ -27,12 +27,12 @@ import pytest
 from conftest import RAY_QUIET, SAMPLES
 from typer.testing import CliRunner
 
-from scorecli import interrupts
+from scorecli.base import interrupts
+from scorecli.base.faults import FAULT_ENV
 from scorecli.cli import app
-from scorecli.corpus import expand_inputs, read_corpus
-from scorecli.faults import FAULT_ENV
-from scorecli.inputs import Fields
-from scorecli.rundocs import read_result, run_metadata
+from scorecli.inputs.corpus import expand_inputs, read_corpus
+from scorecli.inputs.records import Fields
+from scorecli.runfolder.rundocs import read_result, run_metadata
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
@@ -130,7 +130,7 @@ def assert_same_run(ray_run: Path, single_run: Path) -> None:
 
 
 def test_plan_cuts_files_line_ranges_and_row_groups(corpus: Path):
-    from scorecli.scaleout import plan_shards, shard_records
+    from scorecli.executors.scaleout import plan_shards, shard_records
 
     sources = expand_inputs([str(corpus)])
     fields = Fields()
@@ -325,7 +325,7 @@ def _handlers() -> dict:
 
 
 def test_signals_held_while_ray_starts_are_handled_after_it_by_the_handlers_from_before():
-    from scorecli.scaleout import _is_loopback, _signals_held
+    from scorecli.executors.scaleout import _is_loopback, _signals_held
 
     # Only the first signal of an `as_exceptions` block raises (the run is stopping): one block per check.
     with interrupts.as_exceptions():
@@ -489,7 +489,7 @@ def test_stdout_streams_the_lines_and_skipped_records_of_a_single_process_run(
 
 
 def test_in_order_hands_shards_on_in_input_order():
-    from scorecli.scaleout import InOrder, Shard
+    from scorecli.executors.scaleout import InOrder, Shard
 
     emitted = []
     callback = InOrder(emitted.append)

@@ -17,10 +17,10 @@ from test_engine import _LargestVocabTensor, vocab_in_chunks
 from typer.testing import CliRunner
 
 from scorecli.cli import app
-from scorecli.engine import Scorer
-from scorecli.head import get_response_kl, get_response_log_probs, output_head
-from scorecli.stats import token_stats
-from scorecli.tables import sequence_schema, token_schema
+from scorecli.data.tables import sequence_schema, token_schema
+from scorecli.engine.head import get_response_kl, get_response_log_probs, output_head
+from scorecli.engine.scorer import Scorer
+from scorecli.engine.stats import token_stats
 
 TOL = 1e-4
 TEXTS = sample_texts() + sample_texts("edge_cases.jsonl")
@@ -114,7 +114,7 @@ def test_rank_and_top_k_match_the_plain_reference(tiny):
 
 
 def test_a_top_k_beyond_the_vocabulary_is_refused_and_the_whole_vocabulary_listed(tiny_pair, smollm):
-    from scorecli.errors import UsageError
+    from scorecli.base.errors import UsageError
 
     model, ref = tiny_pair
     vocab = model.model.get_output_embeddings().weight.shape[0]
@@ -218,8 +218,8 @@ def test_no_vocabulary_sized_tensor_for_all_positions_with_a_reference(tiny_pair
 def test_a_reference_with_another_number_of_logits_is_refused(gpt2_dir):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from scorecli.errors import ModelError
-    from scorecli.models import load_model
+    from scorecli.base.errors import ModelError
+    from scorecli.engine.models import load_model
 
     model = load_model(str(gpt2_dir), device="cpu", dtype="float32")
     wider = GPT2LMHeadModel(GPT2Config(vocab_size=model.model.config.vocab_size + 8, n_embd=16, n_layer=1, n_head=2))
@@ -373,7 +373,7 @@ def test_cli_reference_errors_are_one_line(gpt2_dir, llama_dir, tmp_path):
 
 @pytest.mark.realmodel
 def test_smollm_against_a_perturbed_copy(smollm, smollm_perturbed_dir):
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
 
     ref = load_model(str(smollm_perturbed_dir), device="cpu", dtype="float32")
     texts = sample_texts()[:6]
@@ -416,8 +416,8 @@ def test_cli_a_reference_that_does_not_fit_in_memory_is_one_line(gpt2_dir, tmp_p
 
 
 def test_library_checks_the_reference_tokenizer_where_given(gpt2_dir, llama_dir):
-    from scorecli.errors import ModelError
-    from scorecli.models import load_model
+    from scorecli.base.errors import ModelError
+    from scorecli.engine.models import load_model
 
     gpt2, llama = (load_model(str(d), device="cpu", dtype="float32") for d in (gpt2_dir, llama_dir))
     with pytest.raises(ModelError, match="tokenizer differs from the model's: it maps '.*' to id"):
@@ -428,7 +428,7 @@ def _spy_on_revisions(monkeypatch) -> dict:
     """Record the revision from_pretrained is given for each model folder (model and tokenizer alike)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from scorecli import models
+    from scorecli.engine import models
 
     seen = {}
     for auto in (AutoModelForCausalLM, AutoTokenizer):
@@ -454,7 +454,7 @@ def _late_bad_corpus(tmp_path) -> Path:
 
 
 def test_ref_revision_reaches_the_reference_only_and_is_saved_for_resume(gpt2_dir, gpt2_ref_dir, tmp_path, monkeypatch):
-    from scorecli.outputs import read_metadata
+    from scorecli.runfolder.outputs import read_metadata
 
     seen = _spy_on_revisions(monkeypatch)
     args = [_late_bad_corpus(tmp_path), "-m", gpt2_dir, "--ref-model", gpt2_ref_dir, "--batch-tokens", 64]
@@ -462,7 +462,7 @@ def test_ref_revision_reaches_the_reference_only_and_is_saved_for_resume(gpt2_di
     assert seen == {str(gpt2_dir): {None}, str(gpt2_ref_dir): {"main"}}
     # Resumed with no options, the reference is loaded at the saved revision again.
     seen.clear()
-    monkeypatch.setattr("scorecli.models._loaded", {})
+    monkeypatch.setattr("scorecli.engine.models._loaded", {})
     resumed = _score("--resume", "-o", tmp_path / "o", "--on-error", "skip")
     assert resumed.exit_code == 0, resumed.output
     assert seen == {str(gpt2_dir): {None}, str(gpt2_ref_dir): {"main"}}
@@ -470,7 +470,7 @@ def test_ref_revision_reaches_the_reference_only_and_is_saved_for_resume(gpt2_di
     assert meta["ref_revision"] == "main" and "revision" not in meta
     # --revision pins the model only.
     seen.clear()
-    monkeypatch.setattr("scorecli.models._loaded", {})
+    monkeypatch.setattr("scorecli.engine.models._loaded", {})
     assert _score(*args, "--revision", "main", "--on-error", "skip", "-o", tmp_path / "r").exit_code == 0
     assert seen == {str(gpt2_dir): {"main"}, str(gpt2_ref_dir): {None}}
     meta = read_metadata(tmp_path / "r" / "tokens.parquet")
@@ -493,7 +493,7 @@ def test_a_run_saved_before_ref_revision_existed_resumes(gpt2_dir, gpt2_ref_dir,
     del run["options"]["ref_revision"]
     run_file.write_text(json.dumps(run))
     seen.clear()
-    monkeypatch.setattr("scorecli.models._loaded", {})
+    monkeypatch.setattr("scorecli.engine.models._loaded", {})
     resumed = _score("--resume", "-o", tmp_path / "old", "--on-error", "skip")
     assert resumed.exit_code == 0, resumed.output
     assert seen == {str(gpt2_dir): {None}, str(gpt2_ref_dir): {None}}
@@ -504,9 +504,9 @@ def test_a_run_saved_before_ref_revision_existed_resumes(gpt2_dir, gpt2_ref_dir,
 
 def test_ray_jobs_load_the_reference_at_ref_revision(gpt2_dir, gpt2_ref_dir, tmp_path, monkeypatch):
     # The job --ray builds, scored as one shard here (the Ray tests run real clusters).
-    from scorecli import scaleout
     from scorecli.cli import EXIT_INTERRUPTED
-    from scorecli.outputs import read_metadata
+    from scorecli.executors import scaleout
+    from scorecli.runfolder.outputs import read_metadata
 
     jobs = []
 

@@ -11,7 +11,7 @@ import pytest
 from runfolders import make_run
 from typer.testing import CliRunner
 
-import scorecli.report as report
+import scorecli.analysis.report as report
 from scorecli.cli import app
 
 runner = CliRunner()

@@ -10,8 +10,8 @@ from conftest import ROOT
 from runfolders import make_run
 from typer.testing import CliRunner
 
+from scorecli.analysis.heat import SCALES, colours
 from scorecli.cli import app
-from scorecli.heat import SCALES, colours
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from report_browser import chromium_paths, inspect_report, open_report  # noqa: E402

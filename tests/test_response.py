@@ -8,10 +8,10 @@ import pytest
 from conftest import bos_id, reference_sequence
 from typer.testing import CliRunner
 
-from scorecli.chat import render_chat
 from scorecli.cli import app
-from scorecli.engine import Scorer
-from scorecli.inputs import Record
+from scorecli.engine.chat import render_chat
+from scorecli.engine.scorer import Scorer
+from scorecli.inputs.records import Record
 
 TOL = 1e-4
 PAIRS = [

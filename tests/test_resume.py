@@ -16,10 +16,10 @@ import pytest
 from conftest import interrupt_after, sample_texts
 from typer.testing import CliRunner
 
-from scorecli import interrupts
+from scorecli.base import interrupts
 from scorecli.cli import app
-from scorecli.outputs import read_metadata
-from scorecli.runs import RunWriter
+from scorecli.runfolder.outputs import read_metadata
+from scorecli.runfolder.runs import RunWriter
 
 SCORECLI = [sys.executable, "-m", "scorecli"]
 RESULTS = ("tokens.parquet", "sequences.parquet", "words.parquet")
@@ -210,8 +210,8 @@ def test_resume_checks_the_run_and_refuses_what_does_not_match(gpt2_dir, corpus,
 
 
 def test_rejects_saved_by_a_skipping_session_reach_errors_jsonl_whatever_the_resumed_one_says(tmp_path):
-    from scorecli.inputs import Rejected
-    from scorecli.runs import RunWriter, claim_out_dir
+    from scorecli.inputs.records import Rejected
+    from scorecli.runfolder.runs import RunWriter, claim_out_dir
 
     out = tmp_path / "o"
     with claim_out_dir(out) as folder:
@@ -235,9 +235,9 @@ def test_rejects_saved_by_a_skipping_session_reach_errors_jsonl_whatever_the_res
 
 
 def test_finished_documents_of_an_interrupted_buffer_are_kept_and_not_scored_again(tiny):
-    from scorecli.engine import Scorer, ScoringInterrupted
-    from scorecli.inputs import Record
-    from scorecli.runs import _doc_from_json, _doc_to_json
+    from scorecli.engine.scorer import Scorer, ScoringInterrupted
+    from scorecli.inputs.records import Record
+    from scorecli.runfolder.runs import _doc_from_json, _doc_to_json
 
     texts = (sample_texts() + sample_texts("edge_cases.jsonl")) * 3
     records = [Record(i, t) for i, t in enumerate(texts)]

@@ -19,12 +19,12 @@ import pytest
 from conftest import sample_texts
 from typer.testing import CliRunner
 
+from scorecli.base.faults import FAULT_ENV
 from scorecli.cli import app
-from scorecli.faults import FAULT_ENV
-from scorecli.layout import LOCK_FILE
-from scorecli.outputs import read_metadata
-from scorecli.runs import FINISH_STAGES, claim_out_dir
-from scorecli.scores import DEFAULT_STATS
+from scorecli.data.scores import DEFAULT_STATS
+from scorecli.runfolder.layout import LOCK_FILE
+from scorecli.runfolder.outputs import read_metadata
+from scorecli.runfolder.runs import FINISH_STAGES, claim_out_dir
 
 SCORECLI = [sys.executable, "-m", "scorecli"]
 RESULTS = ("tokens.parquet", "sequences.parquet", "words.parquet")
@@ -282,8 +282,8 @@ def test_an_intact_unfinished_run_resumes_to_the_same_results(args, cut, solo, t
 
 
 def test_a_part_damaged_after_resume_checked_it_is_named_when_the_parts_are_joined(cut, tmp_path):
-    from scorecli.errors import OutputError
-    from scorecli.runs import RunWriter
+    from scorecli.base.errors import OutputError
+    from scorecli.runfolder.runs import RunWriter
 
     out = tmp_path / "o"
     shutil.copytree(cut[1], out)
@@ -391,7 +391,7 @@ def test_resume_compares_input_paths_resolved_and_options_given_must_agree(args,
 
 
 def test_after_a_resume_the_summary_counts_each_session_and_says_which_figures_cover_what(args, solo, tmp_path):
-    from scorecli.runs import _doc_from_json
+    from scorecli.runfolder.runs import _doc_from_json
 
     out = tmp_path / "o"
     stopped = _score(*args, "-o", out, env={FAULT_ENV: "part-written"})  # Ctrl-C as the first part is saved

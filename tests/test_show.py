@@ -143,7 +143,7 @@ def _expected_spans(tokens, text):
 
 
 def test_a_joined_run_shows_the_joined_text_its_offsets_refer_to(gpt2_dir, tmp_path):
-    from scorecli.show import render_document
+    from scorecli.analysis.show import render_document
 
     # Accented letters and Japanese (characters the tokenizer splits), then code with newlines.
     parts = (sample_texts()[5:9], sample_texts()[:5])

@@ -21,11 +21,11 @@ import pytest
 from conftest import interrupt_after, sample_texts
 from typer.testing import CliRunner
 
-from scorecli import interrupts
+from scorecli.base import interrupts
+from scorecli.base.faults import FAULT_ENV
 from scorecli.cli import app
-from scorecli.faults import FAULT_ENV
-from scorecli.layout import LOCK_FILE
-from scorecli.outputs import read_metadata
+from scorecli.runfolder.layout import LOCK_FILE
+from scorecli.runfolder.outputs import read_metadata
 
 GAP = 0.05  # seconds between the signals of a burst
 RESULTS = ("tokens.parquet", "sequences.parquet", "words.parquet")
@@ -140,9 +140,9 @@ def test_only_the_first_signal_raises_and_an_application_keeps_its_handlers():
 def test_a_ctrl_c_as_the_worker_threads_are_joined_waits_for_them(gpt2_dir, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from scorecli.engine import Scorer, ScoringInterrupted
-    from scorecli.inputs import Record
-    from scorecli.models import load_model
+    from scorecli.engine.models import load_model
+    from scorecli.engine.scorer import Scorer, ScoringInterrupted
+    from scorecli.inputs.records import Record
 
     loaded = load_model(str(gpt2_dir), device="cpu", dtype="float32")
     scorer = Scorer(loaded.model, loaded.tokenizer, batch_tokens=48, workers=4)

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import SAMPLES
 
-from scorecli.faults import FAULT_ENV
+from scorecli.base.faults import FAULT_ENV
 
 SCORECLI = [sys.executable, "-m", "scorecli"]
 

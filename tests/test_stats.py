@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from scorecli import stats
 from scorecli.cli import app
-from scorecli.head import OutputHead, head_products
-from scorecli.outputs import read_metadata
-from scorecli.stats import token_stats
+from scorecli.engine import stats
+from scorecli.engine.head import OutputHead, head_products
+from scorecli.engine.stats import token_stats
+from scorecli.runfolder.outputs import read_metadata
 
 ALL = ("logprob", "entropy", "rank", "top_k", "reference")
 

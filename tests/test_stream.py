@@ -15,9 +15,9 @@ from conftest import SAMPLES, sample_texts
 from typer.testing import CliRunner
 
 from scorecli.cli import app
-from scorecli.engine import Scorer
-from scorecli.inputs import Record
-from scorecli.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA, WORD_SCHEMA
+from scorecli.data.tables import SEQUENCE_SCHEMA, TOKEN_SCHEMA, WORD_SCHEMA
+from scorecli.engine.scorer import Scorer
+from scorecli.inputs.records import Record
 
 runner = CliRunner()
 SCORECLI = [sys.executable, "-m", "scorecli"]

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from scorecli.scores import DocScore
-from scorecli.summary import Summary
-from scorecli.summary_view import render
-from scorecli.words import Words, word_spans
+from scorecli.analysis.summary import Summary
+from scorecli.analysis.summary_view import render
+from scorecli.data.scores import DocScore
+from scorecli.data.words import Words, word_spans
 
 
 def _doc(doc, logprobs, text="some text", truncated=False, words=None):
@@ -151,8 +151,8 @@ SYSTEM_TEMPLATE = (
 def test_previews_show_the_scored_text_not_the_prompt(tiny):
     import copy
 
-    from scorecli.engine import Scorer
-    from scorecli.inputs import Record
+    from scorecli.engine.scorer import Scorer
+    from scorecli.inputs.records import Record
 
     tokenizer = copy.deepcopy(tiny.tokenizer)
     tokenizer.chat_template = SYSTEM_TEMPLATE

@@ -14,12 +14,12 @@ import pytest
 from conftest import one_line_error
 from typer.testing import CliRunner
 
-from scorecli.batching import Encoder
-from scorecli.chat import render_chat
+from scorecli.base.faults import FAULT_ENV
 from scorecli.cli import app
-from scorecli.engine import Scorer
-from scorecli.faults import FAULT_ENV
-from scorecli.inputs import Record
+from scorecli.engine.batching import Encoder
+from scorecli.engine.chat import render_chat
+from scorecli.engine.scorer import Scorer
+from scorecli.inputs.records import Record
 
 runner = CliRunner()
 # SmolLM2's converted tokenizer has no token for these six control characters (all others have one).
@@ -212,10 +212,10 @@ def test_documents_an_older_version_kept_from_an_interrupt_are_scored_again(drop
 def test_a_ray_run_with_a_shard_an_older_version_finished_is_refused_before_ray_starts(tmp_path):
     import pyarrow as pa
 
-    from scorecli.errors import OutputError
-    from scorecli.options import OPTIONS_BEFORE_THEY_EXISTED
-    from scorecli.scaleout import Job, _check_complete_shards, score_sharded
-    from scorecli.tables import SEQUENCE_SCHEMA
+    from scorecli.base.errors import OutputError
+    from scorecli.data.options import OPTIONS_BEFORE_THEY_EXISTED
+    from scorecli.data.tables import SEQUENCE_SCHEMA
+    from scorecli.executors.scaleout import Job, _check_complete_shards, score_sharded
 
     pytest.importorskip("ray")
     shard = tmp_path / "o" / "shards" / "00000"

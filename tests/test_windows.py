@@ -8,10 +8,10 @@ import pytest
 from conftest import SAMPLES, bos_id, reference_sequence, sample_texts
 from typer.testing import CliRunner
 
-from scorecli.batching import windows
 from scorecli.cli import app
-from scorecli.engine import Scorer
-from scorecli.outputs import read_metadata
+from scorecli.engine.batching import windows
+from scorecli.engine.scorer import Scorer
+from scorecli.runfolder.outputs import read_metadata
 
 TOL = 1e-4
 LONG = " ".join(sample_texts("long.jsonl")[:2])  # a few hundred tokens on the tiny models

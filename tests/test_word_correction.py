@@ -24,17 +24,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from scorecli import stats
+from scorecli.base.errors import InputError
 from scorecli.cli import app
-from scorecli.engine import Scorer
-from scorecli.errors import InputError
-from scorecli.inputs import Fields, Record, read_records
-from scorecli.models import load_model
-from scorecli.outputs import read_metadata
-from scorecli.stats import token_stats
-from scorecli.tables import WORD_SCHEMA
-from scorecli.words import word_spans
-from scorecli.wordstart import word_starts
+from scorecli.data.tables import WORD_SCHEMA
+from scorecli.data.words import word_spans
+from scorecli.engine import stats
+from scorecli.engine.models import load_model
+from scorecli.engine.scorer import Scorer
+from scorecli.engine.stats import token_stats
+from scorecli.engine.wordstart import word_starts
+from scorecli.inputs.records import Fields, Record, read_records
+from scorecli.runfolder.outputs import read_metadata
 
 TOL = 1e-4
 TEXTS = [
@@ -552,7 +552,7 @@ def test_minicons_bow_correction_agrees_on_smollm(smollm):
 
 
 def test_an_interrupted_runs_saved_documents_keep_their_word_indices_and_corrections(gpt2):
-    from scorecli.runs import _doc_from_json, _doc_to_json
+    from scorecli.runfolder.runs import _doc_from_json, _doc_to_json
 
     # "I saw the old man here.", cut after its first tokens; without a BOS the one-token "I" has no row.
     regions = ((0, 1), (2, 5), (6, 9), (10, 17), (18, 23))

@@ -8,12 +8,12 @@ import pytest
 from conftest import SAMPLES, sample_texts
 from typer.testing import CliRunner
 
-from scorecli import words as words_module
 from scorecli.cli import app
-from scorecli.engine import Scorer
-from scorecli.inputs import Record
-from scorecli.tables import WORD_SCHEMA
-from scorecli.words import Words, assign_words, word_spans, word_stats
+from scorecli.data import words as words_module
+from scorecli.data.tables import WORD_SCHEMA
+from scorecli.data.words import Words, assign_words, word_spans, word_stats
+from scorecli.engine.scorer import Scorer
+from scorecli.inputs.records import Record
 
 
 def test_words_by_hand():
