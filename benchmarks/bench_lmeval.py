@@ -1,10 +1,12 @@
 """Questions per second of lm-evaluation-harness with the `scorecli` model and with lm-eval's own `hf` backend.
 
     python benchmarks/bench_lmeval.py [--questions 300] [--shots 5] [--runs 3] [--batch-sizes 1,4,16]
-                                      [--search-questions 20] [--min-shared-prefix N,...] [--small]
+                                      [--search-questions 20] [--min-shared-prefix N,...] [--sampler first_n]
+                                      [--small]
 
 Needs the lm-eval extra. Writes a generated few-shot multiple-choice task (samples/make_tasks.py: four choices,
-`--shots` examples drawn per question) to a temp folder, then evaluates it with SmolLM2 (the embedded default
+`--shots` examples drawn per question, or with `--sampler first_n` the same first shots for every question, as
+lm-eval's MMLU has them) to a temp folder, then evaluates it with SmolLM2 (the embedded default
 model) in float32 on the CPU, each run in a fresh process: the model loaded (timed apart), then
 `lm_eval.simple_evaluate` timed (the task's own set-up included; lm-eval's index of its built-in tasks left out):
 
@@ -100,6 +102,7 @@ def main() -> None:
     parser.add_argument("--search-questions", type=int, default=20)
     parser.add_argument("--min-shared-prefix", default="")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads of both backends (0: torch's default).")
+    parser.add_argument("--sampler", choices=["default", "first_n"], default="default")
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--tasks", help=argparse.SUPPRESS)
@@ -116,11 +119,14 @@ def main() -> None:
     spec = importlib.util.spec_from_file_location("make_tasks", ROOT / "samples" / "make_tasks.py")
     make_tasks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_tasks)
-    tasks = make_tasks.write_tasks(Path(tempfile.mkdtemp(prefix="bench-lmeval-")), args.questions, args.shots)
+    folder = Path(tempfile.mkdtemp(prefix="bench-lmeval-"))
+    tasks = make_tasks.write_tasks(folder, args.questions, args.shots, sampler=args.sampler)
     hf_args = f"pretrained={smollm_folder()},dtype=float32,device=cpu"
     ours_args = "dtype=float32,device=cpu"
     threads = args.threads or "torch's default"
-    print(f"{args.questions} questions, {args.shots} shots, 4 choices; SmolLM2-135M float32, CPU threads: {threads}")
+    drawn = "the same for every question" if args.sampler == "first_n" else "drawn per question"
+    shots = f"{args.shots} shots ({drawn})"
+    print(f"{args.questions} questions, {shots}, 4 choices; SmolLM2-135M float32, CPU threads: {threads}")
 
     search = {}
     for size in [int(b) for b in args.batch_sizes.split(",")]:

@@ -161,8 +161,13 @@ def write_tasks(
     documents: int = 4,
     relative_to: Path | None = None,
     seed: int = 0,
+    sampler: str = "default",
 ) -> Path:
-    """Write the three tasks (configs and data) under `out`; `data_files` relative to `relative_to`, else absolute."""
+    """Write the three tasks (configs and data) under `out`; `data_files` relative to `relative_to`, else absolute.
+
+    `sampler` is lm-eval's few-shot sampler of the multiple-choice task: `default` draws each question's shots
+    apart, `first_n` gives every question the same first shots (as lm-eval's MMLU does).
+    """
     out = out.resolve()
     rng = random.Random(seed)
     mc, pair, rolling = out / "mc", out / "pairs", out / "rolling"
@@ -177,6 +182,8 @@ dataset_path: json
 {_data_files(mc, ["train", "test"], base)}
 training_split: train
 fewshot_split: train
+fewshot_config:
+  sampler: {sampler}
 test_split: test
 output_type: multiple_choice
 description: "Answer each question with one of its four choices.\\n\\n"
@@ -256,11 +263,12 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=3, help="Few-shot examples before each question.")
     parser.add_argument("--pairs", type=int, default=len(PAIRS), help=f"Minimal pairs (at most {len(PAIRS)}).")
     parser.add_argument("--documents", type=int, default=4, help="Documents of the rolling-perplexity task.")
+    parser.add_argument("--sampler", choices=["default", "first_n"], default="default", help="Few-shot sampler.")
     args = parser.parse_args()
     out = args.out or DEFAULT_OUT
     # The repository's own copy names its data relative to the repository root, where the README's examples run.
     relative_to = HERE.parent if args.out is None else None
-    write_tasks(out, args.questions, args.shots, args.pairs, args.documents, relative_to)
+    write_tasks(out, args.questions, args.shots, args.pairs, args.documents, relative_to, sampler=args.sampler)
     print(out)
 
 

@@ -101,11 +101,20 @@ def _sample_records(per_file: int) -> list[tuple[str, Record]]:
                         Record(len(out), "", messages=tuple((m["role"], m["content"]) for m in row["messages"])),
                     )
                 )
-            elif "prompt" in row:
-                text = row["prompt"] + row["response"]
-                out.append((path.name, Record(len(out), text, spans=((len(row["prompt"]), len(text)),))))
+            elif "prompt" in row or "question" in row:  # a response, or the choices that follow a context
+                context = row.get("prompt", row.get("question"))
+                replies = (
+                    [row["response"]] if "response" in row else row.get("choices") or [row["chosen"], row["rejected"]]
+                )
+                for reply in replies:
+                    text = context + reply
+                    out.append((path.name, Record(len(out), text, spans=((len(context), len(text)),))))
             elif isinstance(row.get("text"), str):
                 out.append((path.name, Record(len(out), row["text"])))
+            elif "sentence_good" in row:  # minimal pairs: each sentence a text
+                out += [
+                    (path.name, Record(len(out) + k, row[f])) for k, f in enumerate(["sentence_good", "sentence_bad"])
+                ]
     return out
 
 
