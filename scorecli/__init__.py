@@ -34,6 +34,8 @@ _EXPORTS = {
     "LoadedModel": "scorecli.engine.models",
     "load_model": "scorecli.engine.models",
     "read_metadata": "scorecli.runfolder.outputs",
+    "compare_runs": "scorecli.analysis.compare",
+    "ScorecliLM": "scorecli.executors.harness",
     "ScorecliError": "scorecli.base.errors",
     "UsageError": "scorecli.base.errors",
     "InputError": "scorecli.base.errors",
