@@ -232,7 +232,7 @@ def test_ctrl_c_while_scoring_after_a_shard_and_while_joining_then_the_same_comm
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while len(_complete_shards(out)) <= before:
-        assert proc.poll() is None and time.monotonic() < deadline
+        assert proc.poll() is None and time.monotonic() < deadline, proc.poll() is not None and proc.stderr.read()
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
