@@ -415,3 +415,20 @@ def test_after_a_resume_the_summary_counts_each_session_and_says_which_figures_c
     assert figures["tokens_per_second"] == pytest.approx(total / figures["seconds"])
     for row in ("tokens/s (all 2 sessions)", "wall time (all 2 sessions)", "tokens/s (this session)"):
         assert row in resumed.stderr
+
+
+def test_waiting_for_a_folders_lock_ends_when_its_holder_lets_go_or_at_the_deadline(tmp_path):
+    import threading
+
+    from scorecli.runfolder.runs import lock_out_dir, wait_for_release
+
+    assert wait_for_release(tmp_path / "never-locked", 0)
+    held = lock_out_dir(tmp_path / "run", "a run still stopping")
+    start = time.monotonic()
+    assert not wait_for_release(tmp_path / "run", 0.3)
+    assert time.monotonic() - start >= 0.3
+    threading.Timer(0.4, held.release).start()
+    start = time.monotonic()
+    assert wait_for_release(tmp_path / "run", 10)
+    assert 0.35 <= time.monotonic() - start < 5
+    lock_out_dir(tmp_path / "run").release()  # free: a run takes it at once

@@ -60,6 +60,7 @@ from scorecli.runfolder.layout import (
 
 SHARDS_PER_WORKER = 4  # a few per worker: a slow shard does not hold the whole run up at its end
 MAX_RETRIES = 3
+SHARD_RELEASE_SECONDS = 30.0  # how long a shard task waits for an interrupted run's task to let go of its folder
 _FORWARDED_ENV = ("SCORECLI_CACHE_DIR", faults.FAULT_ENV, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _PROGRESS_SECONDS = 0.5
 # Ray's own chatter (log deduplication notes, usage statistics) is not the user's business.
@@ -249,10 +250,13 @@ def score_shard(shard: Shard, job: Job, shard_dir: Path, report: Callable[[int, 
     A shard whose folder holds a summary.json is complete and not scored again. `report(docs, tokens)` is
     told of the shard's documents done and the tokens this call scored.
     """
-    from scorecli.runfolder.runs import check_resume, complete_finish
+    from scorecli.runfolder.runs import check_resume, complete_finish, wait_for_release
 
     shard_dir = Path(shard_dir)
     if shard_dir.is_dir():
+        # The task of an interrupted driver can outlive it for a moment while Ray stops it (the driver does not
+        # force-cancel: that races a completing task), still holding the shard's folder: a rerun waits for it.
+        wait_for_release(shard_dir, SHARD_RELEASE_SECONDS)
         complete_finish(shard_dir)
     if (shard_dir / SUMMARY_FILE).is_file():
         return _shard_state(shard_dir)

@@ -154,6 +154,26 @@ def lock_out_dir(out_dir: Path, command: str | None = None) -> RunFolder:
     return RunFolder(out_dir, fd, created, None)
 
 
+def wait_for_release(out_dir: Path, seconds: float) -> bool:
+    """Wait up to `seconds` for whatever holds the folder's lock to let go; whether it is free (or unlocked) now."""
+    path = Path(out_dir) / LOCK_FILE
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return True  # no lock file: nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+        finally:
+            os.close(fd)  # closing the descriptor lets go of a lock taken just to look
+        time.sleep(0.05)
+
+
 def complete_finish(out_dir: Path) -> None:
     """Complete a finish that was committed but cut short (see RunWriter.finish); nothing where there is none."""
     _complete_finish(Path(out_dir))
