@@ -204,6 +204,26 @@ def sample_texts(name: str = "mixed.jsonl") -> list[str]:
         return [json.loads(line)["text"] for line in f if line.strip()]
 
 
+TIMINGS = ("seconds", "tokens_per_second", "sessions", "session_seconds", "session_tokens_per_second")
+
+
+def assert_same_results(a: Path, b: Path, files: tuple[str, ...], same_listing: bool = True) -> None:
+    """Two run folders hold the same result files (tables and metadata) and summary, timings aside."""
+    import pyarrow.parquet as pq
+
+    from scorecli.runfolder.outputs import read_metadata
+
+    for name in files:
+        assert pq.read_table(a / name).equals(pq.read_table(b / name)), name
+        assert read_metadata(a / name) == read_metadata(b / name)
+    sa, sb = (json.loads((d / "summary.json").read_text())["summary"] for d in (a, b))
+    for timing in TIMINGS:
+        sa.pop(timing), sb.pop(timing)
+    assert sa == sb
+    if same_listing:
+        assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())  # no lock, no parts left
+
+
 def _train_tokenizer(folder: Path, style: str) -> None:
     """A small byte-level BPE trained on our samples; 'gpt2' style has only an EOS, 'llama' style a BOS
     that the tokenizer itself adds by default (to check that scorecli never doubles it); 'sp' style is

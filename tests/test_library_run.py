@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import RAY_QUIET, ROOT, sample_texts
+from conftest import RAY_QUIET, ROOT, TIMINGS, sample_texts
 
 import scorecli
 from scorecli import RunInterrupted, ScoreOptions
@@ -20,7 +20,6 @@ from scorecli.base.faults import FAULT_ENV
 from scorecli.data.options import SPECS
 
 # Timings, which no two runs share (and the sessions a resumed run counts).
-TIMINGS = ("seconds", "tokens_per_second", "sessions", "session_seconds", "session_tokens_per_second")
 
 
 @pytest.fixture(scope="module")

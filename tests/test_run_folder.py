@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import sample_texts
+from conftest import assert_same_results, sample_texts
 from typer.testing import CliRunner
 
 from scorecli.base.faults import FAULT_ENV
@@ -39,17 +39,6 @@ def _one_line(stderr):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     return lines[0]
-
-
-def _assert_same_results(a, b):
-    for name in RESULTS:
-        assert pq.read_table(a / name).equals(pq.read_table(b / name)), name
-        assert read_metadata(a / name) == read_metadata(b / name)
-    sa, sb = (json.loads((d / "summary.json").read_text())["summary"] for d in (a, b))
-    for timing in ("seconds", "tokens_per_second", "sessions", "session_seconds", "session_tokens_per_second"):
-        sa.pop(timing), sb.pop(timing)
-    assert sa == sb
-    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())  # no lock, no parts left
 
 
 def _leftovers(folder):
@@ -133,7 +122,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_the_first_is_untouched
         first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    _assert_same_results(out, solo)
+    assert_same_results(out, solo, RESULTS)
 
 
 def test_a_lock_left_by_a_killed_run_does_not_block_and_the_lock_is_taken_before_the_model_loads(args, tmp_path):
@@ -159,7 +148,7 @@ def test_sigint_at_each_stage_of_the_finish_waits_for_it_and_the_finished_run_st
     result = _score(*args, "-o", out, env={FAULT_ENV: stage})
     assert result.exit_code == 130, result.output
     assert _one_line(result.stderr) == f"scorecli: interrupted as the run finished; its results are complete in {out}"
-    _assert_same_results(out, solo)
+    assert_same_results(out, solo, RESULTS)
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     again = _score(*args, "-o", out, "--resume")
     assert again.exit_code == 5
@@ -181,7 +170,7 @@ def test_sigterm_in_a_real_process_exits_143_and_loses_nothing(args, solo, tmp_p
     else:  # mid-run: stopped, and resumed
         assert proc.stderr.startswith("scorecli: interrupted after ") and "Traceback" not in proc.stderr
         assert _score(*args, "-o", out, "--resume").exit_code == 0
-    _assert_same_results(out, solo)
+    assert_same_results(out, solo, RESULTS)
 
 
 @pytest.mark.parametrize("stage", ["part-written", "joined", "committed", "moving"])
@@ -198,7 +187,7 @@ def test_a_run_killed_at_any_stage_resumes_or_completes_to_the_same_results(
         assert resumed.exit_code == 5 and "nothing to resume (its run is finished)" in resumed.stderr
     else:
         assert resumed.exit_code == 0, resumed.output
-    _assert_same_results(out, solo)
+    assert_same_results(out, solo, RESULTS)
 
 
 def _manifest(out, n):
@@ -317,7 +306,7 @@ def test_a_full_disk_leaves_no_temporary_file_and_the_saved_parts_resume(args, s
     assert not _leftovers(out) and not (out / "tokens.parquet").exists()
     resumed = _score(*args, "-o", out, "--resume")
     assert resumed.exit_code == 0, resumed.output
-    _assert_same_results(out, solo)
+    assert_same_results(out, solo, RESULTS)
 
 
 def test_an_output_folder_removed_mid_run_is_said_plainly(args, tmp_path):

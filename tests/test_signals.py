@@ -16,16 +16,14 @@ import threading
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
-from conftest import interrupt_after, sample_texts
+from conftest import assert_same_results, interrupt_after, sample_texts
 from typer.testing import CliRunner
 
 from scorecli.base import interrupts
 from scorecli.base.faults import FAULT_ENV
 from scorecli.cli import app
 from scorecli.runfolder.layout import LOCK_FILE
-from scorecli.runfolder.outputs import read_metadata
 
 GAP = 0.05  # seconds between the signals of a burst
 RESULTS = ("tokens.parquet", "sequences.parquet", "words.parquet")
@@ -56,17 +54,6 @@ def solo(args, tmp_path_factory):
     result = runner.invoke(app, ["score", *args, "-o", str(out)])
     assert result.exit_code == 0, result.output
     return out
-
-
-def _assert_same_results(a, b):
-    for name in RESULTS:
-        assert pq.read_table(a / name).equals(pq.read_table(b / name)), name
-        assert read_metadata(a / name) == read_metadata(b / name)
-    sa, sb = (json.loads((d / "summary.json").read_text())["summary"] for d in (a, b))
-    for timing in ("seconds", "tokens_per_second", "sessions", "session_seconds", "session_tokens_per_second"):
-        sa.pop(timing), sb.pop(timing)
-    assert sa == sb
-    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())  # no lock, no parts left
 
 
 def _until(check, proc, what, deadline=180):
@@ -186,7 +173,7 @@ def test_a_burst_while_scoring_or_saving_a_part_exits_with_the_first_signals_cod
     assert shlex.split(said[1]) == ["scorecli", "score", "-o", str(out), "--resume"]
     resumed = runner.invoke(app, ["score", "-o", str(out), "--resume", "-q"])
     assert resumed.exit_code == 0, resumed.output
-    _assert_same_results(out, solo)
+    assert_same_results(out, solo, RESULTS)
 
 
 @pytest.mark.parametrize(
@@ -203,7 +190,7 @@ def test_a_burst_during_the_finish_waits_for_it_and_exits_with_the_first_signals
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == code, err
     assert _clean(err) == [f"scorecli: interrupted as the run finished; its results are complete in {out}"]
-    _assert_same_results(out, solo)
+    assert_same_results(out, solo, RESULTS)
 
 
 @pytest.mark.parametrize(("interrupted", "burst"), [(True, "TERM INT TERM"), (False, "INT TERM INT")])
@@ -226,4 +213,4 @@ def test_a_burst_while_the_interpreter_shuts_down_changes_nothing(
         assert runner.invoke(app, ["score", "-o", str(out), "--resume", "-q"]).exit_code == 0
     else:  # the run was complete: its exit code stays 0
         assert proc.returncode == 0 and said == [], err
-    _assert_same_results(out, solo)
+    assert_same_results(out, solo, RESULTS)
